@@ -1,0 +1,78 @@
+"""Every error idgen raises, in one place, so callers can catch by meaning.
+
+Two families matter to callers:
+
+- :class:`Unavailable`: idgen cannot *prove* that an ID would be unique right now. Nothing was minted.
+  It is temporary and carries ``retry_after`` (seconds); the HTTP app turns it into 503 + Retry-After.
+- :class:`InvalidInput` (a ``ValueError``): the caller asked for something malformed. HTTP 400, CLI exit 2.
+"""
+
+from __future__ import annotations
+
+
+class IdgenError(Exception):
+    """Base class of every idgen error. ``code`` is a stable machine-readable name."""
+
+    code = "idgen_error"
+
+
+class InvalidInput(IdgenError, ValueError):
+    """Malformed input: a bad layout, an ID that does not parse or does not fit, a bad count."""
+
+    code = "invalid_input"
+
+
+class LayoutMismatch(IdgenError):
+    """A state directory or ZooKeeper namespace already belongs to another layout."""
+
+    code = "layout_mismatch"
+
+
+class LeaseUnavailable(IdgenError):
+    """No worker ID can be leased (all taken, or the coordination service is unreachable)."""
+
+    code = "lease_unavailable"
+
+
+class Unavailable(IdgenError):
+    """Minting is refused because uniqueness cannot be proven now; retry after ``retry_after`` seconds."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = max(retry_after, 0.001)
+
+
+class NoLease(Unavailable):
+    """The generator holds no lease (not yet acquired, lost, or released)."""
+
+    code = "no_lease"
+
+
+class FenceReached(Unavailable):
+    """The clock has passed the fence the lease reserved; an extension has not landed yet."""
+
+    code = "fence_reached"
+
+
+class ClockBehind(Unavailable):
+    """The clock is behind the last timestamp used (or a previous holder's fence) by more than the tolerance."""
+
+    code = "clock_behind"
+
+    def __init__(self, behind_ms: float, what: str) -> None:
+        super().__init__(
+            f"clock is {behind_ms:.1f} ms behind {what}; refusing to mint until it catches up",
+            retry_after=behind_ms / 1000,
+        )
+        self.behind_ms = behind_ms
+
+
+class TimeExhausted(Unavailable):
+    """The layout's time bits have run out (or the clock is before its epoch). Needs a new layout, not a retry."""
+
+    code = "time_exhausted"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=3600.0)

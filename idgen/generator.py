@@ -1,0 +1,242 @@
+"""The embedded generator: mints IDs locally inside the window its lease reserved.
+
+Usage::
+
+    from idgen import Generator
+    with Generator() as gen:          # a local lease in the default state directory
+        gen.next_id(), gen.next_ids(100)
+
+How it mints. The current time unit (a *tick*) is one immutable :class:`_Tick` snapshot: the tick's wall
+clock bounds and an ``itertools.count`` that yields that tick's IDs in order. ``next_id`` reads the clock
+and, while the clock is inside the snapshot's tick, takes the next value of the count. Under the GIL a
+``next()`` on a count is atomic, so this fast path needs no lock. Everything else (a new tick, an exhausted
+sequence, a clock behind, the fence, a lease change) goes through ``_advance`` under ``self._lock``.
+
+Invariants:
+
+- ticks only move forward: a snapshot is published only for a tick above every tick published before;
+- a snapshot is published only for a tick ``t`` with ``after < t <= fence`` of the current reservation
+  (in Unix ms, the tick's start), and only while a reservation is held;
+- so IDs from one generator are unique and strictly increasing, and IDs from holders of one worker ID
+  never meet, because their reservations' windows are disjoint (see docs/DESIGN.md).
+
+Waits are bounded: an exhausted sequence waits for the next tick (one time unit) and a clock behind by
+at most ``rollback_tolerance_ms`` is waited out. Anything longer raises an :class:`~idgen.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+from bisect import bisect_left
+from types import TracebackType
+from typing import Any
+
+from idgen.clock import SYSTEM_CLOCK, Clock
+from idgen.errors import ClockBehind, FenceReached, InvalidInput, LayoutMismatch, NoLease, TimeExhausted
+from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout, iso_ms
+from idgen.leases.base import Lease, Reservation
+
+DEFAULT_ROLLBACK_TOLERANCE_MS = 5
+
+
+class _Tick:
+    """The IDs of one tick: ``ids`` yields them in order; values at or above ``limit`` belong to no one."""
+
+    __slots__ = ("end_ns", "ids", "limit", "start_ns", "tick")
+
+    def __init__(self, tick: int, start_ns: int, end_ns: int, first: int, step: int, count: int) -> None:
+        self.tick, self.start_ns, self.end_ns = tick, start_ns, end_ns
+        self.ids = itertools.count(first, step)
+        self.limit = first + step * count
+
+
+_NO_TICK = _Tick(-1, 0, 0, 0, 1, 0)  # matches no clock reading: every call takes the slow path
+
+
+class Generator:
+    """Mints 63-bit IDs of ``layout`` under the worker ID that ``lease`` holds. Thread-safe.
+
+    With no ``lease`` it takes a :class:`~idgen.leases.local.LocalLease` (``lease_options`` go to it).
+    """
+
+    def __init__(
+        self,
+        layout: Layout | str = DEFAULT_LAYOUT,
+        lease: Lease | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        rollback_tolerance_ms: int = DEFAULT_ROLLBACK_TOLERANCE_MS,
+        **lease_options: Any,
+    ) -> None:
+        self.layout = get_layout(layout)
+        if lease is None:
+            from idgen.leases.local import LocalLease
+
+            lease = LocalLease(self.layout, clock=clock, **lease_options)
+        elif lease.layout != self.layout:
+            raise LayoutMismatch(
+                f"the lease is for layout {lease.layout.name!r}, the generator for {self.layout.name!r}"
+            )
+        self.lease = lease
+        self.clock = clock
+        self.rollback_tolerance_ns = rollback_tolerance_ms * 1_000_000
+        self.overflow_waits = 0
+        self.clock_rollbacks = 0
+        self._now_ns = clock.now_ns
+        self._lock = threading.Lock()
+        self._snapshot = _NO_TICK
+        self._tick = -1  # the highest tick published, or the first one the reservation forbids
+        self._reservation: Reservation | None = None
+        self._node = 0
+        self._fence_tick = -1
+        self._behind = False
+        self._closed = False
+        self._unit_ns = self.layout.unit_ms * 1_000_000
+        self._time_shift = self.layout.shifts["time"]
+        self._step = 1 << self.layout.shifts["sequence"]
+        if not getattr(sys, "_is_gil_enabled", lambda: True)():
+            self.next_id = self._next_id_locked  # type: ignore[method-assign]  # count() is not atomic without the GIL
+        lease.start(self._on_reservation)
+
+    # -- minting ----------------------------------------------------------------------------------
+
+    def next_id(self) -> int:
+        """The next ID: unique, and greater than every ID this generator returned before."""
+        now = self._now_ns()
+        snapshot = self._snapshot
+        if snapshot.start_ns <= now < snapshot.end_ns:
+            id_ = next(snapshot.ids)
+            if id_ < snapshot.limit:
+                return id_
+        return self._next_id_locked()
+
+    def next_ids(self, n: int) -> list[int]:
+        """``n`` IDs, strictly increasing. All or nothing: on an error none of them is returned."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidInput(f"count must be a positive integer, not {n!r}")
+        out: list[int] = []
+        while len(out) < n:
+            snapshot = self._snapshot
+            if snapshot.start_ns <= self._now_ns() < snapshot.end_ns:
+                chunk = list(itertools.islice(snapshot.ids, n - len(out)))
+                usable = bisect_left(chunk, snapshot.limit)
+                out += chunk[:usable]
+                if usable == len(chunk):
+                    continue
+            out.append(self._next_id_locked())
+        return out
+
+    def _next_id_locked(self) -> int:
+        with self._lock:
+            return self._advance()
+
+    def _advance(self) -> int:
+        """Mint one ID the slow way; the caller holds ``self._lock``."""
+        while True:
+            now = self._now_ns()
+            snapshot = self._snapshot
+            if snapshot.start_ns <= now < snapshot.end_ns:
+                id_ = next(snapshot.ids)
+                if id_ < snapshot.limit:
+                    return id_
+                self.overflow_waits += 1
+                self.clock.sleep((snapshot.end_ns - now) / 1e9)
+                continue
+            if self._reservation is None:
+                raise NoLease("the generator is closed" if self._closed else "no worker ID lease is held right now")
+            tick = (now // 1_000_000 - self.layout.epoch_ms) // self.layout.unit_ms
+            if tick > self._tick:
+                return self._open_tick(tick)
+            # The clock is at or behind the last tick used: wait for the next tick, if that is soon.
+            behind_ns = self._tick_start_ns(self._tick) - now
+            if behind_ns > 0 and not self._behind:
+                self._behind = True
+                self.clock_rollbacks += 1
+            if behind_ns > self.rollback_tolerance_ns:
+                raise ClockBehind(
+                    behind_ns / 1e6, f"the last timestamp used or reserved ({iso_ms(self.layout.tick_ms(self._tick))})"
+                )
+            self.clock.sleep((self._tick_start_ns(self._tick + 1) - now) / 1e9)
+
+    def _open_tick(self, tick: int) -> int:
+        if tick > self._fence_tick:
+            self.lease.renew_soon()
+            raise FenceReached(
+                f"the clock ({iso_ms(self.layout.tick_ms(tick))}) has passed the reserved fence"
+                f" ({iso_ms(self.layout.tick_ms(self._fence_tick))}); waiting for the lease to extend it",
+                retry_after=0.1,
+            )
+        if tick > self.layout.max_tick or tick < 0:
+            raise TimeExhausted(
+                f"layout {self.layout.name!r} cannot encode the current time: its time bits cover "
+                f"{iso_ms(self.layout.epoch_ms)} to {iso_ms(self.layout.expires_ms)}"
+            )
+        start_ns = self._tick_start_ns(tick)
+        first = tick << self._time_shift | self._node
+        snapshot = _Tick(tick, start_ns, start_ns + self._unit_ns, first, self._step, self.layout.sequence_capacity)
+        id_ = next(snapshot.ids)
+        self._tick, self._snapshot, self._behind = tick, snapshot, False
+        return id_
+
+    def _tick_start_ns(self, tick: int) -> int:
+        return self.layout.tick_ms(tick) * 1_000_000
+
+    # -- the lease feeds the generator --------------------------------------------------------------
+
+    def _on_reservation(self, reservation: Reservation | None) -> None:
+        """Called by the lease on acquisition, extension, loss and release."""
+        with self._lock:
+            previous, self._reservation = self._reservation, reservation
+            if reservation is None:
+                self._snapshot = _NO_TICK  # stop at once
+                self._fence_tick = -1
+                return
+            self._fence_tick = self.layout.tick_of(reservation.fence_ms)
+            if previous is None or previous.lease_id != reservation.lease_id:
+                # A new claim: mint only above the old holder's fence, and above all this generator minted.
+                self._node = self.layout.node_bits(reservation.worker_id)
+                self._tick = max(self._tick, self.layout.tick_of(reservation.after_ms))
+                self._snapshot = _NO_TICK
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def worker_id(self) -> int | None:
+        reservation = self._reservation
+        return reservation.worker_id if reservation else None
+
+    def readiness(self) -> tuple[bool, str | None]:
+        """Whether the next ``next_id`` is expected to succeed, and if not, why."""
+        status = self.lease.status()
+        reservation = self._reservation
+        if reservation is None:
+            return False, status.reason or "no worker ID lease is held"
+        if status.reason:
+            return False, status.reason
+        now_ms = self._now_ns() // 1_000_000
+        if now_ms > reservation.fence_ms:
+            return False, "the clock has passed the reserved fence; the lease has not extended it yet"
+        behind_ms = self.layout.tick_ms(self._tick) - now_ms
+        if behind_ms * 1_000_000 > self.rollback_tolerance_ns:
+            return False, f"clock is {behind_ms} ms behind the last timestamp used or reserved"
+        return True, None
+
+    def close(self) -> None:
+        """Stop minting and release the lease, bringing its fence down to the last tick used. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._snapshot = _NO_TICK
+            high_water_ms = self.layout.tick_ms(self._tick) if self._tick >= 0 else None
+        self.lease.close(high_water_ms)
+
+    def __enter__(self) -> Generator:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,357 @@
+"""The lease interface: a worker ID plus a fenced window of time to mint in.
+
+A lease grants a :class:`Reservation`: mint under ``worker_id`` only timestamps ``t`` with
+``after_ms < t <= fence_ms``. The backend keeps three records per worker ID:
+
+- the *claim* (a file lock, or an ephemeral znode): at most one holder at a time;
+- the *fence*: durable, monotonic. It is written before any ID above the old value is minted, and a new
+  holder's ``after_ms`` is the fence it found, so holders' windows never overlap;
+- the *history*: who held the worker ID and from which ``after_ms``, bounded to ``history_size`` holders.
+  Windows are disjoint, so the holder whose window contains an ID's timestamp is the one that minted it.
+
+:class:`Lease` is a small state machine run by one renewal thread::
+
+    ACQUIRING --acquired--> HELD --(session suspended)--> SUSPENDED --(reconnected)--> HELD
+        ^                     |                               |
+        +------ LOST <--------+-------(session lost)----------+          HELD/LOST --close()--> RELEASED
+
+Invariants:
+
+- the reservation published to the listener never has a fence above the durable fence;
+- in HELD the fence is kept at least ``window_ms`` ahead of the clock; SUSPENDED never extends it;
+- on LOST the listener gets ``None`` before anything else happens, then the lease is acquired afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+from enum import Enum
+from typing import Any
+
+from idgen.clock import SYSTEM_CLOCK, Clock
+from idgen.errors import LeaseUnavailable
+from idgen.layout import Layout
+
+log = logging.getLogger("idgen.lease")
+
+DEFAULT_WINDOW_MS = 5_000
+DEFAULT_MAX_WAIT_MS = 10_000
+DEFAULT_HISTORY_SIZE = 100
+
+
+class LeaseState(Enum):
+    ACQUIRING = "acquiring"
+    HELD = "held"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+    RELEASED = "released"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Mint under ``worker_id`` only timestamps ``t`` (Unix ms) with ``after_ms < t <= fence_ms``."""
+
+    worker_id: int
+    after_ms: int
+    fence_ms: int
+    lease_id: str
+
+
+@dataclass(frozen=True)
+class Holder:
+    """One holder of a worker ID, as kept in its history. It minted only timestamps above ``after_ms``."""
+
+    worker_id: int
+    lease_id: str
+    host: str
+    pid: int
+    address: str | None
+    started_ms: int
+    after_ms: int
+    ended_ms: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Holder:
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+
+
+def trace(holders: Iterable[Holder], unix_ms: int) -> Holder | None:
+    """The holder that minted an ID stamped ``unix_ms``: the latest one whose ``after_ms`` is below it.
+
+    Correct because windows are disjoint and ordered: holder k minted only in (after_k, after_k+1].
+    ``None`` when the ID predates the retained history.
+    """
+    candidates = [h for h in holders if h.after_ms < unix_ms]
+    return max(candidates, key=lambda h: h.after_ms, default=None)
+
+
+def remember(holders: list[Holder], holder: Holder, size: int) -> list[Holder]:
+    """``holders`` plus ``holder`` (replacing an entry of the same lease), keeping the newest ``size``."""
+    kept = [h for h in holders if h.lease_id != holder.lease_id] + [holder]
+    return kept[-size:]
+
+
+class LeaseLost(Exception):
+    """Raised by a backend when the claim is provably gone (another holder, or an expired session)."""
+
+
+@dataclass(frozen=True)
+class LeaseStatus:
+    state: LeaseState
+    reservation: Reservation | None
+    reason: str | None
+
+
+class Lease(ABC):
+    """Base of the backends. Subclasses implement the four storage operations; this class runs the lifecycle.
+
+    ``window_ms``: the fence is kept between ``window_ms`` and ``1.5 * window_ms`` ahead of the clock.
+    ``max_wait_ms``: at acquisition, a clock behind the previous holder's fence by up to this much is waited
+    out; further behind, the lease is held but reports not ready (minting then refuses with the reason).
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        *,
+        window_ms: int = DEFAULT_WINDOW_MS,
+        max_wait_ms: int = DEFAULT_MAX_WAIT_MS,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        address: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if window_ms < 10:
+            raise ValueError(f"lease window {window_ms} ms is too short (at least 10 ms)")
+        self.layout = layout
+        self.window_ms = window_ms
+        self.max_wait_ms = max_wait_ms
+        self.history_size = max(history_size, 1)
+        self.address = address
+        self.clock = clock
+        self.host = socket.gethostname()
+        self._state = LeaseState.ACQUIRING
+        self._reason: str | None = None
+        self._reservation: Reservation | None = None
+        self._listener: Callable[[Reservation | None], None] = lambda _: None
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- storage operations, one set per backend ----------------------------------------------------
+
+    @abstractmethod
+    def _acquire(self, holder: Holder) -> Reservation:
+        """Claim a free worker ID, record ``holder`` (with its ``worker_id``/``after_ms`` filled in by the
+        backend) in its history, and durably write a first fence. Raise :class:`LeaseUnavailable` if none is free."""
+
+    @abstractmethod
+    def _extend(self, reservation: Reservation, fence_ms: int) -> None:
+        """Durably raise the fence to ``fence_ms``, only if the claim is still ours; else raise :class:`LeaseLost`."""
+
+    @abstractmethod
+    def _release(self, reservation: Reservation, final_fence_ms: int) -> None:
+        """Set the fence to ``final_fence_ms`` (never lowering it below what was minted), mark the holder
+        ended and drop the claim. Best effort: the fence stays valid if this fails."""
+
+    @abstractmethod
+    def holders(self, worker_id: int) -> list[Holder]:
+        """The retained history of ``worker_id``, oldest first."""
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self, listener: Callable[[Reservation | None], None]) -> Reservation:
+        """Acquire a worker ID, publish the reservation to ``listener`` and start renewing. Blocks until held."""
+        self._listener = listener
+        reservation = self._acquire_and_wait()
+        self._publish(reservation)
+        self._thread = threading.Thread(target=self._run, name=f"idgen-lease-{reservation.worker_id}", daemon=True)
+        self._thread.start()
+        return reservation
+
+    def close(self, high_water_ms: int | None = None) -> None:
+        """Stop renewing and release the claim. ``high_water_ms`` (the highest timestamp minted) lets the
+        fence come down to it, so the next holder need not wait out the unused part of the window."""
+        self._closing.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(5.0, self.window_ms / 1000))
+        with self._lock:
+            reservation, self._reservation = self._reservation, None
+            held = self._state in (LeaseState.HELD, LeaseState.SUSPENDED)
+            self._state = LeaseState.RELEASED
+        self._listener(None)
+        if reservation is not None and held:
+            final = reservation.fence_ms if high_water_ms is None else max(high_water_ms, reservation.after_ms)
+            try:
+                self._release(reservation, min(final, reservation.fence_ms))
+                log.info("lease released", extra={"event": "lease_released", "worker_id": reservation.worker_id})
+            except Exception as exc:  # the fence stays where it was, which is safe
+                log.warning("lease release failed: %s", exc, extra={"event": "lease_release_failed"})
+
+    def renew_soon(self) -> None:
+        """Ask the renewal thread to check the fence now (the generator calls this when it reaches the fence)."""
+        self._wake.set()
+
+    def status(self) -> LeaseStatus:
+        with self._lock:
+            return LeaseStatus(self._state, self._reservation, self._reason)
+
+    def trace(self, worker_id: int, unix_ms: int) -> Holder | None:
+        """The holder of ``worker_id`` that minted an ID stamped ``unix_ms`` (``None`` if not retained)."""
+        return trace(self.holders(worker_id), unix_ms)
+
+    def describe(self) -> dict[str, Any]:
+        """Backend facts for ``/info``; subclasses add theirs."""
+        status = self.status()
+        return {
+            "state": status.state.value,
+            "reason": status.reason,
+            "worker_id": status.reservation.worker_id if status.reservation else None,
+            "lease_id": status.reservation.lease_id if status.reservation else None,
+            "fence_ms": status.reservation.fence_ms if status.reservation else None,
+            "window_ms": self.window_ms,
+            "host": self.host,
+            "pid": os.getpid(),
+            "address": self.address,
+        }
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state transitions for backends with sessions ---------------------------------------------
+
+    def _suspend(self) -> None:
+        with self._lock:
+            if self._state is LeaseState.HELD:
+                self._state = LeaseState.SUSPENDED
+                self._reason = "coordination session suspended; minting only up to the reserved fence"
+        log.warning("lease suspended", extra={"event": "lease_suspended"})
+
+    def _resume(self) -> None:
+        with self._lock:
+            if self._state is LeaseState.SUSPENDED:
+                self._state, self._reason = LeaseState.HELD, None
+        self._wake.set()
+
+    def _lose(self, why: str) -> None:
+        """The claim is gone: stop minting at once, then let the renewal thread acquire afresh."""
+        with self._lock:
+            if self._state in (LeaseState.RELEASED, LeaseState.LOST):
+                return
+            lost, self._reservation = self._reservation, None
+            self._state, self._reason = LeaseState.LOST, f"lease lost: {why}"
+        self._listener(None)
+        log.error(
+            "lease lost: %s",
+            why,
+            extra={"event": "lease_lost", "worker_id": lost.worker_id if lost else None},
+        )
+        self._wake.set()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return self.clock.now_ns() // 1_000_000
+
+    def _new_holder(self) -> Holder:
+        return Holder(
+            worker_id=-1,
+            lease_id="",
+            host=self.host,
+            pid=os.getpid(),
+            address=self.address,
+            started_ms=self._now_ms(),
+            after_ms=-1,
+        )
+
+    def _first_fence(self, after_ms: int) -> int:
+        """The fence a new holder writes: a full window above both the clock and the old fence."""
+        return max(self._now_ms(), after_ms) + self.window_ms
+
+    def _acquire_and_wait(self) -> Reservation:
+        reservation = self._acquire(self._new_holder())
+        behind = reservation.after_ms - self._now_ms()
+        if 0 <= behind <= self.max_wait_ms:
+            log.warning(
+                "clock is %d ms behind the previous holder's fence; waiting",
+                behind,
+                extra={"event": "clock_behind_fence", "worker_id": reservation.worker_id, "behind_ms": behind},
+            )
+            self.clock.sleep((behind + 1) / 1000)
+        with self._lock:
+            self._state = LeaseState.HELD
+            behind = reservation.after_ms - self._now_ms()
+            self._reason = (
+                f"clock is {behind} ms behind the fence the previous holder of worker {reservation.worker_id} left"
+                f" (more than the {self.max_wait_ms} ms this lease waits); minting refuses until it catches up"
+                if behind >= 0
+                else None
+            )
+        log.info(
+            "lease acquired",
+            extra={"event": "lease_acquired", **{k: v for k, v in vars(reservation).items()}},
+        )
+        return reservation
+
+    def _publish(self, reservation: Reservation) -> None:
+        with self._lock:
+            if self._state is not LeaseState.HELD and self._state is not LeaseState.SUSPENDED:
+                return
+            self._reservation = reservation
+            self._listener(reservation)
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            self._wake.clear()
+            try:
+                delay = self._step()
+            except Exception as exc:  # a backend fault must never kill renewal; retry soon
+                log.warning("lease renewal step failed: %s", exc, extra={"event": "lease_step_failed"})
+                delay = 0.2
+            self._wake.wait(delay)
+
+    def _step(self) -> float:
+        """One pass of the state machine; returns how long (s) to sleep unless woken."""
+        with self._lock:
+            state, reservation = self._state, self._reservation
+        if state is LeaseState.LOST:
+            try:
+                self._publish(self._acquire_and_wait())
+            except LeaseUnavailable as exc:
+                with self._lock:
+                    self._reason = f"lease lost and not yet re-acquired: {exc}"
+                return 1.0
+            return 0.0
+        if state is not LeaseState.HELD or reservation is None:
+            return 0.5
+        now = self._now_ms()
+        if reservation.fence_ms - now < self.window_ms:
+            fence = now + self.window_ms + self.window_ms // 2
+            try:
+                self._extend(reservation, fence)
+            except LeaseLost as exc:
+                self._lose(str(exc))
+                return 0.0
+            self._publish(replace(reservation, fence_ms=fence))
+            log.debug(
+                "fence extended",
+                extra={"event": "fence_extended", "worker_id": reservation.worker_id, "fence_ms": fence},
+            )
+            return self.window_ms / 2000
+        with self._lock:
+            if self._state is LeaseState.HELD and self._reason and reservation.after_ms < now:
+                self._reason = None  # the clock has caught up with the previous holder's fence
+        return min((reservation.fence_ms - now - self.window_ms) / 1000 + 0.001, self.window_ms / 1000)

@@ -1,0 +1,181 @@
+"""Bit layouts and string forms: presets decode real IDs, every form round-trips and sorts like the integer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from idgen import PRESETS, Layout, decode, format_id, parse_id
+from idgen.encoding import FORMS, MAX_ID
+from idgen.errors import InvalidInput
+
+ids = st.integers(min_value=0, max_value=MAX_ID)
+
+
+def test_discord_worked_example_from_its_docs() -> None:
+    fields = decode("175928847299117063", layout="discord")
+    assert fields["time"] == "2016-04-30T11:18:25.796Z"
+    assert fields["timestamp_ms"] == 1462015105796
+    assert (fields["worker_id"], fields["process_id"], fields["sequence"]) == (1, 0, 7)
+
+
+@pytest.mark.parametrize(
+    ("name", "fields", "epoch_ms", "unit_ms"),
+    [
+        ("idgen", [("time", 41), ("worker_id", 10), ("sequence", 12)], 1735689600000, 1),
+        ("twitter", [("time", 41), ("datacenter_id", 5), ("worker_id", 5), ("sequence", 12)], 1288834974657, 1),
+        ("discord", [("time", 42), ("worker_id", 5), ("process_id", 5), ("sequence", 12)], 1420070400000, 1),
+        ("sonyflake", [("time", 39), ("sequence", 8), ("machine_id", 16)], 1409529600000, 10),
+        ("instagram", [("time", 41), ("shard_id", 13), ("sequence", 10)], 1314220021721, 1),
+    ],
+)
+def test_presets_are_the_contract(name: str, fields: list[tuple[str, int]], epoch_ms: int, unit_ms: int) -> None:
+    layout = PRESETS[name]
+    assert list(layout.fields) == fields
+    assert (layout.epoch_ms, layout.unit_ms) == (epoch_ms, unit_ms)
+
+
+def test_twitter_fields_sit_where_twitter_puts_them() -> None:
+    # Twitter: ms since its epoch << 22 | datacenter << 17 | worker << 12 | sequence.
+    ms_since_epoch, datacenter, worker, sequence = 1_000_000_000, 3, 17, 42
+    raw = ms_since_epoch << 22 | datacenter << 17 | worker << 12 | sequence
+    fields = decode(raw, layout="twitter")
+    assert fields["timestamp_ms"] == 1288834974657 + ms_since_epoch
+    assert (fields["datacenter_id"], fields["worker_id"], fields["sequence"]) == (datacenter, worker, sequence)
+    assert fields["worker"] == datacenter << 5 | worker
+
+
+def test_sonyflake_time_is_in_10ms_units_and_machine_id_is_lowest() -> None:
+    units, sequence, machine = 123_456_789, 200, 0xBEEF
+    fields = decode(units << 24 | sequence << 16 | machine, layout="sonyflake")
+    assert fields["timestamp_ms"] == 1409529600000 + units * 10
+    assert (fields["sequence"], fields["machine_id"]) == (sequence, machine)
+
+
+def test_instagram_layout_places_shard_above_sequence() -> None:
+    fields = decode(5_000_000 << 23 | 1341 << 10 | 7, layout="instagram")
+    assert (fields["timestamp_ms"], fields["shard_id"], fields["sequence"]) == (1314220021721 + 5_000_000, 1341, 7)
+
+
+@pytest.mark.parametrize("layout", PRESETS.values(), ids=list(PRESETS))
+@given(data=st.data())
+def test_compose_and_split_round_trip(layout: Layout, data: st.DataObject) -> None:
+    tick = data.draw(st.integers(0, layout.max_tick))
+    worker = data.draw(st.integers(0, layout.worker_capacity - 1))
+    sequence = data.draw(st.integers(0, layout.sequence_capacity - 1))
+    id_ = layout.compose(tick, worker, sequence)
+    assert 0 <= id_ <= MAX_ID
+    parts = layout.split(id_)
+    assert (parts["time"], parts["worker"], parts["sequence"]) == (tick, worker, sequence)
+
+
+@pytest.mark.parametrize("layout", PRESETS.values(), ids=list(PRESETS))
+def test_compose_refuses_values_that_do_not_fit(layout: Layout) -> None:
+    with pytest.raises(InvalidInput, match="does not fit"):
+        layout.compose(layout.max_tick + 1, 0, 0)
+    with pytest.raises(InvalidInput, match="does not fit"):
+        layout.compose(0, layout.worker_capacity, 0)
+    with pytest.raises(InvalidInput, match="does not fit"):
+        layout.compose(0, 0, layout.sequence_capacity)
+
+
+def test_every_layout_reports_when_its_time_bits_run_out() -> None:
+    assert PRESETS["idgen"].describe()["expires"].startswith("2094-")
+    assert PRESETS["twitter"].describe()["expires"].startswith("2080-")
+    assert PRESETS["discord"].describe()["expires"].startswith("2084-")  # the 64th bit stays 0
+    assert PRESETS["instagram"].describe()["expires"].startswith("2046-")
+    largest = PRESETS["discord"].compose(PRESETS["discord"].max_tick, 1023, 4095)
+    assert largest == MAX_ID
+
+
+@pytest.mark.parametrize(
+    ("fields", "epoch_ms", "message"),
+    [
+        ((("time", 41), ("worker_id", 10), ("sequence", 11)), 0, "add up to 62 bits"),
+        ((("time", 41), ("worker_id", 10), ("sequence", 14)), 0, "add up to 65 bits"),
+        ((("worker_id", 10), ("time", 42), ("sequence", 12)), 0, "must put 'time' first"),
+        ((("time", 41), ("worker_id", 22)), 0, "exactly one 'time' and one 'sequence'"),
+        ((("time", 41), ("a", 5), ("a", 5), ("sequence", 12)), 0, "repeat"),
+        ((("time", 41), ("node", 10), ("sequence", 12)), 0, "reserved"),
+        ((("time", 41), ("worker_id", 0), ("sequence", 22)), 0, "at least 1"),
+        ((("time", 41), ("worker_id", 10), ("sequence", 12)), int(time.time() * 1000) + 86_400_000, "epoch"),
+    ],
+)
+def test_invalid_layouts_are_refused_with_a_clear_message(fields: tuple, epoch_ms: int, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        Layout("custom", fields, epoch_ms=epoch_ms)
+
+
+def test_spec_round_trips() -> None:
+    for layout in PRESETS.values():
+        assert Layout.from_spec(layout.spec()) == layout
+
+
+@pytest.mark.parametrize("form", FORMS)
+@given(value=ids)
+def test_every_form_round_trips(form: str, value: int) -> None:
+    text = format_id(value, form)
+    assert parse_id(text, form) == value
+    if form in ("decimal", "hex") or not text.isdigit():
+        assert parse_id(text) == value  # auto-detected
+
+
+@pytest.mark.parametrize("form", ["hex", "base32", "base58"])
+@given(a=ids, b=ids)
+def test_fixed_width_forms_sort_like_the_integers(form: str, a: int, b: int) -> None:
+    assert (format_id(a, form) < format_id(b, form)) == (a < b)
+
+
+def test_known_forms() -> None:
+    assert format_id(175928847299117063, "hex") == "0x0271065ac1020007"
+    assert format_id(0, "base32") == "0000000000000"
+    assert format_id(MAX_ID, "base32") == "7ZZZZZZZZZZZZ"
+    assert format_id(0, "base58") == "11111111111"
+    assert format_id(57, "base58") == "1111111111z"
+
+
+@pytest.mark.parametrize(
+    ("text", "form"),
+    [
+        ("", None),
+        ("abc", None),
+        ("-5", None),
+        ("1.5", None),
+        (" 12", None),
+        ("12 ", None),
+        ("9223372036854775808", None),  # 2**63
+        ("99999999999999999999", None),
+        ("0x123", None),
+        ("0x7fffffffffffffffff", None),
+        ("0x8000000000000000", None),
+        ("0xzzzzzzzzzzzzzzzz", None),
+        ("8000000000000", None),  # base32 past 63 bits (read as decimal it is fine; forced below)
+        ("UUUUUUUUUUUUU", None),  # U is not a Crockford digit
+        ("0OIl111111111", "base58"),
+        ("11111111111", "base32"),
+        ("zzzzzzzzzzz", None),  # base58 above 2**63
+        ("١٢٣", None),  # Arabic-Indic digits are digits to str.isdigit, not to us
+        ("12", "octal"),
+    ],
+)
+def test_parsers_are_strict(text: str, form: str | None) -> None:
+    if text == "8000000000000":
+        form = "base32"
+    with pytest.raises(InvalidInput):
+        parse_id(text, form)
+
+
+def test_decode_fields_are_the_cli_json_fields() -> None:
+    fields = decode(format_id(PRESETS["idgen"].compose(1000, 5, 9), "base32"))
+    assert fields == {
+        "id": str(PRESETS["idgen"].compose(1000, 5, 9)),
+        "layout": "idgen",
+        "timestamp_ms": 1735689601000,
+        "time": "2025-01-01T00:00:01.000Z",
+        "worker_id": 5,
+        "sequence": 9,
+        "worker": 5,
+    }
