@@ -1,4 +1,4 @@
-"""The ``idgen`` command line: mint, decode, layouts.
+"""The ``idgen`` command line: mint, decode, layouts, leases.
 
 Every option can also be set through an environment variable (``IDGEN_`` + the option name in upper case,
 for example ``IDGEN_STATE_DIR``); a command-line option wins. Errors are one line on stderr:
@@ -8,17 +8,29 @@ exit 2 for bad input, 1 when idgen cannot serve (no lease, clock behind the fenc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from idgen.encoding import FORMS, format_id, parse_id
 from idgen.errors import IdgenError, InvalidInput, LayoutMismatch
 from idgen.generator import Generator
-from idgen.layout import DEFAULT_LAYOUT, PRESETS, get_layout
+from idgen.layout import DEFAULT_LAYOUT, PRESETS, get_layout, iso_ms
+from idgen.leases.base import Lease, trace
 from idgen.leases.local import LocalLease, parse_worker_ids
+from idgen.leases.zookeeper import (
+    DEFAULT_NAMESPACE,
+    ZK_AUTH_ENV,
+    ZK_AUTH_FILE_ENV,
+    Namespace,
+    ZkLease,
+    connect,
+    credentials_from_env,
+)
 
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
@@ -39,9 +51,27 @@ def _env(name: str, default: Any = None) -> Any:
 def _add_layout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layout",
-        default=_env("layout", DEFAULT_LAYOUT.name),
+        default=_env("layout"),
         metavar="NAME",
-        help=f"bit layout preset: {', '.join(PRESETS)} (env IDGEN_LAYOUT; default %(default)s)",
+        help=f"bit layout preset: {', '.join(PRESETS)} (env IDGEN_LAYOUT; default: the ZooKeeper namespace's"
+        f" layout with --zk, else {DEFAULT_LAYOUT.name})",
+    )
+
+
+def _add_zookeeper(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument(
+        "--zk",
+        default=_env("zk"),
+        required=required and not _env("zk"),
+        metavar="HOSTS",
+        help="ZooKeeper hosts, host:port[,host:port...] (env IDGEN_ZK); credentials come only from the"
+        f" environment: {ZK_AUTH_ENV}=user:password or {ZK_AUTH_FILE_ENV}=FILE",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=_env("namespace", DEFAULT_NAMESPACE),
+        metavar="PATH",
+        help="ZooKeeper namespace path (env IDGEN_NAMESPACE; default %(default)s)",
     )
 
 
@@ -69,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--format", choices=FORMS, default="decimal", help="string form (default decimal)")
     _add_layout(mint)
     _add_local_lease(mint)
+    _add_zookeeper(mint)
     mint.set_defaults(run=_mint)
 
     decode = commands.add_parser("decode", help="show what an ID says: time, node fields, sequence")
@@ -76,11 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--format", choices=FORMS, default=None, help="the ID's string form (default: detect)")
     decode.add_argument("--json", action="store_true", help="print one JSON object")
     _add_layout(decode)
+    _add_zookeeper(decode)
     decode.set_defaults(run=_decode)
 
     layouts = commands.add_parser("layouts", help="list the layout presets")
     layouts.add_argument("--json", action="store_true", help="print JSON")
     layouts.set_defaults(run=_layouts)
+
+    leases = commands.add_parser("leases", help="list a ZooKeeper namespace's live leases, fences and history")
+    leases.add_argument("--json", action="store_true", help="print JSON")
+    _add_zookeeper(leases, required=True)
+    leases.set_defaults(run=_leases)
     return parser
 
 
@@ -94,14 +131,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _local_lease(args: argparse.Namespace) -> LocalLease:
+def lease_from_args(args: argparse.Namespace, address: str | None = None) -> Lease:
+    """The lease the options ask for: ZooKeeper with ``--zk``, else local."""
+    layout = get_layout(args.layout or DEFAULT_LAYOUT)
+    if args.zk:
+        return ZkLease(layout, args.zk, args.namespace, auth=credentials_from_env(), address=address)
     worker_ids = parse_worker_ids(args.worker_ids) if args.worker_ids else None
-    return LocalLease(get_layout(args.layout), state_dir=args.state_dir, worker_ids=worker_ids)
+    return LocalLease(layout, state_dir=args.state_dir, worker_ids=worker_ids, address=address)
+
+
+@contextlib.contextmanager
+def _namespace(args: argparse.Namespace) -> Iterator[Namespace]:
+    client = connect(args.zk, credentials_from_env())
+    try:
+        yield Namespace(client, args.namespace)
+    finally:
+        client.stop()
+        client.close()
 
 
 def _mint(args: argparse.Namespace) -> None:
-    layout = get_layout(args.layout)
-    with Generator(layout, _local_lease(args)) as gen:
+    lease = lease_from_args(args)
+    with Generator(lease.layout, lease) as gen:
         remaining = args.count
         while remaining:
             batch = gen.next_ids(min(remaining, MINT_CHUNK))
@@ -110,8 +161,31 @@ def _mint(args: argparse.Namespace) -> None:
 
 
 def _decode(args: argparse.Namespace) -> None:
-    fields = get_layout(args.layout).decode(parse_id(args.id, args.format))
-    _print(fields, args.json)
+    id_ = parse_id(args.id, args.format)
+    if not args.zk:
+        _print(get_layout(args.layout or DEFAULT_LAYOUT).decode(id_), args.json)
+        return
+    with _namespace(args) as namespace:
+        layout = namespace.layout()
+        if args.layout and get_layout(args.layout) != layout:
+            raise LayoutMismatch(f"namespace {namespace.path} uses layout {layout.summary()}, not {args.layout!r}")
+        fields = layout.decode(id_)
+        holder = trace(namespace.holders(fields["worker"]), fields["timestamp_ms"])
+    _print({**fields, "node": holder.to_json() if holder else None}, args.json)
+
+
+def _leases(args: argparse.Namespace) -> None:
+    with _namespace(args) as namespace:
+        described = namespace.describe()
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return
+    print(f"namespace {described['namespace']}  layout {described['layout']['name']}")
+    print(f"{'worker':>6}  {'fence':<24}  holder")
+    for worker, fence_ms in described["fences"].items():
+        live = described["leases"].get(worker)
+        holder = f"{live['host']} pid {live['pid']} since {iso_ms(live['started_ms'])}" if live else "(free)"
+        print(f"{worker:>6}  {iso_ms(fence_ms):<24}  {holder}")
 
 
 def _layouts(args: argparse.Namespace) -> None:
@@ -131,8 +205,20 @@ def _print(fields: dict[str, Any], as_json: bool) -> None:
         print("\n".join(f"{key:<{width}}  {value}" for key, value in fields.items()))
 
 
+def _log_to_stderr() -> None:
+    """One-shot commands: idgen's warnings as ``idgen: warning: ...`` lines; kazoo's retry chatter is dropped
+    because the command's own error line already says what failed."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("idgen: %(levelname)s: %(message)s"))
+    logging.getLogger("idgen").addHandler(handler)
+    logging.getLogger("idgen").setLevel(logging.WARNING)
+    logging.getLogger("kazoo").addHandler(logging.NullHandler())
+    logging.getLogger("kazoo").propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     run: Callable[[argparse.Namespace], None] = args.run
     try:
         run(args)

@@ -34,6 +34,12 @@ class LeaseUnavailable(IdgenError):
     code = "lease_unavailable"
 
 
+class ClockUntrusted(LeaseUnavailable):
+    """The local clock disagrees with the coordinator's by more than the bound; no worker ID is claimed."""
+
+    code = "clock_untrusted"
+
+
 class Unavailable(IdgenError):
     """Minting is refused because uniqueness cannot be proven now; retry after ``retry_after`` seconds."""
 

@@ -145,7 +145,7 @@ class Generator:
                 self.clock.sleep((snapshot.end_ns - now) / 1e9)
                 continue
             if self._reservation is None:
-                raise NoLease("the generator is closed" if self._closed else "no worker ID lease is held right now")
+                raise NoLease("the generator is closed" if self._closed else self._why_no_lease())
             tick = (now // 1_000_000 - self.layout.epoch_ms) // self.layout.unit_ms
             if tick > self._tick:
                 return self._open_tick(tick)
@@ -202,6 +202,9 @@ class Generator:
 
     # -- state ------------------------------------------------------------------------------------
 
+    def _why_no_lease(self) -> str:
+        return self.lease.status().reason or "no worker ID lease is held right now"
+
     @property
     def worker_id(self) -> int | None:
         reservation = self._reservation
@@ -212,7 +215,7 @@ class Generator:
         status = self.lease.status()
         reservation = self._reservation
         if reservation is None:
-            return False, status.reason or "no worker ID lease is held"
+            return False, self._why_no_lease()
         if status.reason:
             return False, status.reason
         now_ms = self._now_ns() // 1_000_000

@@ -35,7 +35,7 @@ from enum import Enum
 from typing import Any
 
 from idgen.clock import SYSTEM_CLOCK, Clock
-from idgen.errors import LeaseUnavailable
+from idgen.errors import ClockUntrusted, LeaseUnavailable
 from idgen.layout import Layout
 
 log = logging.getLogger("idgen.lease")
@@ -169,12 +169,23 @@ class Lease(ABC):
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def start(self, listener: Callable[[Reservation | None], None]) -> Reservation:
-        """Acquire a worker ID, publish the reservation to ``listener`` and start renewing. Blocks until held."""
+    def start(self, listener: Callable[[Reservation | None], None]) -> Reservation | None:
+        """Acquire a worker ID, publish the reservation to ``listener`` and start renewing.
+
+        Raises :class:`LeaseUnavailable` when no worker ID can be had (all taken, coordinator unreachable).
+        If only the clock is untrusted, returns ``None``: the lease stays ACQUIRING, not ready, with the
+        reason in :meth:`status`, and keeps trying in the background.
+        """
         self._listener = listener
-        reservation = self._acquire_and_wait()
-        self._publish(reservation)
-        self._thread = threading.Thread(target=self._run, name=f"idgen-lease-{reservation.worker_id}", daemon=True)
+        reservation = None
+        try:
+            reservation = self._acquire_and_wait()
+        except ClockUntrusted as exc:
+            with self._lock:
+                self._reason = str(exc)
+        else:
+            self._publish(reservation)
+        self._thread = threading.Thread(target=self._run, name="idgen-lease", daemon=True)
         self._thread.start()
         return reservation
 
@@ -236,14 +247,13 @@ class Lease(ABC):
     def _suspend(self) -> None:
         with self._lock:
             if self._state is LeaseState.HELD:
-                self._state = LeaseState.SUSPENDED
-                self._reason = "coordination session suspended; minting only up to the reserved fence"
+                self._state = LeaseState.SUSPENDED  # still ready: the reserved fence stays valid
         log.warning("lease suspended", extra={"event": "lease_suspended"})
 
     def _resume(self) -> None:
         with self._lock:
             if self._state is LeaseState.SUSPENDED:
-                self._state, self._reason = LeaseState.HELD, None
+                self._state = LeaseState.HELD
         self._wake.set()
 
     def _lose(self, why: str) -> None:
@@ -282,6 +292,9 @@ class Lease(ABC):
         return max(self._now_ms(), after_ms) + self.window_ms
 
     def _acquire_and_wait(self) -> Reservation:
+        problem = self._clock_problem()
+        if problem:
+            raise ClockUntrusted(problem)
         reservation = self._acquire(self._new_holder())
         behind = reservation.after_ms - self._now_ms()
         if 0 <= behind <= self.max_wait_ms:
@@ -293,18 +306,22 @@ class Lease(ABC):
             self.clock.sleep((behind + 1) / 1000)
         with self._lock:
             self._state = LeaseState.HELD
-            behind = reservation.after_ms - self._now_ms()
-            self._reason = (
-                f"clock is {behind} ms behind the fence the previous holder of worker {reservation.worker_id} left"
-                f" (more than the {self.max_wait_ms} ms this lease waits); minting refuses until it catches up"
-                if behind >= 0
-                else None
-            )
-        log.info(
-            "lease acquired",
-            extra={"event": "lease_acquired", **{k: v for k, v in vars(reservation).items()}},
-        )
+            self._reason = self._behind_fence(reservation)
+        log.info("lease acquired", extra={"event": "lease_acquired", **vars(reservation)})
         return reservation
+
+    def _clock_problem(self) -> str | None:
+        """Why the local clock cannot be trusted now, or ``None``. Backends with a reference clock override it."""
+        return None
+
+    def _behind_fence(self, reservation: Reservation) -> str | None:
+        behind = reservation.after_ms - self._now_ms()
+        if behind < 0:
+            return None
+        return (
+            f"clock is {behind} ms behind the fence the previous holder of worker {reservation.worker_id} left"
+            f" (more than the {self.max_wait_ms} ms this lease waits); minting refuses until it catches up"
+        )
 
     def _publish(self, reservation: Reservation) -> None:
         with self._lock:
@@ -327,16 +344,21 @@ class Lease(ABC):
         """One pass of the state machine; returns how long (s) to sleep unless woken."""
         with self._lock:
             state, reservation = self._state, self._reservation
-        if state is LeaseState.LOST:
+        if state in (LeaseState.ACQUIRING, LeaseState.LOST):
             try:
                 self._publish(self._acquire_and_wait())
             except LeaseUnavailable as exc:
                 with self._lock:
-                    self._reason = f"lease lost and not yet re-acquired: {exc}"
+                    self._reason = f"no lease yet: {exc}" if state is LeaseState.ACQUIRING else f"lease lost: {exc}"
                 return 1.0
             return 0.0
         if state is not LeaseState.HELD or reservation is None:
-            return 0.5
+            return 0.5  # SUSPENDED: mint up to the fence already reserved, extend nothing
+        problem = self._clock_problem()
+        with self._lock:
+            self._reason = problem or self._behind_fence(reservation)
+        if problem:
+            return 1.0  # do not push the fence ahead on a clock we do not trust
         now = self._now_ms()
         if reservation.fence_ms - now < self.window_ms:
             fence = now + self.window_ms + self.window_ms // 2
@@ -351,7 +373,4 @@ class Lease(ABC):
                 extra={"event": "fence_extended", "worker_id": reservation.worker_id, "fence_ms": fence},
             )
             return self.window_ms / 2000
-        with self._lock:
-            if self._state is LeaseState.HELD and self._reason and reservation.after_ms < now:
-                self._reason = None  # the clock has caught up with the previous holder's fence
         return min((reservation.fence_ms - now - self.window_ms) / 1000 + 0.001, self.window_ms / 1000)

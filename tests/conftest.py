@@ -1,0 +1,73 @@
+"""Shared pytest fixtures for the idgen tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from zkharness import ZkEnsemble, ZkServer
+
+# --- ZooKeeper ---
+# Real ZooKeeper servers from Debian's `zookeeper` package, started by the tests
+# themselves (see tests/zkharness.py).  Every fixture binds 127.0.0.1 on free ports;
+# tests never connect to a server they did not start.
+
+ZK_NAMESPACE_ROOT = "/idgen-test"
+
+
+@pytest.fixture(scope="session")
+def zk_server() -> Iterator[ZkServer]:
+    """One standalone server (tickTime 500 ms) shared by the whole session.
+
+    Do not kill, pause or restart it: use ``fresh_zk`` for that.  Isolate data with
+    ``zk_namespace``.
+    """
+    server = ZkServer(name="zk-session")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def zk_hosts(zk_server: ZkServer) -> str:
+    """Connection string of the shared session server, e.g. ``"127.0.0.1:40123"``."""
+    return zk_server.hosts
+
+
+@pytest.fixture
+def zk_namespace(zk_server: ZkServer) -> str:
+    """A unique absolute path (not a chroot) for one test on the shared server.
+
+    For example ``/idgen-test/3f2b...``.  The node is not created; code under test (or
+    the test) creates it, e.g. with ``client.ensure_path(zk_namespace)``.  Nothing is
+    cleaned up: the session server and its data directory go away at the end.
+    """
+    return f"{ZK_NAMESPACE_ROOT}/{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def fresh_zk() -> Iterator[ZkServer]:
+    """A dedicated standalone server this test may kill, pause, resume or restart."""
+    server = ZkServer(name="zk-fresh")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def zk_ensemble() -> Iterator[ZkEnsemble]:
+    """A dedicated 3-node ensemble with an elected leader; members may be killed etc."""
+    ensemble = ZkEnsemble(3)
+    try:
+        ensemble.start()
+        yield ensemble
+    finally:
+        ensemble.stop()
+
+
+# --- end ZooKeeper ---

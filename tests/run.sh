@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The README's test command: installs whatever the tests need that is missing, then runs the whole suite.
+#   - Debian packages: zookeeper (3.8; the tests start their own servers), wrk for the HTTP benchmark
+#   - a virtualenv in .venv with idgen and its test extras
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -k zookeeper -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for pkg in zookeeper; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+command -v java >/dev/null || missing+=(default-jre-headless)
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+exec .venv/bin/python -m pytest "$@"

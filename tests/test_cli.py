@@ -1,0 +1,114 @@
+"""The ``idgen`` command, run as users run it: a real process, its stdout, stderr and exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from idgen import decode, format_id
+
+
+def idgen(*args: str, state_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env_args = ["--state-dir", str(state_dir)] if state_dir else []
+    return subprocess.run(
+        [sys.executable, "-m", "idgen.cli", *args, *env_args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_mint_prints_n_increasing_decimal_ids(tmp_path: Path) -> None:
+    result = idgen("mint", "-n", "5000", state_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ids = [int(line) for line in result.stdout.splitlines()]
+    assert len(ids) == 5000
+    assert ids == sorted(set(ids))
+
+
+def test_mint_respects_layout_worker_range_and_format(tmp_path: Path) -> None:
+    result = idgen("mint", "-n", "3", "--layout", "twitter", "--worker-ids", "40-41", "--format", "base32",
+                   state_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    fields = [decode(line, layout="twitter") for line in result.stdout.split()]
+    assert {f["worker"] for f in fields} == {40}
+    assert {(f["datacenter_id"], f["worker_id"]) for f in fields} == {(1, 8)}
+
+
+def test_decode_json_has_the_documented_fields() -> None:
+    result = idgen("decode", "175928847299117063", "--layout", "discord", "--json")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {
+        "id": "175928847299117063",
+        "layout": "discord",
+        "timestamp_ms": 1462015105796,
+        "time": "2016-04-30T11:18:25.796Z",
+        "worker_id": 1,
+        "process_id": 0,
+        "sequence": 7,
+        "worker": 32,
+    }
+
+
+@pytest.mark.parametrize("form", ["decimal", "hex", "base32", "base58"])
+def test_decode_accepts_every_string_form(form: str) -> None:
+    text = format_id(175928847299117063, form)
+    result = idgen("decode", text, "--layout", "discord", "--json")
+    assert json.loads(result.stdout)["id"] == "175928847299117063"
+
+
+def test_decode_plain_text_is_readable() -> None:
+    result = idgen("decode", "175928847299117063", "--layout", "discord")
+    assert "time          2016-04-30T11:18:25.796Z" in result.stdout
+
+
+def test_layouts_lists_every_preset_with_its_end_date() -> None:
+    result = idgen("layouts")
+    assert [line.split()[0] for line in result.stdout.splitlines()] == [
+        "idgen", "twitter", "discord", "sonyflake", "instagram"
+    ]
+    assert "runs out 2094-09-07" in result.stdout
+    described = json.loads(idgen("layouts", "--json").stdout)
+    assert described[0]["expires"] == "2094-09-07T15:47:35.551Z"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["decode", "abc"], "'abc' is not an ID"),
+        (["decode", "--", "-5"], "'-5' is not an ID"),
+        (["decode", "9223372036854775808"], "is not a 63-bit ID"),
+        (["decode", "123", "--layout", "nope"], "unknown layout 'nope'"),
+        (["mint", "-n", "0"], "0 is not positive"),
+        (["mint", "-n", "x"], "'x' is not a whole number"),
+        (["mint", "--layout", "nope"], "unknown layout 'nope'"),
+        (["mint", "--worker-ids", "9-2"], "must satisfy 0 <= A <= B"),
+        (["mint", "--worker-ids", "0-5000"], "do not fit layout 'idgen'"),
+        (["frobnicate"], "invalid choice"),
+        ([], "the following arguments are required"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = idgen(*args, state_dir=tmp_path if args[:1] == ["mint"] else None)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_state_dir_it_cannot_write_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = idgen("mint", state_dir=blocker / "sub")
+    assert result.returncode == 1
+    assert result.stderr.startswith("idgen: error:") and result.stderr.count("\n") == 1
+
+
+def test_mint_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    result = subprocess.run(
+        f"{sys.executable} -m idgen.cli mint -n 200000 --state-dir {tmp_path} | head -1",
+        shell=True, capture_output=True, text=True, timeout=60,
+    )
+    assert result.stdout.strip().isdigit()
+    assert result.stderr == ""
