@@ -28,8 +28,9 @@ def test_mint_prints_n_increasing_decimal_ids(tmp_path: Path) -> None:
 
 
 def test_mint_respects_layout_worker_range_and_format(tmp_path: Path) -> None:
-    result = idgen("mint", "-n", "3", "--layout", "twitter", "--worker-ids", "40-41", "--format", "base32",
-                   state_dir=tmp_path)
+    result = idgen(
+        "mint", "-n", "3", "--layout", "twitter", "--worker-ids", "40-41", "--format", "base32", state_dir=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     fields = [decode(line, layout="twitter") for line in result.stdout.split()]
     assert {f["worker"] for f in fields} == {40}
@@ -66,7 +67,11 @@ def test_decode_plain_text_is_readable() -> None:
 def test_layouts_lists_every_preset_with_its_end_date() -> None:
     result = idgen("layouts")
     assert [line.split()[0] for line in result.stdout.splitlines()] == [
-        "idgen", "twitter", "discord", "sonyflake", "instagram"
+        "idgen",
+        "twitter",
+        "discord",
+        "sonyflake",
+        "instagram",
     ]
     assert "runs out 2094-09-07" in result.stdout
     described = json.loads(idgen("layouts", "--json").stdout)
@@ -108,7 +113,10 @@ def test_a_state_dir_it_cannot_write_is_a_one_line_error(tmp_path: Path) -> None
 def test_mint_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     result = subprocess.run(
         f"{sys.executable} -m idgen.cli mint -n 200000 --state-dir {tmp_path} | head -1",
-        shell=True, capture_output=True, text=True, timeout=60,
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.stdout.strip().isdigit()
     assert result.stderr == ""

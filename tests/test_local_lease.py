@@ -61,8 +61,12 @@ def holders() -> Iterator[list[Holder]]:
 
 def test_processes_on_one_host_get_distinct_worker_ids(tmp_path: Path, holders: list[Holder]) -> None:
     procs = [
-        subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), "0-1023", "1000"], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(tmp_path), "0-1023", "1000"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(6)
     ]  # started together, so they race for the same never-used worker IDs
     workers = [int(p.stdout.readline().split()[0]) for p in procs]
@@ -76,7 +80,7 @@ def test_a_crashed_holders_lock_is_freed_and_the_next_holder_mints_above_its_fen
     tmp_path: Path, holders: list[Holder]
 ) -> None:
     holders.append(crashed := Holder(tmp_path, "7-7"))
-    with pytest.raises(LeaseUnavailable, match="all 1 worker IDs 7-7 .* are held by running processes"):
+    with pytest.raises(LeaseUnavailable, match=r"all 1 worker IDs 7-7 .* are held by running processes"):
         LocalLease(DEFAULT_LAYOUT, tmp_path, range(7, 8)).start(lambda _: None)
     os.kill(crashed.proc.pid, signal.SIGKILL)
     crashed.proc.wait()
