@@ -28,7 +28,7 @@ from idgen.leases.zookeeper import (
     ZK_AUTH_FILE_ENV,
     Namespace,
     ZkLease,
-    connect,
+    connected,
     credentials_from_env,
 )
 
@@ -142,12 +142,8 @@ def lease_from_args(args: argparse.Namespace, address: str | None = None) -> Lea
 
 @contextlib.contextmanager
 def _namespace(args: argparse.Namespace) -> Iterator[Namespace]:
-    client = connect(args.zk, credentials_from_env())
-    try:
+    with connected(args.zk, credentials_from_env()) as client:
         yield Namespace(client, args.namespace)
-    finally:
-        client.stop()
-        client.close()
 
 
 def _mint(args: argparse.Namespace) -> None:

@@ -98,7 +98,11 @@ class Generator:
         self._step = 1 << self.layout.shifts["sequence"]
         if not getattr(sys, "_is_gil_enabled", lambda: True)():
             self.next_id = self._next_id_locked  # type: ignore[method-assign]  # count() is not atomic without the GIL
-        lease.start(self._on_reservation)
+        try:
+            lease.start(self._on_reservation)
+        except BaseException:
+            lease.close()  # e.g. a ZooKeeper client connected before every worker ID turned out to be taken
+            raise
 
     # -- minting ----------------------------------------------------------------------------------
 

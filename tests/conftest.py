@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from holder import HolderProcess
 from zkharness import ZkEnsemble, ZkServer
+
+from idgen import Layout
+
+# --- worker processes ---
+
+
+@pytest.fixture
+def spawn_holder() -> Iterator[Callable[..., HolderProcess]]:
+    """Start real worker processes (see tests/holder.py); any still running at the end are killed."""
+    started: list[HolderProcess] = []
+
+    def spawn(layout: Layout, **config: Any) -> HolderProcess:
+        started.append(HolderProcess(layout, **config))
+        return started[-1]
+
+    yield spawn
+    for holder in started:
+        holder.kill()
+
 
 # --- ZooKeeper ---
 # Real ZooKeeper servers from Debian's `zookeeper` package, started by the tests

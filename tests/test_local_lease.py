@@ -4,86 +4,35 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from holder import HolderProcess
 
 from idgen import DEFAULT_LAYOUT, PRESETS, Generator, decode
 from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable
 from idgen.leases.local import LocalLease, parse_worker_ids
 
-# A process that takes a local lease, mints, prints its worker ID and first ID, then holds until stdin closes.
-HOLDER = """
-import sys
-from idgen import Generator
-from idgen.leases.local import LocalLease, parse_worker_ids
-from idgen.layout import DEFAULT_LAYOUT
-lease = LocalLease(DEFAULT_LAYOUT, sys.argv[1], parse_worker_ids(sys.argv[2]), window_ms=int(sys.argv[3]))
-with Generator(lease=lease) as gen:
-    print(gen.worker_id, gen.next_id(), flush=True)
-    sys.stdin.read()
-"""
+
+def local_holder(spawn_holder, state_dir: Path, worker_ids: str = "0-1023", window_ms: int = 1_000) -> HolderProcess:
+    first, last = parse_worker_ids(worker_ids)[0], parse_worker_ids(worker_ids)[-1]
+    return spawn_holder(
+        DEFAULT_LAYOUT, state_dir=str(state_dir), worker_ids=[first, last + 1], options={"window_ms": window_ms}
+    )
 
 
-class Holder:
-    def __init__(self, state_dir: Path, worker_ids: str = "0-1023", window_ms: int = 1_000) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(state_dir), worker_ids, str(window_ms)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(self.proc.stderr.read())
-        worker, first = line.split()
-        self.worker_id, self.first_id = int(worker), int(first)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def holders() -> Iterator[list[Holder]]:
-    started: list[Holder] = []
-    yield started
-    for holder in started:
-        holder.proc.kill()
-        holder.proc.wait()
-
-
-def test_processes_on_one_host_get_distinct_worker_ids(tmp_path: Path, holders: list[Holder]) -> None:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(tmp_path), "0-1023", "1000"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(6)
-    ]  # started together, so they race for the same never-used worker IDs
-    workers = [int(p.stdout.readline().split()[0]) for p in procs]
-    for p in procs:
-        p.stdin.close()
-        p.wait(timeout=10)
-    assert len(set(workers)) == 6
+def test_processes_on_one_host_get_distinct_worker_ids(tmp_path: Path, spawn_holder) -> None:
+    started = [local_holder(spawn_holder, tmp_path) for _ in range(6)]  # racing for the same never-used IDs
+    assert len({h.ready().worker_id for h in started}) == 6
 
 
 def test_a_crashed_holders_lock_is_freed_and_the_next_holder_mints_above_its_fence(
-    tmp_path: Path, holders: list[Holder]
+    tmp_path: Path, spawn_holder
 ) -> None:
-    holders.append(crashed := Holder(tmp_path, "7-7"))
+    crashed = local_holder(spawn_holder, tmp_path, "7-7").ready()
     with pytest.raises(LeaseUnavailable, match=r"all 1 worker IDs 7-7 .* are held by running processes"):
         LocalLease(DEFAULT_LAYOUT, tmp_path, range(7, 8)).start(lambda _: None)
-    os.kill(crashed.proc.pid, signal.SIGKILL)
-    crashed.proc.wait()
+    crashed.kill()
     old_fence = json.loads((tmp_path / "worker-00007.json").read_text())["fence_ms"]
     assert old_fence > decode(crashed.first_id)["timestamp_ms"]  # the crash left a fence ahead of its IDs
     with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, range(7, 8), window_ms=1_000)) as successor:
@@ -91,17 +40,14 @@ def test_a_crashed_holders_lock_is_freed_and_the_next_holder_mints_above_its_fen
         assert decode(successor.next_id())["timestamp_ms"] > old_fence
 
 
-def test_exhausted_range_refuses_and_prefers_never_used_then_oldest_fence(
-    tmp_path: Path, holders: list[Holder]
-) -> None:
-    holders.append(Holder(tmp_path, "0-2"))
-    holders.append(Holder(tmp_path, "0-2"))
-    assert sorted(h.worker_id for h in holders) == [0, 1]  # never-used IDs first, lowest first
-    holders[0].stop()  # worker 0 released first: its fence is the oldest
-    holders[1].stop()
-    assert Holder(tmp_path, "0-2").worker_id == 2  # still never used, so preferred over both released IDs
+def test_exhausted_range_refuses_and_prefers_never_used_then_oldest_fence(tmp_path: Path, spawn_holder) -> None:
+    first, second = (local_holder(spawn_holder, tmp_path, "0-2").ready() for _ in range(2))
+    assert [first.worker_id, second.worker_id] == [0, 1]  # never-used IDs first, lowest first
+    first.stop()  # worker 0 released first: its fence is the oldest
+    second.stop()
+    assert local_holder(spawn_holder, tmp_path, "0-2").ready().worker_id == 2  # never used beats both released
     with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, range(0, 2))) as gen:
-        assert gen.worker_id == holders[0].worker_id  # the older fence of the two
+        assert gen.worker_id == 0  # the older fence of the two
 
 
 def test_a_state_directory_belongs_to_one_layout(tmp_path: Path) -> None:

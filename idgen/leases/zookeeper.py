@@ -16,9 +16,11 @@ extends nothing; LOST stops minting at once and acquires afresh; CONNECTED after
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,17 @@ def connect(
         detail = "" if isinstance(exc, KazooTimeoutError) else f" ({exc})"
         raise LeaseUnavailable(f"cannot reach ZooKeeper at {hosts} within {connect_timeout_s:g} s{detail}") from None
     return client
+
+
+@contextlib.contextmanager
+def connected(hosts: str, auth: str | None = None) -> Iterator[KazooClient]:
+    """A client for a short job (the CLI, a test); stopped and closed on exit."""
+    client = connect(hosts, auth)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
 
 
 class Namespace:

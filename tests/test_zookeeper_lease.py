@@ -1,0 +1,363 @@
+"""The ZooKeeper lease on real servers: acquisition, exhaustion, recycling, session faults, clocks, ACLs, tracing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import NoAuthError
+from zkharness import ZkEnsemble, ZkServer
+
+from idgen import DEFAULT_LAYOUT, Generator, Layout, decode
+from idgen.clock import ManualClock
+from idgen.errors import ClockBehind, LayoutMismatch, LeaseUnavailable, NoLease, Unavailable
+from idgen.leases.base import LeaseState
+from idgen.leases.zookeeper import Namespace, ZkLease, connected
+
+EPOCH = DEFAULT_LAYOUT.epoch_ms
+TINY = Layout("tiny", (("time", 41), ("worker_id", 2), ("sequence", 20)), epoch_ms=EPOCH)  # 4 worker IDs
+SOLO = Layout("solo", (("time", 41), ("sequence", 22)), epoch_ms=EPOCH)  # 1 worker ID: every holder reuses it
+FAST = {"window_ms": 1_000, "session_timeout_s": 2.0}
+
+
+def poll(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Call ``check`` until it returns something truthy (returned) or raises nothing; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (Unavailable, LeaseUnavailable):
+            pass
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def generators() -> Iterator[list[Generator]]:
+    made: list[Generator] = []
+    yield made
+    for gen in made:
+        gen.close()
+
+
+def zk_generator(generators: list[Generator], layout: Layout, hosts: str, namespace: str, **options: Any) -> Generator:
+    clock = options.pop("clock", None)
+    lease = ZkLease(layout, hosts, namespace, **{**FAST, **options}, **({"clock": clock} if clock else {}))
+    generators.append(Generator(layout, lease, **({"clock": clock} if clock else {})))
+    return generators[-1]
+
+
+def stamp(id_: int, layout: Layout = DEFAULT_LAYOUT) -> int:
+    return decode(id_, layout)["timestamp_ms"]
+
+
+def test_twenty_processes_starting_at_once_get_distinct_worker_ids(
+    zk_hosts: str, zk_namespace: str, spawn_holder
+) -> None:
+    started = [spawn_holder(DEFAULT_LAYOUT, zk=zk_hosts, namespace=zk_namespace, options=FAST) for _ in range(20)]
+    workers = [h.ready().worker_id for h in started]
+    assert sorted(workers) == list(range(20))  # all distinct, and never-used IDs first
+    with connected(zk_hosts) as client:
+        leases = Namespace(client, zk_namespace).live_leases()
+    assert {w: h.pid for w, h in leases.items()} == {h.worker_id: h.pid for h in started}
+
+
+def test_when_every_worker_id_is_taken_the_next_worker_is_refused(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+) -> None:
+    held = [zk_generator(generators, TINY, zk_hosts, zk_namespace).worker_id for _ in range(4)]
+    assert sorted(held) == [0, 1, 2, 3]
+    with pytest.raises(LeaseUnavailable, match=r"all 4 worker IDs of layout 'tiny' .* are held by live workers"):
+        Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
+
+
+def test_a_dead_holders_worker_id_is_recycled_and_the_new_holder_mints_above_its_fence(
+    zk_hosts: str, zk_namespace: str, spawn_holder
+) -> None:
+    dead = spawn_holder(SOLO, zk=zk_hosts, namespace=zk_namespace, options=FAST).ready()
+    dead.kill()  # kill -9: its ephemeral claim lives until the session times out (2 s)
+    with connected(zk_hosts) as client:
+        namespace = Namespace(client, zk_namespace)
+        fence = namespace.fences()[0]
+        assert fence > stamp(dead.first_id, SOLO)
+        gen = poll(
+            lambda: Generator(SOLO, ZkLease(SOLO, zk_hosts, zk_namespace, **FAST)), what="the dead claim to expire"
+        )
+        with gen:
+            assert gen.worker_id == 0
+            assert gen.lease.status().reservation.after_ms == fence
+            assert stamp(gen.next_id(), SOLO) > fence
+            assert [h.pid for h in namespace.holders(0)] == [dead.pid, os.getpid()]
+
+
+def test_never_used_ids_first_then_the_oldest_fence(zk_hosts: str, zk_namespace: str) -> None:
+    first = Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
+    second = Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
+    assert (first.worker_id, second.worker_id) == (0, 1)
+    first.close()
+    second.close()  # released later, so its fence is newer than worker 0's
+    third = Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
+    fourth = Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
+    fifth = Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
+    assert (third.worker_id, fourth.worker_id, fifth.worker_id) == (2, 3, 0)
+    for gen in (third, fourth, fifth):
+        gen.close()
+
+
+def test_real_session_expiry_stops_minting_and_resumes_under_a_new_lease(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator], caplog: pytest.LogCaptureFixture
+) -> None:
+    gen = zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace)
+    lease: ZkLease = gen.lease  # type: ignore[assignment]
+    before = gen.next_ids(100)
+    old = lease.status().reservation
+    published: list[Any] = []
+    forward = lease._listener
+    lease._listener = lambda r: (published.append(r), forward(r))  # observe what the generator is told
+    states: list[str] = []
+    lease._client.add_listener(states.append)
+    caplog.set_level(logging.INFO, logger="idgen")
+
+    # Expire the session for real: a second client takes over the session id and password, then closes it.
+    session_id, password = lease._client.client_id
+    thief = KazooClient(hosts=zk_hosts, client_id=(session_id, password))
+    thief.start(timeout=5)
+    thief.stop()
+    thief.close()
+
+    poll(lambda: KazooState.LOST in states, what="LOST")
+    new = poll(lambda: (r := lease.status().reservation) and r.lease_id != old.lease_id and r, what="a new lease")
+    changes = [r for r in published if r is None or r.lease_id != old.lease_id]
+    assert changes[0] is None  # minting was stopped before anything else happened
+    assert changes[1].lease_id == new.lease_id
+    with connected(zk_hosts) as client:
+        assert client.exists(f"{zk_namespace}/leases/{old.worker_id}") is None or new.worker_id == old.worker_id
+        assert Namespace(client, zk_namespace).live_leases()[new.worker_id].lease_id == new.lease_id
+    after = poll(lambda: gen.next_ids(100), what="minting to resume")
+    assert min(after) > max(before)
+    assert decode(after[0])["worker"] == new.worker_id
+    events = [r.event for r in caplog.records if hasattr(r, "event")]
+    assert events.index("lease_lost") < len(events) - 1 - events[::-1].index("lease_acquired")
+
+
+def test_suspended_mints_only_up_to_the_fence_and_recovers_when_the_server_returns(
+    fresh_zk: ZkServer, generators: list[Generator]
+) -> None:
+    gen = zk_generator(generators, DEFAULT_LAYOUT, fresh_zk.hosts, "/ns", session_timeout_s=8.0)
+    gen.next_id()
+    fresh_zk.kill()
+    poll(lambda: gen.lease.status().state is LeaseState.SUSPENDED, what="SUSPENDED")
+    fence = gen.lease.status().reservation.fence_ms
+    minted: list[int] = []
+    with pytest.raises(Unavailable):  # keeps minting, then refuses at the fence instead of passing it
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            minted += gen.next_ids(64)
+            time.sleep(0.001)
+    assert minted and max(stamp(i) for i in minted) <= fence
+    assert gen.lease.status().reservation.fence_ms == fence  # never extended while suspended
+    assert not gen.readiness()[0]
+    fresh_zk.restart()
+    poll(lambda: gen.lease.status().state is LeaseState.HELD, what="HELD again")
+    resumed = poll(lambda: gen.next_id(), what="minting to resume")
+    assert resumed > max(minted) and stamp(resumed) > fence
+    assert gen.readiness() == (True, None)
+
+
+def test_killing_the_ensemble_leader_under_load_gives_no_duplicates(
+    zk_ensemble: ZkEnsemble, generators: list[Generator]
+) -> None:
+    workers = [
+        zk_generator(generators, DEFAULT_LAYOUT, zk_ensemble.hosts, "/ns", session_timeout_s=6.0) for _ in range(3)
+    ]
+    minted: list[list[int]] = [[] for _ in workers]
+    refusals: list[Exception] = []
+    stop = threading.Event()
+
+    def mint(gen: Generator, out: list[int]) -> None:
+        while not stop.is_set():
+            try:
+                out += gen.next_ids(50)
+            except Unavailable as exc:
+                refusals.append(exc)
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=mint, args=pair) for pair in zip(workers, minted, strict=True)]
+    for t in threads:
+        t.start()
+    poll(lambda: all(len(m) > 1000 for m in minted), what="load")
+    old_leader = zk_ensemble.leader()
+    old_leader.kill()
+    zk_ensemble.wait_for_leader(exclude=old_leader)
+    counts = [len(m) for m in minted]
+    poll(lambda: all(len(m) > c + 2000 for m, c in zip(minted, counts, strict=True)), what="minting after failover")
+    stop.set()
+    for t in threads:
+        t.join()
+    everything = [i for m in minted for i in m]
+    assert len(everything) == len(set(everything))
+    assert all(m == sorted(m) for m in minted)
+    assert all(isinstance(e, Unavailable) for e in refusals)
+
+
+def test_a_clock_behind_the_previous_holders_fence_waits_or_is_not_ready_and_never_reuses_time(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+) -> None:
+    ahead = ManualClock()
+    ahead.advance(1_500)
+    with Generator(
+        SOLO, ZkLease(SOLO, zk_hosts, zk_namespace, **FAST, clock=ahead, max_skew_ms=5_000), clock=ahead
+    ) as a:
+        last_of_a = a.next_ids(10)[-1]
+    with connected(zk_hosts) as client:
+        fence_of_a = Namespace(client, zk_namespace).fences()[0]
+    assert fence_of_a >= stamp(last_of_a, SOLO) > time.time() * 1000
+
+    b = zk_generator(generators, SOLO, zk_hosts, zk_namespace, max_wait_ms=100)  # the real clock, 1.5 s behind
+    ready, reason = b.readiness()
+    assert not ready and "behind the fence the previous holder of worker 0 left" in reason
+    with pytest.raises(ClockBehind):
+        b.next_id()
+    first_of_b = poll(b.next_id, what="the clock to pass the old fence")
+    assert stamp(first_of_b, SOLO) > fence_of_a
+    assert first_of_b > last_of_a
+
+
+def test_a_clock_skewed_from_zookeepers_is_not_ready_with_the_reason(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+) -> None:
+    skewed = ManualClock()
+    skewed.advance(5_000)
+    gen = zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace, clock=skewed, max_skew_ms=1_000)
+    ready, reason = gen.readiness()
+    assert not ready
+    assert "local clock differs from ZooKeeper's by +" in reason and "more than the 1000 ms allowed" in reason
+    assert gen.lease.skew_ms == pytest.approx(5_000, abs=1_000)  # the manual clock stands still; real time does not
+    with pytest.raises(NoLease, match="differs from ZooKeeper's"):
+        gen.next_id()
+    with connected(zk_hosts) as client:
+        assert Namespace(client, zk_namespace).fences() == {}  # nothing was claimed on a bad clock
+
+
+def test_a_namespace_keeps_one_layout(zk_hosts: str, zk_namespace: str, generators: list[Generator]) -> None:
+    zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace)
+    with pytest.raises(LayoutMismatch, match=r"belongs to layout 'idgen' \(41 time.*not 'tiny' \(41 time"):
+        Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
+
+
+def test_acls_refuse_a_client_without_the_credentials(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+) -> None:
+    gen = zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace, auth="idgen:s3cret")
+    worker = gen.worker_id
+    outsider = KazooClient(hosts=zk_hosts)
+    outsider.start(timeout=5)
+    try:
+        for kind in ("leases", "fences", "history"):
+            path = f"{zk_namespace}/{kind}/{worker}"
+            with pytest.raises(NoAuthError):
+                outsider.set(path, b"{}")
+            with pytest.raises(NoAuthError):
+                outsider.delete(path)
+            with pytest.raises(NoAuthError):
+                outsider.get(path)
+        with pytest.raises(NoAuthError):
+            outsider.create(f"{zk_namespace}/leases/{worker + 1}", b"", ephemeral=True)
+    finally:
+        outsider.stop()
+        outsider.close()
+    assert gen.next_id()
+
+
+def test_decode_traces_an_id_to_the_process_that_minted_it_after_reuse(
+    zk_hosts: str, zk_namespace: str, spawn_holder
+) -> None:
+    earlier = spawn_holder(SOLO, zk=zk_hosts, namespace=zk_namespace, options=FAST).ready()
+    earlier.stop()
+    with Generator(SOLO, ZkLease(SOLO, zk_hosts, zk_namespace, **FAST)) as later:
+        mine = later.next_id()
+
+    def decode_cli(id_: int) -> dict[str, Any]:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "idgen.cli",
+                "decode",
+                str(id_),
+                "--zk",
+                zk_hosts,
+                "--namespace",
+                zk_namespace,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    old, new = decode_cli(earlier.first_id), decode_cli(mine)
+    assert old["worker"] == new["worker"] == 0
+    assert (old["node"]["pid"], old["node"]["host"]) == (earlier.pid, os.uname().nodename)
+    assert new["node"]["pid"] == os.getpid()
+    assert old["node"]["lease_id"] != new["node"]["lease_id"]
+    assert old["node"]["ended_ms"] is not None  # released cleanly
+    assert old["timestamp_ms"] <= new["node"]["after_ms"] < new["timestamp_ms"]  # windows in order, disjoint
+
+
+def test_history_keeps_the_configured_number_of_holders(zk_hosts: str, zk_namespace: str) -> None:
+    ids = []
+    for _ in range(4):
+        with Generator(SOLO, ZkLease(SOLO, zk_hosts, zk_namespace, **FAST, history_size=3)) as gen:
+            ids.append(gen.next_id())
+    with connected(zk_hosts) as client:
+        holders = Namespace(client, zk_namespace).holders(0)
+    assert len(holders) == 3
+    lease = ZkLease(SOLO, zk_hosts, zk_namespace)
+    try:
+        assert lease.trace(0, stamp(ids[0], SOLO)) is None  # the oldest holder fell out of the history
+        assert [lease.trace(0, stamp(i, SOLO)).lease_id for i in ids[1:]] == [h.lease_id for h in holders]
+    finally:
+        lease.close()
+
+
+def test_leases_command_lists_live_leases_fences_and_history(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+) -> None:
+    gen = zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace)
+    result = subprocess.run(
+        [sys.executable, "-m", "idgen.cli", "leases", "--zk", zk_hosts, "--namespace", zk_namespace, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    listed = json.loads(result.stdout)
+    assert listed["leases"][str(gen.worker_id)]["pid"] == os.getpid()
+    assert listed["fences"][str(gen.worker_id)] >= gen.lease.status().reservation.fence_ms - 1
+    assert listed["history"][str(gen.worker_id)][-1]["lease_id"] == gen.lease.status().reservation.lease_id
+
+
+def test_an_unreachable_zookeeper_is_a_clear_error_within_a_bounded_time() -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "idgen.cli", "mint", "--zk", "127.0.0.1:9", "-n", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr == "idgen: error: cannot reach ZooKeeper at 127.0.0.1:9 within 5 s\n"
+    assert time.monotonic() - started < 10
