@@ -207,6 +207,7 @@ class Generator:
     # -- state ------------------------------------------------------------------------------------
 
     def _why_no_lease(self) -> str:
+        # Safe under self._lock: status() takes only the lease's state lock, never held while it calls us.
         return self.lease.status().reason or "no worker ID lease is held right now"
 
     @property

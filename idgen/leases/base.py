@@ -142,7 +142,8 @@ class Lease(ABC):
         self._reason: str | None = None
         self._reservation: Reservation | None = None
         self._listener: Callable[[Reservation | None], None] = lambda _: None
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards state; never held while calling out
+        self._publishing = threading.Lock()  # orders listener calls; taken before ``_lock``, never after
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -196,11 +197,12 @@ class Lease(ABC):
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=max(5.0, self.window_ms / 1000))
-        with self._lock:
-            reservation, self._reservation = self._reservation, None
-            held = self._state in (LeaseState.HELD, LeaseState.SUSPENDED)
-            self._state = LeaseState.RELEASED
-        self._listener(None)
+        with self._publishing:
+            with self._lock:
+                reservation, self._reservation = self._reservation, None
+                held = self._state in (LeaseState.HELD, LeaseState.SUSPENDED)
+                self._state = LeaseState.RELEASED
+            self._listener(None)
         if reservation is not None and held:
             final = reservation.fence_ms if high_water_ms is None else max(high_water_ms, reservation.after_ms)
             try:
@@ -258,12 +260,13 @@ class Lease(ABC):
 
     def _lose(self, why: str) -> None:
         """The claim is gone: stop minting at once, then let the renewal thread acquire afresh."""
-        with self._lock:
-            if self._state in (LeaseState.RELEASED, LeaseState.LOST):
-                return
-            lost, self._reservation = self._reservation, None
-            self._state, self._reason = LeaseState.LOST, f"lease lost: {why}"
-        self._listener(None)
+        with self._publishing:
+            with self._lock:
+                if self._state in (LeaseState.RELEASED, LeaseState.LOST):
+                    return
+                lost, self._reservation = self._reservation, None
+                self._state, self._reason = LeaseState.LOST, f"lease lost: {why}"
+            self._listener(None)
         log.error(
             "lease lost: %s",
             why,
@@ -305,8 +308,13 @@ class Lease(ABC):
             )
             self.clock.sleep((behind + 1) / 1000)
         with self._lock:
-            self._state = LeaseState.HELD
-            self._reason = self._behind_fence(reservation)
+            closing = self._closing.is_set()
+            if not closing:
+                self._state = LeaseState.HELD
+                self._reason = self._behind_fence(reservation)
+        if closing:  # close() gave up waiting for this acquisition: hand the worker ID straight back
+            self._release(reservation, reservation.after_ms)
+            raise LeaseUnavailable("the lease was closed while it was being acquired")
         log.info("lease acquired", extra={"event": "lease_acquired", **vars(reservation)})
         return reservation
 
@@ -324,10 +332,11 @@ class Lease(ABC):
         )
 
     def _publish(self, reservation: Reservation) -> None:
-        with self._lock:
-            if self._state is not LeaseState.HELD and self._state is not LeaseState.SUSPENDED:
-                return
-            self._reservation = reservation
+        with self._publishing:
+            with self._lock:
+                if self._state is not LeaseState.HELD and self._state is not LeaseState.SUSPENDED:
+                    return  # lost or released meanwhile: a stale reservation must never reach the listener
+                self._reservation = reservation
             self._listener(reservation)
 
     def _run(self) -> None:
