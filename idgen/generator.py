@@ -7,10 +7,11 @@ Usage::
         gen.next_id(), gen.next_ids(100)
 
 How it mints. The current time unit (a *tick*) is one immutable :class:`_Tick` snapshot: the tick's wall
-clock bounds and an ``itertools.count`` that yields that tick's IDs in order. ``next_id`` reads the clock
-and, while the clock is inside the snapshot's tick, takes the next value of the count. Under the GIL a
-``next()`` on a count is atomic, so this fast path needs no lock. Everything else (a new tick, an exhausted
-sequence, a clock behind, the fence, a lease change) goes through ``_advance`` under ``self._lock``.
+clock bounds and an iterator over that tick's IDs in order (a ``range`` iterator, so it ends by itself).
+``next_id`` reads the clock and, while the clock is inside the snapshot's tick, takes the iterator's next
+value. Under the GIL that ``next()`` is one C call and atomic, so this fast path needs no lock. Everything
+else (a new tick, an exhausted sequence, a clock behind, the fence, a lease change) goes through
+``_advance`` under ``self._lock``.
 
 Invariants:
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
-from bisect import bisect_left
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -42,14 +43,13 @@ DEFAULT_ROLLBACK_TOLERANCE_MS = 5
 
 
 class _Tick:
-    """The IDs of one tick: ``ids`` yields them in order; values at or above ``limit`` belong to no one."""
+    """The IDs of one tick, in order: ``ids`` yields each of them once, then stops."""
 
-    __slots__ = ("end_ns", "ids", "limit", "start_ns", "tick")
+    __slots__ = ("end_ns", "ids", "start_ns", "tick")
 
     def __init__(self, tick: int, start_ns: int, end_ns: int, first: int, step: int, count: int) -> None:
         self.tick, self.start_ns, self.end_ns = tick, start_ns, end_ns
-        self.ids = itertools.count(first, step)
-        self.limit = first + step * count
+        self.ids = iter(range(first, first + step * count, step))
 
 
 _NO_TICK = _Tick(-1, 0, 0, 0, 1, 0)  # matches no clock reading: every call takes the slow path
@@ -96,8 +96,8 @@ class Generator:
         self._unit_ns = self.layout.unit_ms * 1_000_000
         self._time_shift = self.layout.shifts["time"]
         self._step = 1 << self.layout.shifts["sequence"]
-        if not getattr(sys, "_is_gil_enabled", lambda: True)():
-            self.next_id = self._next_id_locked  # type: ignore[method-assign]  # count() is not atomic without the GIL
+        gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+        self.next_id = self._fast_path() if gil else self._next_id_locked  # without the GIL, next() is not atomic
         try:
             lease.start(self._on_reservation)
         except BaseException:
@@ -106,15 +106,24 @@ class Generator:
 
     # -- minting ----------------------------------------------------------------------------------
 
-    def next_id(self) -> int:
-        """The next ID: unique, and greater than every ID this generator returned before."""
-        now = self._now_ns()
-        snapshot = self._snapshot
-        if snapshot.start_ns <= now < snapshot.end_ns:
-            id_ = next(snapshot.ids)
-            if id_ < snapshot.limit:
-                return id_
-        return self._next_id_locked()
+    next_id: Callable[[], int]
+    """``next_id()``: the next ID, unique and greater than every ID this generator returned before.
+    An instance attribute: the lock-free closure from :meth:`_fast_path` (or the locked path without a GIL)."""
+
+    def _fast_path(self) -> Callable[[], int]:
+        """``next_id`` as a closure. The clock as a cell variable saves ~15% of a ~200 ns call over a
+        method reading ``self._now_ns``, and the layout's limit leaves only 244 ns per ID."""
+        now_ns, slow_path = self._now_ns, self._next_id_locked
+
+        def next_id() -> int:
+            now = now_ns()
+            snapshot = self._snapshot
+            if snapshot.start_ns <= now < snapshot.end_ns:
+                for id_ in snapshot.ids:  # the tick's next ID, if one is left
+                    return id_
+            return slow_path()
+
+        return next_id
 
     def next_ids(self, n: int) -> list[int]:
         """``n`` IDs, strictly increasing. All or nothing: on an error none of them is returned."""
@@ -124,12 +133,10 @@ class Generator:
         while len(out) < n:
             snapshot = self._snapshot
             if snapshot.start_ns <= self._now_ns() < snapshot.end_ns:
-                chunk = list(itertools.islice(snapshot.ids, n - len(out)))
-                usable = bisect_left(chunk, snapshot.limit)
-                out += chunk[:usable]
-                if usable == len(chunk):
-                    continue
-            out.append(self._next_id_locked())
+                out += itertools.islice(snapshot.ids, n - len(out))
+                if len(out) == n:
+                    break
+            out.append(self._next_id_locked())  # a new tick, or the wait for one
         return out
 
     def _next_id_locked(self) -> int:
@@ -142,8 +149,7 @@ class Generator:
             now = self._now_ns()
             snapshot = self._snapshot
             if snapshot.start_ns <= now < snapshot.end_ns:
-                id_ = next(snapshot.ids)
-                if id_ < snapshot.limit:
+                for id_ in snapshot.ids:
                     return id_
                 self.overflow_waits += 1
                 self.clock.sleep((snapshot.end_ns - now) / 1e9)
@@ -180,9 +186,8 @@ class Generator:
         start_ns = self._tick_start_ns(tick)
         first = tick << self._time_shift | self._node
         snapshot = _Tick(tick, start_ns, start_ns + self._unit_ns, first, self._step, self.layout.sequence_capacity)
-        id_ = next(snapshot.ids)
         self._tick, self._snapshot, self._behind = tick, snapshot, False
-        return id_
+        return next(snapshot.ids)
 
     def _tick_start_ns(self, tick: int) -> int:
         return self.layout.tick_ms(tick) * 1_000_000
