@@ -1,4 +1,4 @@
-"""The ``idgen`` command line: mint, decode, layouts, leases.
+"""The ``idgen`` command line: mint, decode, layouts, leases, serve.
 
 Every option can also be set through an environment variable (``IDGEN_`` + the option name in upper case,
 for example ``IDGEN_STATE_DIR``); a command-line option wins. Errors are one line on stderr:
@@ -19,11 +19,12 @@ from typing import Any, NoReturn
 from idgen.encoding import FORMS, format_id, parse_id
 from idgen.errors import IdgenError, InvalidInput, LayoutMismatch
 from idgen.generator import Generator
-from idgen.layout import DEFAULT_LAYOUT, PRESETS, get_layout, iso_ms
+from idgen.layout import DEFAULT_LAYOUT, PRESETS, Layout, get_layout, iso_ms
 from idgen.leases.base import Lease, trace
 from idgen.leases.local import LocalLease, parse_worker_ids
 from idgen.leases.zookeeper import (
     DEFAULT_NAMESPACE,
+    DEFAULT_SESSION_TIMEOUT_S,
     ZK_AUTH_ENV,
     ZK_AUTH_FILE_ENV,
     Namespace,
@@ -118,6 +119,53 @@ def build_parser() -> argparse.ArgumentParser:
     leases.add_argument("--json", action="store_true", help="print JSON")
     _add_zookeeper(leases, required=True)
     leases.set_defaults(run=_leases)
+
+    serve = commands.add_parser("serve", help="run the HTTP service (GET /id, /decode/{id}, /readyz, /metrics, ...)")
+    serve.add_argument(
+        "--host", default=_env("host", "0.0.0.0"), help="address to listen on (env IDGEN_HOST; default %(default)s)"
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=_env("port", "8080"),
+        help="TCP port; 0 picks a free one, shown in the 'listening' log event (env IDGEN_PORT; default %(default)s)",
+    )
+    serve.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=_env("processes", "1"),
+        metavar="N",
+        help="worker processes sharing the port (SO_REUSEPORT), each with its own worker ID"
+        " (env IDGEN_PROCESSES; default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-count",
+        type=_positive_int,
+        default=_env("max_count", "4096"),
+        metavar="N",
+        help="largest ?count= of GET /id (env IDGEN_MAX_COUNT; default %(default)s)",
+    )
+    serve.add_argument(
+        "--access-log",
+        nargs="?",
+        const=True,
+        type=_flag,
+        default=_env("access_log", "false"),
+        metavar="BOOL",
+        help="log one JSON line per request; --access-log alone means true (env IDGEN_ACCESS_LOG; default false)",
+    )
+    serve.add_argument(
+        "--zk-session-timeout",
+        type=_positive_float,
+        default=_env("zk_session_timeout"),
+        metavar="SECONDS",
+        help="ZooKeeper session timeout asked for; the lease is lost after this long without ZooKeeper"
+        f" (env IDGEN_ZK_SESSION_TIMEOUT; default {DEFAULT_SESSION_TIMEOUT_S:g})",
+    )
+    _add_layout(serve)
+    _add_local_lease(serve)
+    _add_zookeeper(serve)
+    serve.set_defaults(run=_serve)
     return parser
 
 
@@ -131,13 +179,60 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0 to 65535)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def lease_from_args(args: argparse.Namespace, address: str | None = None) -> Lease:
     """The lease the options ask for: ZooKeeper with ``--zk``, else local."""
-    layout = get_layout(args.layout or DEFAULT_LAYOUT)
+    layout = _layout(args)
     if args.zk:
-        return ZkLease(layout, args.zk, args.namespace, auth=credentials_from_env(), address=address)
+        session_timeout_s = getattr(args, "zk_session_timeout", None) or DEFAULT_SESSION_TIMEOUT_S
+        return ZkLease(
+            layout,
+            args.zk,
+            args.namespace,
+            auth=credentials_from_env(),
+            address=address,
+            session_timeout_s=session_timeout_s,
+        )
     worker_ids = parse_worker_ids(args.worker_ids) if args.worker_ids else None
     return LocalLease(layout, state_dir=args.state_dir, worker_ids=worker_ids, address=address)
+
+
+def _layout(args: argparse.Namespace) -> Layout:
+    """``--layout``; else, with ``--zk``, the layout the namespace already has; else the default."""
+    if args.layout:
+        return get_layout(args.layout)
+    if args.zk:
+        with _namespace(args) as namespace, contextlib.suppress(InvalidInput):  # a new namespace has none yet
+            return namespace.layout()
+    return DEFAULT_LAYOUT
 
 
 @contextlib.contextmanager
@@ -168,6 +263,14 @@ def _decode(args: argparse.Namespace) -> None:
         fields = layout.decode(id_)
         holder = trace(namespace.holders(fields["worker"]), fields["timestamp_ms"])
     _print({**fields, "node": holder.to_json() if holder else None}, args.json)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from idgen.server import serve  # imports aiohttp; the other commands do without it
+
+    code = serve(args)
+    if code:
+        raise SystemExit(code)
 
 
 def _leases(args: argparse.Namespace) -> None:

@@ -220,8 +220,9 @@ class Generator:
         reservation = self._reservation
         return reservation.worker_id if reservation else None
 
-    def readiness(self) -> tuple[bool, str | None]:
-        """Whether the next ``next_id`` is expected to succeed, and if not, why."""
+    def readiness(self, rollback_tolerance_ms: float | None = None) -> tuple[bool, str | None]:
+        """Whether the next ``next_id`` is expected to succeed (or, with a larger ``rollback_tolerance_ms`` than
+        the generator's, to succeed after a wait the caller will do), and if not, why."""
         status = self.lease.status()
         reservation = self._reservation
         if reservation is None:
@@ -232,7 +233,8 @@ class Generator:
         if now_ms > reservation.fence_ms:
             return False, "the clock has passed the reserved fence; the lease has not extended it yet"
         behind_ms = self.layout.tick_ms(self._tick) - now_ms
-        if behind_ms * 1_000_000 > self.rollback_tolerance_ns:
+        tolerance_ns = self.rollback_tolerance_ns if rollback_tolerance_ms is None else rollback_tolerance_ms * 1e6
+        if behind_ms * 1_000_000 > tolerance_ns:
             return False, f"clock is {behind_ms} ms behind the last timestamp used or reserved"
         return True, None
 

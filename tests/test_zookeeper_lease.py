@@ -17,7 +17,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoAuthError
 from zkharness import ZkEnsemble, ZkServer
 
-from idgen import DEFAULT_LAYOUT, Generator, Layout, decode
+from idgen import DEFAULT_LAYOUT, PRESETS, Generator, Layout, decode
 from idgen.clock import ManualClock
 from idgen.errors import ClockBehind, LayoutMismatch, LeaseUnavailable, NoLease, Unavailable
 from idgen.leases.base import LeaseState
@@ -361,3 +361,18 @@ def test_an_unreachable_zookeeper_is_a_clear_error_within_a_bounded_time() -> No
     assert result.returncode == 1
     assert result.stderr == "idgen: error: cannot reach ZooKeeper at 127.0.0.1:9 within 5 s\n"
     assert time.monotonic() - started < 10
+
+
+def test_without_layout_the_cli_uses_the_namespaces_layout(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+) -> None:
+    zk_generator(generators, PRESETS["twitter"], zk_hosts, zk_namespace)
+    result = subprocess.run(
+        [sys.executable, "-m", "idgen.cli", "mint", "--zk", zk_hosts, "--namespace", zk_namespace, "-n", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    minted = [decode(line, "twitter") for line in result.stdout.split()]
+    assert len({m["worker"] for m in minted}) == 1 and minted[0]["timestamp_ms"] <= time.time() * 1000

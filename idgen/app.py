@@ -1,0 +1,566 @@
+"""The HTTP service: an aiohttp application over one :class:`~idgen.generator.Generator`.
+
+Routes (all GET; the OpenAPI document in :mod:`idgen.openapi` describes each one):
+
+- ``/id``: ``{"id": "..."}``; with ``?count=N`` ``{"ids": [...]}``, strictly increasing; ``?format=`` picks the
+  string form; ``Accept: text/plain`` gives one ID per line. IDs are always strings in JSON.
+- ``/decode/{id}``: what an ID says (the shape of ``idgen decode --json``) plus ``node``, the lease holder that
+  minted it, from the lease history.
+- ``/healthz``, ``/readyz``, ``/info``, ``/metrics`` (Prometheus), ``/openapi.json``.
+
+Invariants:
+
+- every error is ``{"error": {"code", "message"}}``: 400 bad parameters, 404 unknown route, 405 wrong method
+  (with ``Allow``), 503 with an integer ``Retry-After`` of at least 1 for every :class:`~idgen.errors.Unavailable`.
+  A 500 is only the last resort of :meth:`Service._endpoint` for a bug; no input is meant to reach it;
+- the event loop never blocks for longer than one time unit of the layout: the generator's own rollback tolerance
+  is set to 0, so a clock behind the last tick used raises :class:`~idgen.errors.ClockBehind` at once and the app
+  *awaits* rollbacks of up to ``rollback_tolerance_ms``; batches larger than one tick's sequence are minted in
+  chunks of at most one tick's IDs, so each chunk waits for at most one tick; lease history lookups (files or
+  ZooKeeper) and multiprocess metric files are read on a thread pool.
+
+Errors are handled by wrapping each handler (:meth:`Service._endpoint`) and by a catch-all route for unknown paths
+and methods, not by an aiohttp middleware: a middleware costs every request two more coroutine layers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import re
+import time
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractResource
+from multidict import CIMultiDict
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from idgen import __version__
+from idgen.encoding import FORMS, format_id, parse_id
+from idgen.errors import ClockBehind, InvalidInput, Unavailable
+from idgen.generator import Generator
+from idgen.layout import iso_ms
+from idgen.leases.base import LeaseState
+from idgen.openapi import document
+
+log = logging.getLogger("idgen.http")
+
+DEFAULT_MAX_COUNT = 4096
+DEFAULT_ROLLBACK_TOLERANCE_MS = 5
+DEFAULT_TRACE_TIMEOUT_S = 2.0
+WATCH_INTERVAL_S = 0.5  # readiness log events, lease gauges and batched counters are refreshed this often
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+_JSON = "application/json"
+_ID_HEADERS = CIMultiDict({"Content-Type": _JSON, "Cache-Control": "no-store"})
+_TEXT_HEADERS = CIMultiDict({"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"})
+_DIGITS = re.compile(r"-?[0-9]+")
+_UNMATCHED = "(unmatched)"
+_PER_PROCESS: dict[str, Any] = {"multiprocess_mode": "liveall"}  # gauges: one series per live process (pid label)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(Exception):
+    """A request parameter is malformed; answered with 400 and ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Metrics:
+    """The service's Prometheus metrics.
+
+    With ``multiprocess_dir`` (prometheus-client's multiprocess mode, chosen by ``PROMETHEUS_MULTIPROC_DIR`` before
+    ``prometheus_client`` is first imported) every process writes its values to files there and ``/metrics``
+    merges all of them, so any process answers for the whole server. Gauges are per process (a ``pid`` label).
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        if multiprocess_dir and not getattr(prometheus_values.ValueClass, "_multiprocess", False):
+            raise RuntimeError(
+                "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set, so its values are not shared"
+            )
+        self.registry = registry = CollectorRegistry()
+        self.minted = Counter("idgen_ids_minted", "IDs minted and returned to clients.", registry=registry)
+        self.requests = Counter(
+            "idgen_http_requests", "HTTP requests by route and status.", ["route", "status"], registry=registry
+        )
+        self.latency = Histogram(
+            "idgen_http_request_duration_seconds",
+            "Time spent in the handler, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.clock_rollbacks = Counter(
+            "idgen_clock_rollbacks", "Times the clock was seen behind the last timestamp used.", registry=registry
+        )
+        self.overflow_waits = Counter(
+            "idgen_overflow_waits",
+            "Times a tick's sequence ran out and minting waited for the next.",
+            registry=registry,
+        )
+        self.lease_state = Gauge(
+            "idgen_lease_state", "1 for the lease's current state.", ["state"], registry=registry, **_PER_PROCESS
+        )
+        self.worker_id = Gauge(
+            "idgen_worker_id", "The leased worker ID, -1 if none.", registry=registry, **_PER_PROCESS
+        )
+        self.fence_headroom = Gauge(
+            "idgen_fence_headroom_seconds",
+            "How far the reserved fence is ahead of the clock (negative: past it; 0 without a lease).",
+            registry=registry,
+            **_PER_PROCESS,
+        )
+        self.ready = Gauge("idgen_ready", "1 while /readyz answers 200.", registry=registry, **_PER_PROCESS)
+        if multiprocess_dir:
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition, path=multiprocess_dir)
+        else:
+            self.exposition = registry
+        self.multiprocess = bool(multiprocess_dir)
+        self._latency: dict[str, _Latency] = {}
+
+    def observe(self, route: str, seconds: float) -> None:
+        tally = self._latency.get(route)
+        if tally is None:
+            tally = self._latency[route] = _Latency(self.latency.labels(route))
+        tally.observe(seconds)
+
+    def flush(self) -> None:
+        for tally in self._latency.values():
+            tally.flush()
+
+    def render(self) -> bytes:
+        return generate_latest(self.exposition)
+
+
+class _Latency:
+    """One route's latency histogram, tallied in plain numbers and added to its prometheus child in bulk by
+    :meth:`flush`: ``Histogram.observe`` takes two locks per call (two file writes in multiprocess mode), a tenth
+    of a ``GET /id``. The bulk add uses the child's bucket and sum values, which are private to prometheus-client;
+    a version without them is detected here, and every observation then goes through ``observe`` instead.
+    """
+
+    __slots__ = ("bulk", "child", "counts", "sum")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        buckets, total = getattr(child, "_buckets", None), getattr(child, "_sum", None)
+        self.bulk = (
+            tuple(getattr(child, "_upper_bounds", ())) == (*LATENCY_BUCKETS, math.inf)
+            and isinstance(buckets, list)
+            and len(buckets) == len(LATENCY_BUCKETS) + 1
+            and all(callable(getattr(v, "inc", None)) for v in (*buckets, total))
+        )
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        if self.bulk:
+            self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bucket with seconds <= le
+            self.sum += seconds
+        else:
+            self.child.observe(seconds)
+
+    def flush(self) -> None:
+        if not self.bulk or not any(self.counts):
+            return
+        counts, self.counts = self.counts, [0] * len(self.counts)
+        total, self.sum = self.sum, 0.0
+        self.child._sum.inc(total)
+        for bucket, count in zip(self.child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
+class Service:
+    """The handlers and what they share: the generator, the limits and the metrics.
+
+    Request and ID counts and latencies are tallied in plain numbers on the hot path and added to the Prometheus
+    metrics by :meth:`refresh` (every ``WATCH_INTERVAL_S`` and before each ``/metrics``), so with several processes
+    another process's counts can be up to that much behind.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        *,
+        max_count: int,
+        rollback_tolerance_ms: int,
+        multiprocess_dir: str | None,
+        trace_timeout_s: float,
+    ) -> None:
+        if max_count < 1:
+            raise ValueError(f"max_count must be at least 1, not {max_count}")
+        self.generator = generator
+        self.lease = generator.lease
+        self.layout = generator.layout
+        self.max_count = max_count
+        self.tolerance_ms = rollback_tolerance_ms
+        self.chunk = self.layout.sequence_capacity
+        self.trace_timeout_s = trace_timeout_s
+        self.metrics = Metrics(multiprocess_dir)
+        self.openapi = json.dumps(document(max_count=max_count, layout=self.layout, version=__version__)).encode()
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="idgen-http-io")
+        self._minted = 0
+        self._requests: dict[tuple[str, int], int] = {}
+        self._overflow_seen = generator.overflow_waits
+        self._rollbacks_seen = generator.clock_rollbacks
+        self._was_ready: bool | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._fallback_resource: AbstractResource | None = None
+
+    # -- minting ----------------------------------------------------------------------------------
+
+    async def mint(self, n: int) -> list[int]:
+        """``n`` strictly increasing IDs; raises :class:`Unavailable` (nothing is returned then)."""
+        if n <= self.chunk:
+            ids = await self._mint_chunk(n)
+        else:
+            ids = []
+            while len(ids) < n:
+                ids += await self._mint_chunk(min(self.chunk, n - len(ids)))
+                await asyncio.sleep(0)  # let other requests in between ticks' worth of IDs
+        self._minted += n
+        return ids
+
+    async def _mint_chunk(self, n: int) -> list[int]:
+        generator = self.generator
+        waited_ms = 0.0
+        while True:
+            try:
+                ids = generator.next_ids(n) if n > 1 else [generator.next_id()]
+            except ClockBehind as exc:
+                self._sync_counters(exc.behind_ms)
+                if exc.behind_ms > self.tolerance_ms or waited_ms > self.tolerance_ms:
+                    raise
+                waited_ms += exc.behind_ms
+                await asyncio.sleep(exc.retry_after)
+                continue
+            if generator.overflow_waits != self._overflow_seen:
+                self._sync_counters()
+            return ids
+
+    def _sync_counters(self, behind_ms: float | None = None) -> None:
+        """Carry the generator's counters into the metrics; log each new clock rollback."""
+        generator = self.generator
+        overflow, rollbacks = generator.overflow_waits, generator.clock_rollbacks
+        if overflow > self._overflow_seen:
+            self.metrics.overflow_waits.inc(overflow - self._overflow_seen)
+        if rollbacks > self._rollbacks_seen:
+            self.metrics.clock_rollbacks.inc(rollbacks - self._rollbacks_seen)
+            log.warning(
+                "clock rollback: the clock is behind the last timestamp used",
+                extra={"event": "clock_rollback", "behind_ms": behind_ms, "tolerance_ms": self.tolerance_ms},
+            )
+        self._overflow_seen, self._rollbacks_seen = overflow, rollbacks
+
+    # -- handlers ---------------------------------------------------------------------------------
+
+    async def get_id(self, request: web.Request) -> web.Response:
+        accept = request.headers.get("Accept")
+        as_text = accept is not None and "text/" in accept and _prefers_text(",".join(request.headers.getall("Accept")))
+        if not request.query_string and not as_text:  # the common case, kept short
+            generator = self.generator
+            try:
+                id_ = generator.next_id()
+            except ClockBehind:
+                pass  # the general path below waits it out, or refuses
+            else:
+                self._minted += 1
+                if generator.overflow_waits != self._overflow_seen:
+                    self._sync_counters()
+                return web.Response(body=b'{"id":"%d"}' % id_, headers=_ID_HEADERS)
+        count: int | None = None
+        form = "decimal"
+        query = request.query
+        if "count" in query:
+            count = _parse_count(query["count"], self.max_count)
+        if "format" in query:
+            form = _parse_form(query["format"])
+        ids = await self.mint(count or 1)
+        texts = list(map(str, ids)) if form == "decimal" else [format_id(i, form) for i in ids]
+        if as_text:
+            return web.Response(body=("\n".join(texts) + "\n").encode(), headers=_TEXT_HEADERS)
+        # Every form is made of ASCII letters and digits only, so no JSON escaping is needed.
+        body = '{"id":"' + texts[0] + '"}' if count is None else '{"ids":["' + '","'.join(texts) + '"]}'
+        return web.Response(body=body.encode(), headers=_ID_HEADERS)
+
+    async def decode_id(self, request: web.Request) -> web.Response:
+        form = request.query.get("format")
+        if form is not None:
+            form = _parse_form(form)
+        try:
+            value = parse_id(request.match_info["id"], form)
+        except InvalidInput as exc:
+            raise BadRequest("invalid_id", str(exc)) from None
+        fields: dict[str, Any] = self.layout.decode(value)
+        node, error = await self._trace(fields["worker"], fields["timestamp_ms"])
+        fields["node"] = node
+        if error:
+            fields["node_error"] = error
+        return web.json_response(fields)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, reason = self.refresh()
+        if ready:
+            return web.json_response({"status": "ready"})
+        return _error(503, "not_ready", reason or "not ready", retry_after=1)
+
+    async def info(self, request: web.Request) -> web.Response:
+        ready, reason = self.generator.readiness(self.tolerance_ms)
+        status = self.lease.status()
+        fence_ms = status.reservation.fence_ms if status.reservation else None
+        return web.json_response(
+            {
+                "version": __version__,
+                "pid": os.getpid(),
+                "ready": ready,
+                "reason": reason,
+                "worker_id": self.generator.worker_id,
+                "fence_ms": fence_ms,
+                "fence": iso_ms(fence_ms) if fence_ms is not None else None,
+                "time_bits_run_out": iso_ms(self.layout.expires_ms),
+                "layout": self.layout.describe(),
+                "lease": self.lease.describe(),
+                "max_count": self.max_count,
+                "rollback_tolerance_ms": self.tolerance_ms,
+                "clock_rollbacks": self.generator.clock_rollbacks,
+                "overflow_waits": self.generator.overflow_waits,
+            }
+        )
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        self.refresh()
+        if self.metrics.multiprocess:  # reads every process's files
+            body = await asyncio.get_running_loop().run_in_executor(self._executor, self.metrics.render)
+        else:
+            body = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.openapi, content_type=_JSON)
+
+    async def fallback(self, request: web.Request) -> web.Response:
+        """Every path and method no route takes: 405 (with ``Allow``) if another method would do, else 404."""
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not self._fallback_resource:
+                allowed |= (await resource.resolve(request))[1]
+        path = _shown(request.path)
+        if not allowed:
+            return _error(404, "not_found", f"no such route: {path}")
+        response = _error(405, "method_not_allowed", f"{_shown(request.method)} is not allowed on {path}; use GET")
+        response.headers["Allow"] = ",".join(sorted(allowed))
+        return response
+
+    # -- errors and accounting ---------------------------------------------------------------------
+
+    def _endpoint(self, route: str, handler: Handler) -> Handler:
+        """``handler`` with errors turned into JSON responses, and its requests counted and timed as ``route``."""
+        requests = self._requests
+        observe = self.metrics.observe
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            start = time.perf_counter()
+            try:
+                response = await handler(request)
+            except Unavailable as exc:
+                response = _error(503, exc.code, str(exc), retry_after=exc.retry_after)
+            except BadRequest as exc:
+                response = _error(400, exc.code, str(exc))
+            except InvalidInput as exc:
+                response = _error(400, exc.code, str(exc))
+            except web.HTTPException as exc:
+                response = _error(exc.status, "http_error", exc.reason)
+            except Exception:
+                log.exception(
+                    "unexpected error on %s %s", request.method, request.path, extra={"event": "internal_error"}
+                )
+                response = _error(500, "internal_error", "unexpected error; see the server log")
+            key = (route, response.status)
+            requests[key] = requests.get(key, 0) + 1
+            observe(route, time.perf_counter() - start)
+            return response
+
+        return endpoint
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def refresh(self) -> tuple[bool, str | None]:
+        """Readiness now. Also flushes the tallies into the metrics, updates the lease gauges and logs each change
+        of readiness."""
+        ready, reason = self.generator.readiness(self.tolerance_ms)
+        status = self.lease.status()
+        metrics = self.metrics
+        for state in LeaseState:
+            metrics.lease_state.labels(state.value).set(1 if state is status.state else 0)
+        reservation = status.reservation
+        metrics.worker_id.set(reservation.worker_id if reservation else -1)
+        metrics.fence_headroom.set((reservation.fence_ms - time.time() * 1000) / 1000 if reservation else 0)
+        metrics.ready.set(1 if ready else 0)
+        if self._minted:
+            minted, self._minted = self._minted, 0
+            metrics.minted.inc(minted)
+        for key in list(self._requests):
+            count = self._requests.pop(key)
+            metrics.requests.labels(key[0], str(key[1])).inc(count)
+        metrics.flush()
+        self._sync_counters()
+        if ready != self._was_ready:
+            if ready:
+                log.info("ready", extra={"event": "ready", "worker_id": self.generator.worker_id})
+            else:
+                log.warning("not ready: %s", reason, extra={"event": "not_ready", "reason": reason})
+            self._was_ready = ready
+        return ready, reason
+
+    async def _watch(self) -> None:
+        while True:
+            self.refresh()
+            await asyncio.sleep(WATCH_INTERVAL_S)
+
+    async def _trace(self, worker_id: int, unix_ms: int) -> tuple[dict[str, Any] | None, str | None]:
+        """The holder that minted an ID, off the event loop: ``(holder json or None, error or None)``."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self.lease.trace, worker_id, unix_ms)
+        try:
+            holder = await asyncio.wait_for(future, self.trace_timeout_s)
+        except TimeoutError:
+            return None, f"the lease history did not answer within {self.trace_timeout_s:g} s"
+        except Exception as exc:
+            log.warning("lease history lookup failed: %s", exc, extra={"event": "trace_failed"})
+            return None, f"the lease history could not be read: {' '.join(str(exc).split()) or type(exc).__name__}"
+        return (holder.to_json() if holder else None), None
+
+    async def _start(self, _app: web.Application) -> None:
+        self._watcher = asyncio.create_task(self._watch(), name="idgen-readiness")
+
+    async def _stop(self, _app: web.Application) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        self.refresh()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def install(self, app: web.Application) -> None:
+        for path, handler in (
+            ("/id", self.get_id),
+            ("/decode/{id}", self.decode_id),
+            ("/healthz", self.healthz),
+            ("/readyz", self.readyz),
+            ("/info", self.info),
+            ("/metrics", self.metrics_text),
+            ("/openapi.json", self.openapi_json),
+        ):
+            app.router.add_get(path, self._endpoint(path, handler), allow_head=False)  # HEAD /id would mint
+        fallback = app.router.add_route("*", "/{path:.*}", self._endpoint(_UNMATCHED, self.fallback))
+        self._fallback_resource = fallback.resource
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+
+
+SERVICE = web.AppKey("idgen_service", Service)
+
+
+# -- parameters and errors --------------------------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str, retry_after: float | None = None) -> web.Response:
+    response = web.json_response({"error": {"code": code, "message": message}}, status=status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
+
+
+def _parse_count(text: str, max_count: int) -> int:
+    if not _DIGITS.fullmatch(text):
+        raise BadRequest("invalid_count", f"count {_shown(text)} is not a whole number")
+    value = int(text) if len(text) <= 20 else (-math.inf if text[0] == "-" else math.inf)
+    if not 1 <= value <= max_count:
+        raise BadRequest("invalid_count", f"count must be between 1 and {max_count}, not {_shown(text)}")
+    return int(value)
+
+
+def _parse_form(text: str) -> str:
+    if text not in FORMS:
+        raise BadRequest("invalid_format", f"format {_shown(text)} is not one of {', '.join(FORMS)}")
+    return text
+
+
+def _prefers_text(accept: str) -> bool:
+    """Whether ``Accept`` ranks ``text/plain`` above ``application/json``: by quality, then by how specifically
+    each is named (``text/plain`` > ``text/*`` > ``*/*``). A tie, or neither, means JSON."""
+    best = {"text": (-1, 0.0), "json": (-1, 0.0)}  # (specificity, quality) of the most specific matching range
+    for part in accept.split(","):
+        media, *params = part.split(";")
+        media = media.strip().lower()
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+                if not 0.0 <= quality <= 1.0:  # also NaN
+                    quality = 0.0
+        for kind, full, family in (("text", "text/plain", "text/*"), ("json", _JSON, "application/*")):
+            specificity = 2 if media == full else 1 if media == family else 0 if media == "*/*" else -1
+            if specificity > best[kind][0]:
+                best[kind] = (specificity, quality)
+    (text_specificity, text_quality), (json_specificity, json_quality) = best["text"], best["json"]
+    if text_specificity < 0 or text_quality <= 0:
+        return False
+    if json_specificity < 0 or json_quality <= 0:
+        return True
+    return text_quality > json_quality or (text_quality == json_quality and text_specificity > json_specificity)
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+# -- the application --------------------------------------------------------------------------------
+
+
+def make_app(
+    generator: Generator,
+    *,
+    max_count: int = DEFAULT_MAX_COUNT,
+    rollback_tolerance_ms: int = DEFAULT_ROLLBACK_TOLERANCE_MS,
+    multiprocess_dir: str | None = None,
+    trace_timeout_s: float = DEFAULT_TRACE_TIMEOUT_S,
+) -> web.Application:
+    """The aiohttp application serving ``generator``.
+
+    It takes over rollback waits: the generator's own tolerance is set to 0 (so it never sleeps on a rollback)
+    and the app awaits rollbacks of up to ``rollback_tolerance_ms``; further behind is a 503. ``multiprocess_dir``
+    turns on prometheus-client's multiprocess mode (see :class:`Metrics`). The caller closes the generator.
+    """
+    generator.rollback_tolerance_ns = 0
+    service = Service(
+        generator,
+        max_count=max_count,
+        rollback_tolerance_ms=rollback_tolerance_ms,
+        multiprocess_dir=multiprocess_dir,
+        trace_timeout_s=trace_timeout_s,
+    )
+    app = web.Application()
+    app[SERVICE] = service
+    service.install(app)
+    return app

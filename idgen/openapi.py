@@ -1,0 +1,267 @@
+"""The OpenAPI 3 document of the HTTP service (:mod:`idgen.app`), as a plain dict.
+
+It describes what the app really does, and the tests hold it to that: they validate it with
+``openapi-spec-validator`` and fuzz the running server against it with schemathesis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from idgen.encoding import FORMS
+from idgen.layout import Layout
+
+_ID_STRING = {
+    "type": "string",
+    "pattern": "^[0-9A-Za-z]{1,19}$",
+    "description": "An ID in the requested string form (decimal by default).",
+}
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
+
+
+def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
+    """The OpenAPI 3.0 document for a service minting IDs of ``layout``, with ``count`` up to ``max_count``."""
+    node_fields = {name: {"type": "integer", "minimum": 0} for name, _ in layout.node_fields}
+    retry_after = {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying (a whole number, at least 1).",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "idgen",
+            "version": version,
+            "description": (
+                "Snowflake-style 63-bit IDs: unique, roughly time-ordered, minted under a fenced worker-ID lease."
+                " IDs are JSON strings because JavaScript numbers lose 64-bit integers."
+                ' Every error body is {"error": {"code", "message"}}; 404 for unknown routes and 405 for'
+                " methods other than GET."
+            ),
+        },
+        "paths": {
+            "/id": {
+                "get": {
+                    "operationId": "mintIds",
+                    "summary": "Mint one ID, or a strictly increasing batch",
+                    "description": (
+                        'Without count the body is {"id": ...}; with count it is {"ids": [...]}, strictly'
+                        " increasing. With Accept: text/plain the body is the IDs, one per line."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "count",
+                            "in": "query",
+                            "required": False,
+                            "description": "How many IDs to mint.",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": max_count},
+                        },
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "required": False,
+                            "description": "The IDs' string form.",
+                            "schema": {"type": "string", "enum": list(FORMS), "default": "decimal"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "New IDs.",
+                            "headers": {
+                                "Cache-Control": {"description": "Always no-store.", "schema": {"type": "string"}}
+                            },
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "oneOf": [
+                                            {"$ref": "#/components/schemas/OneId"},
+                                            {"$ref": "#/components/schemas/IdBatch"},
+                                        ]
+                                    }
+                                },
+                                "text/plain": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": {"$ref": "#/components/responses/BadRequest"},
+                        "503": {"$ref": "#/components/responses/Unavailable"},
+                    },
+                }
+            },
+            "/decode/{id}": {
+                "get": {
+                    "operationId": "decodeId",
+                    "summary": "What an ID says: time, node fields, sequence, and the lease holder that minted it",
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "description": "An ID in any string form: decimal, 0x-hex, base32 or base58.",
+                            "schema": {"type": "string", "minLength": 1},
+                        },
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "required": False,
+                            "description": "The ID's string form (default: detected from its shape).",
+                            "schema": {"type": "string", "enum": list(FORMS)},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Decoded"}, "The ID's fields."),
+                        "400": {"$ref": "#/components/responses/BadRequest"},
+                        "404": _json(_ERROR_REF, "The path does not name an ID (for example, it is empty)."),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness: the process is serving",
+                    "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "Alive.")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "ready",
+                    "summary": "Readiness: a lease is held, the fence is reserved and the clock is sane",
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Status"}, "Ready to mint."),
+                        "503": {"$ref": "#/components/responses/Unavailable"},
+                    },
+                }
+            },
+            "/info": {
+                "get": {
+                    "operationId": "info",
+                    "summary": "Layout, worker ID, fence, lease holder and backend, version, when time bits run out",
+                    "responses": {"200": _json({"$ref": "#/components/schemas/Info"}, "What this process is.")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (text exposition format) for the whole server",
+                    "responses": {
+                        "200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "OneId": {
+                    "type": "object",
+                    "required": ["id"],
+                    "additionalProperties": False,
+                    "properties": {"id": _ID_STRING},
+                },
+                "IdBatch": {
+                    "type": "object",
+                    "required": ["ids"],
+                    "additionalProperties": False,
+                    "properties": {"ids": {"type": "array", "items": _ID_STRING, "minItems": 1, "maxItems": max_count}},
+                },
+                "Decoded": {
+                    "type": "object",
+                    "required": ["id", "layout", "timestamp_ms", "time", "sequence", "worker", "node"],
+                    "properties": {
+                        "id": {"type": "string", "pattern": "^[0-9]{1,19}$", "description": "The ID in decimal."},
+                        "layout": {"type": "string", "enum": [layout.name]},
+                        "timestamp_ms": {"type": "integer", "description": "Unix ms of the ID's time unit."},
+                        "time": {"type": "string", "description": "The same instant, ISO 8601 UTC."},
+                        **node_fields,
+                        "sequence": {"type": "integer", "minimum": 0},
+                        "worker": {"type": "integer", "minimum": 0, "description": "The node fields as one worker ID."},
+                        "node": {
+                            "allOf": [{"$ref": "#/components/schemas/Holder"}],
+                            "nullable": True,
+                            "description": "The lease holder that minted the ID; null if not in the retained history.",
+                        },
+                        "node_error": {
+                            "type": "string",
+                            "description": "Present only when the lease history could not be read (node is null).",
+                        },
+                    },
+                },
+                "Holder": {
+                    "type": "object",
+                    "required": ["worker_id", "lease_id", "host", "pid", "started_ms", "after_ms"],
+                    "properties": {
+                        "worker_id": {"type": "integer"},
+                        "lease_id": {"type": "string"},
+                        "host": {"type": "string"},
+                        "pid": {"type": "integer"},
+                        "address": {"type": "string", "nullable": True, "description": "host:port it served on."},
+                        "started_ms": {"type": "integer"},
+                        "after_ms": {"type": "integer", "description": "It minted only timestamps above this."},
+                        "ended_ms": {"type": "integer", "nullable": True},
+                    },
+                },
+                "Status": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string", "enum": ["ok", "ready"]}},
+                },
+                "Info": {
+                    "type": "object",
+                    "required": ["version", "pid", "ready", "worker_id", "layout", "lease", "time_bits_run_out"],
+                    "properties": {
+                        "version": {"type": "string"},
+                        "pid": {"type": "integer"},
+                        "ready": {"type": "boolean"},
+                        "reason": {"type": "string", "nullable": True},
+                        "worker_id": {"type": "integer", "nullable": True},
+                        "fence_ms": {"type": "integer", "nullable": True},
+                        "fence": {"type": "string", "nullable": True},
+                        "time_bits_run_out": {
+                            "type": "string",
+                            "description": "ISO 8601: the layout's last time unit.",
+                        },
+                        "layout": {"type": "object"},
+                        "lease": {
+                            "type": "object",
+                            "description": "The lease backend: state, holder (host, pid, address), local state"
+                            " directory or ZooKeeper hosts, namespace and session.",
+                        },
+                        "max_count": {"type": "integer"},
+                        "rollback_tolerance_ms": {"type": "integer"},
+                        "clock_rollbacks": {"type": "integer"},
+                        "overflow_waits": {"type": "integer"},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        }
+                    },
+                },
+            },
+            "responses": {
+                "BadRequest": _json(_ERROR_REF, "A malformed parameter (count, format or ID)."),
+                "Unavailable": _json(
+                    _ERROR_REF,
+                    "Uniqueness cannot be proven now: no lease, past the fence, or the clock behind by more than the"
+                    " tolerance. Nothing was minted.",
+                    headers=retry_after,
+                ),
+            },
+        },
+    }

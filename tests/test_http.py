@@ -1,0 +1,485 @@
+"""The HTTP service, as clients see it: a real ``idgen serve`` process on a loopback port, real requests.
+
+:class:`Server` is shared with ``test_serve.py`` (process lifecycle: signals, several processes, ZooKeeper).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+import schemathesis
+from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, given, settings
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+from schemathesis.checks import positive_data_acceptance
+from schemathesis.generation.modes import GenerationMode
+
+from idgen import DEFAULT_LAYOUT, FORMS, Generator, decode, format_id, parse_id
+from idgen.app import make_app
+from idgen.clock import ManualClock
+from idgen.leases.local import LocalLease
+
+REPO = Path(__file__).resolve().parent.parent
+ROUTES = ["/id", "/decode/{id}", "/healthz", "/readyz", "/info", "/metrics", "/openapi.json"]
+T = TypeVar("T")
+
+
+# -- a real server process ------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def wait_until(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll ``probe`` until it returns something truthy; that value. Fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Server:
+    """``idgen serve`` as a child process on a free loopback port (``--port 0``; the port comes from the
+    ``listening`` log event). Its stderr, JSON lines, is collected into :attr:`events` as it arrives."""
+
+    def __init__(self, *args: str, command: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        command = command or [sys.executable, "-m", "idgen.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+        self.proc = subprocess.Popen(
+            [*command, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            cwd=REPO,
+        )
+        self.pid = self.proc.pid
+        self.events: list[dict[str, Any]] = []
+        self._eof = False
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = 0
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"not_json": line.decode(errors="replace")}
+            with self._changed:
+                self.events.append(event)
+                self._changed.notify_all()
+        self.proc.stderr.close()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    def event(self, name: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        """The first log event ``name`` with ``fields``; waits for it (fails if the process exits first)."""
+
+        def found() -> dict[str, Any] | None:
+            matches = (e for e in self.events if e.get("event") == name and fields.items() <= e.items())
+            return next(matches, None)
+
+        with self._changed:
+            self._changed.wait_for(lambda: found() is not None or self._eof, timeout=timeout)
+            event = found()
+        if event is None:
+            raise AssertionError(f"no {name!r} event {fields or ''}; exit code {self.proc.poll()}; log:\n{self.log}")
+        return event
+
+    @property
+    def log(self) -> str:
+        return "\n".join(json.dumps(e) for e in self.events[-40:])
+
+    def started(self) -> Server:
+        self.port = self.event("listening")["port"]
+        return self
+
+    def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> Reply:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            connection.request(method, path, headers=headers or {})
+            response = connection.getresponse()
+            return Reply(response.status, response.headers, response.read())
+        finally:
+            connection.close()
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``signum`` and wait for the exit code."""
+        self.proc.send_signal(signum)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def close(self) -> None:
+        """Stop it if it still runs: SIGTERM (so that workers of a supervisor stop too), SIGKILL if that fails."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._reader.join(5)
+
+    def __enter__(self) -> Server:
+        try:
+            return self.started()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def assert_error(reply: Reply, status: int, code: str | None = None) -> dict[str, Any]:
+    """``reply`` is the JSON error shape with ``status`` (and ``code``); its ``error`` object."""
+    assert reply.status == status, reply.body
+    assert reply.headers["Content-Type"].startswith("application/json")
+    body = reply.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One local-lease server for the route tests of this module."""
+    with Server("--state-dir", str(tmp_path_factory.mktemp("state"))) as running:
+        yield running
+
+
+# -- GET /id ------------------------------------------------------------------------------------------
+
+
+def test_one_id_is_a_json_string_minted_under_the_leased_worker(server: Server) -> None:
+    reply = server.get("/id")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"] == "application/json"
+    assert reply.headers["Cache-Control"] == "no-store"
+    body = reply.json()
+    assert list(body) == ["id"] and isinstance(body["id"], str)
+    fields = decode(body["id"])
+    assert fields["worker"] == server.get("/info").json()["worker_id"]
+    assert abs(fields["timestamp_ms"] - time.time() * 1000) < 5_000
+
+
+def test_count_batches_are_strictly_increasing_within_and_across_requests(server: Server) -> None:
+    batches = [server.get(f"/id?count={n}").json()["ids"] for n in (1, 4096, 4096, 7, 4096)]
+    assert [len(b) for b in batches] == [1, 4096, 4096, 7, 4096]
+    ids = [int(i) for batch in batches for i in batch]
+    assert all(a < b for a, b in itertools.pairwise(ids))
+    assert all(isinstance(i, str) for batch in batches for i in batch)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_format_parses_back_in_order(server: Server, form: str) -> None:
+    one = server.get(f"/id?format={form}").json()["id"]
+    batch = server.get(f"/id?count=50&format={form}").json()["ids"]
+    values = [parse_id(text, form) for text in [one, *batch]]
+    assert [format_id(v, form) for v in values] == [one, *batch]
+    assert values == sorted(set(values))
+
+
+@pytest.mark.parametrize(
+    ("accept", "text"),
+    [
+        ("text/plain", True),
+        ("text/plain, application/json;q=0.5", True),
+        ("text/*", True),
+        ("application/json, text/plain", False),
+        ("text/plain;q=0.2, application/json", False),
+        ("*/*", False),
+        ("text/plain;q=0", False),
+        ("image/png", False),
+    ],
+)
+def test_accept_text_plain_gives_one_id_per_line(server: Server, accept: str, text: bool) -> None:
+    reply = server.get("/id?count=5&format=hex", headers={"Accept": accept})
+    assert reply.status == 200
+    if text:
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        lines = reply.body.decode().split("\n")
+        assert lines[-1] == "" and len(lines) == 6
+        assert [parse_id(line, "hex") for line in lines[:-1]] == sorted(parse_id(line, "hex") for line in lines[:-1])
+    else:
+        assert len(reply.json()["ids"]) == 5
+
+
+def test_text_plain_single_id_is_a_bare_decimal(server: Server) -> None:
+    reply = server.get("/id", headers={"Accept": "text/plain"})
+    assert reply.status == 200
+    assert reply.body.decode().endswith("\n")
+    assert decode(reply.body.decode().strip())["worker"] == server.get("/info").json()["worker_id"]
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("count=0", "invalid_count"),
+        ("count=-1", "invalid_count"),
+        ("count=4097", "invalid_count"),
+        ("count=99999999999999999999999999", "invalid_count"),
+        ("count=abc", "invalid_count"),
+        ("count=1.5", "invalid_count"),
+        ("count=", "invalid_count"),
+        ("count=%201", "invalid_count"),
+        ("count=%D9%A5", "invalid_count"),  # an Arabic-Indic digit five: int() would take it
+        ("format=octal", "invalid_format"),
+        ("format=", "invalid_format"),
+        ("count=2&format=HEX", "invalid_format"),
+    ],
+)
+def test_bad_parameters_are_400_with_a_json_error(server: Server, query: str, code: str) -> None:
+    assert_error(server.get(f"/id?{query}"), 400, code)
+
+
+# -- GET /decode/{id} ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_decode_takes_every_form_and_names_this_process(server: Server, form: str) -> None:
+    id_ = server.get("/id").json()["id"]
+    text = format_id(int(id_), form)
+    for path in (f"/decode/{text}", f"/decode/{text}?format={form}"):
+        reply = server.get(path)
+        assert reply.status == 200, reply.body
+        body = reply.json()
+        node = body.pop("node")
+        assert body == decode(id_)  # the same fields as `idgen decode --json`
+        assert node["pid"] == server.pid
+        assert node["host"] == os.uname().nodename
+        assert node["address"] == f"127.0.0.1:{server.port}"
+        assert node["worker_id"] == body["worker"]
+        assert node["ended_ms"] is None
+        assert node["after_ms"] < body["timestamp_ms"]
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/decode/abc", "invalid_id"),
+        ("/decode/9223372036854775808", "invalid_id"),  # 2**63: does not fit
+        ("/decode/99999999999999999999", "invalid_id"),  # 20 digits
+        ("/decode/0x8000000000000000", "invalid_id"),
+        ("/decode/0x12", "invalid_id"),
+        ("/decode/%F0%9F%92%A5", "invalid_id"),
+        ("/decode/a%2Fb", "invalid_id"),
+        ("/decode/" + "7" * 5000, "invalid_id"),
+        ("/decode/123?format=hex", "invalid_id"),
+        ("/decode/123?format=octal", "invalid_format"),
+    ],
+)
+def test_bad_ids_are_400(server: Server, path: str, code: str) -> None:
+    assert_error(server.get(path), 400, code)
+
+
+# -- routing errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/id/", "/decode/", "/decode/1/2", "/ID", "/metrics/x"])
+def test_unknown_routes_are_404(server: Server, path: str) -> None:
+    assert_error(server.get(path), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/id"), ("PUT", "/id"), ("DELETE", "/decode/1"), ("HEAD", "/id"), ("PATCH", "/healthz")],
+)
+def test_other_methods_are_405_with_allow(server: Server, method: str, path: str) -> None:
+    reply = server.get(path, method=method)
+    assert reply.status == 405
+    assert reply.headers["Allow"] == "GET"
+    if method != "HEAD":
+        assert_error(reply, 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    "request_line", [b"GET /decode/\xff\xfe HTTP/1.1", b"BREW /id HTTP/1.1", b"GET /" + b"a" * 9000 + b" HTTP/1.1"]
+)
+def test_unparseable_requests_are_400_and_one_warning(server: Server, request_line: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))
+    assert reply.split(b"\r\n", 1)[0].split()[1] == b"400"  # aiohttp's own plain-text 400: no route ever ran
+    warning = server.event("bad_http_request", timeout=10)
+    assert warning["level"] == "WARNING" and "exc_info" not in warning
+
+
+# -- health, info, metrics, OpenAPI ----------------------------------------------------------------------
+
+
+def test_health_readiness_and_info(server: Server) -> None:
+    assert server.get("/healthz").json() == {"status": "ok"}
+    assert server.get("/readyz").json() == {"status": "ready"}
+    info = server.get("/info").json()
+    assert info["pid"] == server.pid and info["ready"] is True and info["reason"] is None
+    assert info["layout"]["name"] == DEFAULT_LAYOUT.name
+    assert info["time_bits_run_out"] == "2094-09-07T15:47:35.551Z"
+    assert info["version"]
+    assert info["fence_ms"] > time.time() * 1000
+    lease = info["lease"]
+    assert (lease["backend"], lease["state"], lease["worker_id"]) == ("local", "held", info["worker_id"])
+    assert (lease["host"], lease["pid"], lease["address"]) == (
+        os.uname().nodename,
+        server.pid,
+        f"127.0.0.1:{server.port}",
+    )
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_ids_requests_latency_and_lease(server: Server) -> None:
+    before = _samples(server.get("/metrics").body.decode())
+    server.get("/id?count=100")
+    server.get("/id?count=0")
+    after_reply = server.get("/metrics")
+    assert after_reply.status == 200 and after_reply.headers["Content-Type"].startswith("text/plain")
+    after = _samples(after_reply.body.decode())
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after[key] - before.get(key, 0.0)
+
+    assert delta("idgen_ids_minted_total") == 100
+    assert delta("idgen_http_requests_total", route="/id", status="200") == 1
+    assert delta("idgen_http_requests_total", route="/id", status="400") == 1
+    assert delta("idgen_http_request_duration_seconds_count", route="/id") == 2
+    assert delta("idgen_http_request_duration_seconds_bucket", route="/id", le="+Inf") == 2
+    assert after[("idgen_lease_state", (("state", "held"),))] == 1
+    assert after[("idgen_lease_state", (("state", "lost"),))] == 0
+    assert after[("idgen_ready", ())] == 1
+    assert after[("idgen_worker_id", ())] == server.get("/info").json()["worker_id"]
+    assert 0 < after[("idgen_fence_headroom_seconds", ())] <= 7.5
+    assert ("idgen_clock_rollbacks_total", ()) in after
+    assert ("idgen_overflow_waits_total", ()) in after
+
+
+def test_openapi_document_is_valid_and_lists_every_route(server: Server) -> None:
+    document = server.get("/openapi.json").json()
+    validate(document)
+    assert set(document["paths"]) == {
+        "/id",
+        "/decode/{id}",
+        "/healthz",
+        "/readyz",
+        "/info",
+        "/metrics",
+        "/openapi.json",
+    }
+    count = document["paths"]["/id"]["get"]["parameters"][0]
+    assert count["schema"]["maximum"] == server.get("/info").json()["max_count"] == 4096
+
+
+@pytest.fixture(scope="module")
+def api_schema(server: Server) -> Any:
+    return schemathesis.openapi.from_url(f"http://127.0.0.1:{server.port}/openapi.json")
+
+
+# Operations with parameters get schema-invalid input too; the others have nothing to get wrong.
+FUZZED = [(path, "positive") for path in ROUTES] + [("/id", "negative"), ("/decode/{id}", "negative")]
+
+
+@pytest.mark.parametrize(("path", "mode"), FUZZED)
+def test_fuzzed_requests_never_get_a_5xx_and_match_the_document(api_schema: Any, path: str, mode: str) -> None:
+    """schemathesis's generators, driven by Hypothesis directly (not its pytest plugin, which breaks on pytest
+    9.2). Every check runs (no 5xx; status codes, content types, bodies and headers as documented; schema-invalid
+    input rejected) except positive_data_acceptance: the schema cannot say which strings are IDs in a given form,
+    so a schema-valid /decode/{id} may rightly be a 400."""
+
+    @settings(max_examples=40, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=api_schema[path]["GET"].as_strategy(GenerationMode(mode)))
+    def check(case: Any) -> None:
+        response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
+        assert response.status_code < 500
+
+    check()
+
+
+# -- the event loop waits out small clock rollbacks without blocking ------------------------------------------
+
+
+def test_a_small_rollback_is_awaited_while_other_requests_are_served(tmp_path: Path) -> None:
+    """In-process, because the clock must be stepped back: a manual clock drives the generator and its lease."""
+    clock = ManualClock()
+    generator = Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, clock=clock), clock=clock)
+
+    async def scenario() -> None:
+        app = make_app(generator, rollback_tolerance_ms=5_000)
+        async with TestServer(app) as test_server, aiohttp.ClientSession(test_server.make_url("")) as session:
+            first = int((await (await session.get("/id")).json())["id"])
+            clock.advance(-3)
+            pending = asyncio.create_task(session.get("/id"))
+            while generator.clock_rollbacks == 0:  # the request has met the rollback and is now awaiting it
+                await asyncio.sleep(0.001)
+            assert not pending.done()
+            health = await session.get("/healthz")  # served while /id waits: the loop is free
+            assert (health.status, await health.json()) == (200, {"status": "ok"})
+            assert not pending.done()
+            clock.advance(4)
+            reply = await pending
+            assert reply.status == 200
+            second = int((await reply.json())["id"])
+            assert second > first
+            assert decode(second)["timestamp_ms"] == clock.now_ms()
+
+            clock.advance(-10_000)  # beyond the tolerance: refused at once
+            refused = await session.get("/id")
+            assert refused.status == 503
+            assert int(refused.headers["Retry-After"]) == 10
+            assert (await refused.json())["error"]["code"] == "clock_behind"
+            metrics = _samples(await (await session.get("/metrics")).text())
+            assert metrics[("idgen_clock_rollbacks_total", ())] == 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        generator.close()
+
+
+def test_no_request_of_this_module_reached_the_catch_all(server: Server) -> None:
+    """Last in the module, after the fuzzing: the shared server logged no internal error and no traceback."""
+    assert server.get("/healthz").status == 200
+    assert not [e for e in server.events if e.get("event") == "internal_error" or "exc_info" in e]
+    assert not [e for e in server.events if e.get("level") == "ERROR"]
