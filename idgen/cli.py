@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
+from kazoo.exceptions import KazooException
+
 from idgen.encoding import FORMS, format_id, parse_id
 from idgen.errors import IdgenError, InvalidInput, LayoutMismatch
 from idgen.generator import Generator
@@ -31,6 +33,7 @@ from idgen.leases.zookeeper import (
     ZkLease,
     connected,
     credentials_from_env,
+    explain,
 )
 
 EXIT_UNAVAILABLE = 1
@@ -325,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_USAGE, exc)
     except IdgenError as exc:
         return _fail(EXIT_UNAVAILABLE, exc)
+    except KazooException as exc:  # decode/leases read ZooKeeper directly
+        return _fail(EXIT_UNAVAILABLE, explain(exc))
     except OSError as exc:  # an unwritable state directory, a full disk: say so in one line
         if isinstance(exc, BrokenPipeError):  # `idgen mint -n 1000000 | head`
             sys.stderr.close()
@@ -335,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _fail(code: int, exc: BaseException) -> int:
+def _fail(code: int, exc: BaseException | str) -> int:
     message = " ".join(str(exc).split()) or type(exc).__name__
     print(f"idgen: error: {message}", file=sys.stderr)
     return code

@@ -8,6 +8,7 @@ Imported, :class:`HolderProcess` starts one and reads that line.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +28,7 @@ def _run(config: dict[str, Any]) -> None:
     else:
         lease = LocalLease(layout, config["state_dir"], range(*config["worker_ids"]), **options)
     with Generator(layout, lease) as gen:
-        print(
-            json.dumps({"worker_id": gen.worker_id, "id": gen.next_id(), "pid": __import__("os").getpid()}), flush=True
-        )
+        print(json.dumps({"worker_id": gen.worker_id, "id": gen.next_id(), "pid": os.getpid()}), flush=True)
         sys.stdin.read()
 
 

@@ -376,3 +376,21 @@ def test_without_layout_the_cli_uses_the_namespaces_layout(
     assert result.returncode == 0, result.stderr
     minted = [decode(line, "twitter") for line in result.stdout.split()]
     assert len({m["worker"] for m in minted}) == 1 and minted[0]["timestamp_ms"] <= time.time() * 1000
+
+
+def test_wrong_credentials_are_one_clear_error_in_the_lease_and_the_cli(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+) -> None:
+    zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace, auth="idgen:s3cret")
+    with pytest.raises(LeaseUnavailable, match=r"ZooKeeper refused access \(wrong or missing credentials"):
+        Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, zk_hosts, zk_namespace, **FAST, auth="idgen:wrong"))
+    for command in (["leases"], ["decode", "1"], ["mint"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "idgen.cli", *command, "--zk", zk_hosts, "--namespace", zk_namespace],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "IDGEN_ZK_AUTH": "idgen:wrong"},
+        )
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("idgen: error: ZooKeeper refused access") and result.stderr.count("\n") == 1

@@ -29,6 +29,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
     BadVersionError,
     KazooException,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     SessionExpiredError,
@@ -63,6 +64,16 @@ def credentials_from_env() -> str | None:
             f"ZooKeeper credentials must look like user:password (from {ZK_AUTH_ENV} or {ZK_AUTH_FILE_ENV})"
         )
     return auth
+
+
+def explain(exc: KazooException) -> str:
+    """A one-line reason for a ZooKeeper error, naming the fix where there is one."""
+    if isinstance(exc, NoAuthError):
+        return (
+            f"ZooKeeper refused access (wrong or missing credentials: set {ZK_AUTH_ENV}=user:password"
+            f" or {ZK_AUTH_FILE_ENV}=FILE)"
+        )
+    return f"ZooKeeper error: {type(exc).__name__} {' '.join(str(exc).split())}".rstrip()
 
 
 def connect(
@@ -216,9 +227,11 @@ class ZkLease(Lease):
             try:
                 namespace = Namespace(client, self.namespace_path)
                 namespace.bind_layout(self.layout)
-            except BaseException:
+            except BaseException as exc:
                 client.stop()
                 client.close()
+                if isinstance(exc, KazooException):
+                    raise LeaseUnavailable(explain(exc)) from None
                 raise
             client.add_listener(self._on_session_state)
             self._client, self._ns = client, namespace
@@ -242,7 +255,7 @@ class ZkLease(Lease):
         except NoNodeError:
             _, stat = self._client.create(namespace.node("clock"), b"", include_data=True)
         except KazooException as exc:
-            raise LeaseUnavailable(f"ZooKeeper is not answering: {exc!r}") from None
+            raise LeaseUnavailable(explain(exc)) from None
         after = self._now_ms()
         self.skew_ms = (before + after) / 2 - stat.mtime
         if abs(self.skew_ms) > self.max_skew_ms + (after - before) / 2:
@@ -267,7 +280,7 @@ class ZkLease(Lease):
                 if claimed:
                     return claimed
         except KazooException as exc:
-            raise LeaseUnavailable(f"ZooKeeper error while leasing: {exc!r}") from None
+            raise LeaseUnavailable(explain(exc)) from None
         raise LeaseUnavailable(
             f"all {self.layout.worker_capacity} worker IDs of layout {self.layout.name!r} in ZooKeeper namespace"
             f" {namespace.path} are held by live workers"
