@@ -44,7 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from idgen import __version__
+from idgen import __version__, inspector
 from idgen.encoding import FORMS, format_id, parse_id
 from idgen.errors import ClockBehind, InvalidInput, Unavailable
 from idgen.generator import Generator
@@ -468,6 +468,7 @@ class Service:
             ("/openapi.json", self.openapi_json),
         ):
             app.router.add_get(path, self._endpoint(path, handler), allow_head=False)  # HEAD /id would mint
+        inspector.install(app, self)  # GET /: the ID inspector page; before the catch-all, which would take it
         fallback = app.router.add_route("*", "/{path:.*}", self._endpoint(_UNMATCHED, self.fallback))
         self._fallback_resource = fallback.resource
         app.on_startup.append(self._start)

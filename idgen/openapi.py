@@ -45,6 +45,18 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
             ),
         },
         "paths": {
+            "/": {
+                "get": {
+                    "operationId": "inspector",
+                    "summary": "The ID inspector page: this worker's state, and a form that decodes an ID",
+                    "responses": {
+                        "200": {
+                            "description": "One self-contained HTML page.",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/id": {
                 "get": {
                     "operationId": "mintIds",

@@ -38,7 +38,7 @@ from idgen.clock import ManualClock
 from idgen.leases.local import LocalLease
 
 REPO = Path(__file__).resolve().parent.parent
-ROUTES = ["/id", "/decode/{id}", "/healthz", "/readyz", "/info", "/metrics", "/openapi.json"]
+ROUTES = ["/", "/id", "/decode/{id}", "/healthz", "/readyz", "/info", "/metrics", "/openapi.json"]
 T = TypeVar("T")
 
 
@@ -312,7 +312,7 @@ def test_bad_ids_are_400(server: Server, path: str, code: str) -> None:
 # -- routing errors ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/id/", "/decode/", "/decode/1/2", "/ID", "/metrics/x"])
+@pytest.mark.parametrize("path", ["/nope", "/index.html", "/id/", "/decode/", "/decode/1/2", "/ID", "/metrics/x"])
 def test_unknown_routes_are_404(server: Server, path: str) -> None:
     assert_error(server.get(path), 404, "not_found")
 
@@ -400,6 +400,7 @@ def test_openapi_document_is_valid_and_lists_every_route(server: Server) -> None
     document = server.get("/openapi.json").json()
     validate(document)
     assert set(document["paths"]) == {
+        "/",
         "/id",
         "/decode/{id}",
         "/healthz",

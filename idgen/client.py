@@ -1,0 +1,800 @@
+"""Clients of the idgen HTTP API: :class:`Client` (threads, urllib3) and :class:`AsyncClient` (asyncio, aiohttp).
+
+Both keep a **prefetch buffer** fed by ``GET /id?count=batch`` and refilled in the background (a thread, or a task)
+whenever fewer than ``low_water`` IDs are left: Baidu uid-generator's ring buffer, across the network. ``next_id()``
+and ``next_ids(n)`` return ints; with ``form="decimal" | "hex" | "base32" | "base58"`` they return strings in that
+form (:func:`idgen.format_id`, the same forms as the server's ``?format=``).
+
+Several server URLs give **failover**: a refill asks the server that answered last, then the ones after it in the
+list (wrapping around). Every request is bounded by ``timeout``; a refill round makes at most ``retries + 1`` passes
+over the servers, with ``backoff`` (doubling) between passes; a call waits at most :attr:`Client.max_wait` and then
+raises :class:`AllServersFailed`, which names each server's last failure.
+
+Invariants:
+
+- **No ID is handed out twice.** Each ID enters the buffer once (batches from one server are strictly increasing,
+  checked here) and leaves it once, taken under the client's lock (:class:`Client`) or with no ``await`` between
+  the check and the take (:class:`AsyncClient`). Per server, ``fetched == handed_out + buffered + discarded``
+  (:meth:`Client.status`). Uniqueness *across* servers is the servers' own promise: they must share one ID space
+  (one ZooKeeper namespace, or one local state directory).
+- **No ID is handed out after the server that minted it said it cannot vouch for it.** A 503 from server S, to a
+  refill or to the readiness probe (``GET /readyz``), drops every ID buffered from S at once (``discarded``), before
+  any further ID is handed out. The probe goes to each server that has IDs in the buffer and has not answered for
+  ``probe_interval`` seconds, so an idle buffer learns of a refusal within ``probe_interval + timeout``; IDs handed
+  out before the client heard of the refusal are not recalled. ``probe_interval=None`` leaves only refills to tell.
+- Why a lost lease is handled by this rule and no other: IDs minted under a lease before it was lost are still
+  unique (docs/DESIGN.md, section 2: every later holder of that worker ID mints strictly above the fence those IDs
+  lie under). Dropping them is about the server's promise to vouch for what it handed over, not about uniqueness.
+  For the same reason a server that stops or cannot be reached keeps its buffered IDs: it did not refuse.
+- Order: IDs of one server come out strictly increasing; IDs of different servers are not ordered.
+
+With ``idgen serve --processes N`` one URL reaches N workers with their own leases: a 503 from any of them drops
+every ID from that URL (conservative), and a probe sees one of them only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import json
+import math
+import re
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+from urllib.parse import urlsplit
+
+import aiohttp
+import urllib3
+
+from idgen import __version__
+from idgen.encoding import FORMS, MAX_ID, format_id
+from idgen.errors import IdgenError, InvalidInput, Unavailable
+
+DEFAULT_BATCH = 256
+DEFAULT_TIMEOUT_S = 2.0
+DEFAULT_RETRIES = 1
+DEFAULT_BACKOFF_S = 0.1
+DEFAULT_PROBE_INTERVAL_S = 1.0
+RETRY_COOLDOWN_S = 1.0  # after a failed round, background refills (no caller waiting) pause this long
+
+_DECIMAL = re.compile(r"[0-9]{1,19}")
+_HEADERS = {"Accept": "application/json", "User-Agent": f"idgen-client/{__version__}"}
+
+
+class ClientError(IdgenError):
+    """A client-side failure other than the servers' (closed client, internal fault)."""
+
+    code = "client_error"
+
+
+class ClientClosed(ClientError):
+    """The client was closed."""
+
+    code = "client_closed"
+
+
+class AllServersFailed(Unavailable, ClientError):
+    """No server handed over IDs in time. ``failures`` maps each server URL to its last failure; ``retry_after`` is
+    the shortest ``Retry-After`` any server sent (1 s if none did)."""
+
+    code = "all_servers_failed"
+
+    def __init__(self, message: str, failures: dict[str, str], retry_after: float) -> None:
+        super().__init__(message, retry_after)
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What the client knows of one server. ``fetched == handed_out + buffered + discarded`` always."""
+
+    url: str
+    buffered: int  # IDs from it in the buffer now
+    fetched: int  # IDs it handed over, in total
+    handed_out: int  # of those, returned by next_id/next_ids
+    discarded: int  # of those, dropped because it refused (503) while they were buffered
+    refusals: int  # 503 answers seen
+    last_error: str | None  # its last failure; None once it answered well again
+
+
+# -- the shared state: buffer, servers, refill decisions (no I/O, no locking) -------------------------------------
+
+
+class _Refused(Exception):
+    """A 503: the server cannot vouch for IDs now."""
+
+    def __init__(self, text: str, retry_after: float) -> None:
+        super().__init__(text)
+        self.retry_after = retry_after
+
+
+class _Failed(Exception):
+    """Any other failure: unreachable, timed out, an unexpected status or a malformed answer."""
+
+
+class _Server:
+    __slots__ = (
+        "buffered",
+        "checked_at",
+        "discarded",
+        "fetched",
+        "handed_out",
+        "index",
+        "last_error",
+        "path",
+        "refusals",
+        "url",
+    )
+
+    def __init__(self, index: int, url: str) -> None:
+        self.index, self.url, self.path = index, url, urlsplit(url).path
+        self.buffered = self.fetched = self.handed_out = self.discarded = self.refusals = 0
+        self.last_error: str | None = None
+        self.checked_at = -math.inf  # monotonic time of its last answer, or of the last probe sent to it
+
+
+class _Chunk:
+    __slots__ = ("ids", "pos", "server")
+
+    def __init__(self, server: _Server, ids: list[int]) -> None:
+        self.server, self.ids, self.pos = server, ids, 0
+
+
+class _Core:
+    """The buffer and the refill policy, shared by both clients. Callers serialise access (a lock, or the loop)."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        batch: int,
+        low_water: int | None,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        probe_interval: float | None,
+        max_wait: float | None,
+    ) -> None:
+        self.urls = _check_urls(urls)
+        self.batch = _check_int("batch", batch, 1)
+        self.low_water = batch // 2 if low_water is None else _check_int("low_water", low_water, 0)
+        self.timeout = _check_seconds("timeout", timeout)
+        self.retries = _check_int("retries", retries, 0)
+        self.backoff = _check_seconds("backoff", backoff, zero=True)
+        self.probe_interval = None if probe_interval is None else _check_seconds("probe_interval", probe_interval)
+        backoffs = sum(self.backoff * 2**p for p in range(self.retries))
+        round_s = (self.retries + 1) * len(self.urls) * self.timeout + backoffs
+        # a caller may arrive while a probe (one request) is under way, then waits for one whole round
+        self.max_wait = round_s + self.timeout if max_wait is None else _check_seconds("max_wait", max_wait)
+        self.servers = [_Server(i, url) for i, url in enumerate(self.urls)]
+        self.chunks: deque[_Chunk] = deque()
+        self.level = 0  # IDs in the buffer
+        self.demand = 0  # IDs that waiting callers want
+        self.preferred = 0  # the server that answered last
+        self.asked = False  # a caller started waiting since the last failed round
+        self.failed_rounds = 0
+        self.last_round: dict[str, str] = {}  # each server's failure in the last failed round
+        self.retry_after: float | None = None  # the shortest Retry-After of the round under way
+        self.retry_at = 0.0  # background refills wait until then after a failed round
+        self.closed = False
+        self.crash: BaseException | None = None
+
+    # -- taking IDs ----------------------------------------------------------------------------------
+
+    def take(self, n: int) -> list[int]:
+        """The next ``n`` IDs, removed from the buffer. Requires ``self.level >= n``."""
+        out: list[int] = []
+        chunks = self.chunks
+        while len(out) < n:
+            chunk = chunks[0]
+            end = min(len(chunk.ids), chunk.pos + n - len(out))
+            out += chunk.ids[chunk.pos : end]
+            taken = end - chunk.pos
+            chunk.server.buffered -= taken
+            chunk.server.handed_out += taken
+            if end == len(chunk.ids):
+                chunks.popleft()
+            else:
+                chunk.pos = end
+        self.level -= n
+        return out
+
+    def take_one(self) -> int:
+        """The next ID, removed from the buffer. Requires ``self.level >= 1``."""
+        chunk = self.chunks[0]
+        value = chunk.ids[chunk.pos]
+        chunk.pos += 1
+        if chunk.pos == len(chunk.ids):
+            self.chunks.popleft()
+        chunk.server.buffered -= 1
+        chunk.server.handed_out += 1
+        self.level -= 1
+        return value
+
+    # -- what the refiller does next -------------------------------------------------------------------
+
+    def next_step(self, now: float) -> tuple[str, _Server | None, float | None]:
+        """``("fill", None, None)``, ``("probe", server, None)`` or ``("wait", None, seconds or None)``."""
+        if (self.asked and self.demand > self.level) or (self.level < self.low_water and now >= self.retry_at):
+            return "fill", None, None
+        delay = self.retry_at - now if self.level < self.low_water else None
+        if self.probe_interval is not None:
+            for server in self.servers:
+                if server.buffered:
+                    due = server.checked_at + self.probe_interval - now
+                    if due <= 0:
+                        return "probe", server, None
+                    delay = due if delay is None else min(delay, due)
+        return "wait", None, delay
+
+    def plan(self) -> list[tuple[float, _Server]]:
+        """One refill round: ``(seconds to wait first, server to ask)``, preferred server first in every pass."""
+        self.retry_after = None
+        order = self.servers[self.preferred :] + self.servers[: self.preferred]
+        return [
+            (self.backoff * 2 ** (p - 1) if p and i == 0 else 0.0, server)
+            for p in range(self.retries + 1)
+            for i, server in enumerate(order)
+        ]
+
+    # -- what servers said -----------------------------------------------------------------------------
+
+    def accepted(self, server: _Server, ids: list[int], now: float) -> None:
+        self.chunks.append(_Chunk(server, ids))
+        self.level += len(ids)
+        server.buffered += len(ids)
+        server.fetched += len(ids)
+        server.last_error, server.checked_at = None, now
+        self.preferred = server.index
+        self.retry_at = 0.0
+
+    def failed(self, server: _Server, failure: _Refused | _Failed, now: float) -> None:
+        """Record ``failure``; a refusal also drops every ID buffered from ``server``."""
+        server.last_error, server.checked_at = str(failure), now
+        if isinstance(failure, _Refused):
+            server.refusals += 1
+            self.retry_after = min(self.retry_after or math.inf, failure.retry_after)
+            if server.buffered:
+                self.chunks = deque(c for c in self.chunks if c.server is not server)
+                self.level -= server.buffered
+                server.discarded += server.buffered
+                server.buffered = 0
+
+    def ready(self, server: _Server, now: float) -> None:
+        server.last_error, server.checked_at = None, now
+
+    def round_failed(self, now: float) -> None:
+        self.last_round = {s.url: s.last_error or "no answer" for s in self.servers}
+        self.failed_rounds += 1
+        self.asked = False  # callers waiting now get this failure; only a new caller starts another round
+        self.retry_at = now + RETRY_COOLDOWN_S
+
+    def wait_started(self, n: int) -> int:
+        """A caller waits for ``n`` IDs; the failed-round count to compare with (see :meth:`failure`)."""
+        self.demand += n
+        self.asked = True
+        return self.failed_rounds
+
+    # -- errors for callers ----------------------------------------------------------------------------
+
+    def failure(self, what: str, rounds: int) -> AllServersFailed:
+        """The error for a caller that began waiting when ``rounds`` rounds had failed: that of the round that failed
+        since, or (time ran out) each server's last failure."""
+        if self.failed_rounds != rounds:
+            failures = dict(self.last_round)
+        else:
+            failures = {s.url: s.last_error or "no answer yet" for s in self.servers}
+        listed = "; ".join(f"{url}: {text}" for url, text in failures.items())
+        return AllServersFailed(f"{what}: {listed}", failures, self.retry_after or 1.0)
+
+    def check_open(self) -> None:
+        if self.crash is not None:
+            raise ClientError(f"the refill loop failed: {self.crash!r}") from self.crash
+        if self.closed:
+            raise ClientClosed("the idgen client is closed")
+
+    def status(self) -> list[ServerStatus]:
+        return [
+            ServerStatus(s.url, s.buffered, s.fetched, s.handed_out, s.discarded, s.refusals, s.last_error)
+            for s in self.servers
+        ]
+
+
+# -- answers and failures --------------------------------------------------------------------------------------
+
+
+def _ids_answer(status: int, headers: Mapping[str, str], body: bytes, count: int) -> list[int]:
+    """The IDs of a ``GET /id?count=count`` answer; raises :class:`_Refused` or :class:`_Failed`."""
+    if status != 200:
+        raise _http_failure(status, headers, body)
+    try:
+        texts = json.loads(body)["ids"]
+    except (ValueError, KeyError, TypeError):
+        raise _Failed('malformed answer: not {"ids": [...]}') from None
+    if not (isinstance(texts, list) and len(texts) == count and all(_is_decimal(t) for t in texts)):
+        raise _Failed(f"malformed answer: expected {count} decimal ID strings")
+    ids = list(map(int, texts))
+    if ids[-1] > MAX_ID or any(a >= b for a, b in itertools.pairwise(ids)):
+        raise _Failed("malformed answer: the IDs are not strictly increasing 63-bit integers")
+    return ids
+
+
+def _readiness_answer(status: int, headers: Mapping[str, str], body: bytes) -> None:
+    if status != 200:
+        raise _http_failure(status, headers, body)
+
+
+def _is_decimal(text: Any) -> bool:
+    return isinstance(text, str) and _DECIMAL.fullmatch(text) is not None
+
+
+def _http_failure(status: int, headers: Mapping[str, str], body: bytes) -> _Refused | _Failed:
+    try:
+        error = json.loads(body)["error"]
+        said = f" {error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        said = f": {' '.join(body[:200].decode(errors='replace').split())}" if body else ""
+    text = f"HTTP {status}{said}"
+    if status != 503:
+        return _Failed(text)
+    try:
+        retry_after = max(1.0, float(headers.get("Retry-After", "1")))
+    except ValueError:
+        retry_after = 1.0
+    return _Refused(f"{text} (Retry-After {retry_after:g} s)", retry_after)
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    """A short account of a transport failure: refused, timed out, or the OS's words."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for link in chain:
+        if isinstance(link, ConnectionRefusedError) or getattr(link, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+    for link in chain:
+        if isinstance(link, TimeoutError | urllib3.exceptions.TimeoutError | aiohttp.ServerTimeoutError):
+            return f"no answer within {timeout:g} s"
+    for link in chain:
+        if isinstance(link, OSError) and link.strerror:
+            return f"connection failed: {link.strerror}"
+    return f"connection failed: {' '.join(str(exc).split())[:200] or type(exc).__name__}"
+
+
+# -- argument checks ---------------------------------------------------------------------------------------------
+
+
+def _check_urls(urls: str | Sequence[str]) -> list[str]:
+    listed = [urls] if isinstance(urls, str) else list(urls)
+    if not listed:
+        raise InvalidInput("give at least one server URL, such as http://127.0.0.1:8080")
+    clean = []
+    for url in listed:
+        if not isinstance(url, str):
+            raise InvalidInput(f"a server URL must be a string, not {type(url).__name__}")
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise InvalidInput(f"{url!r} is not a server URL like http://host:8080 (http or https, no query)")
+        try:
+            parts.port  # noqa: B018 -- raises ValueError for a bad port
+        except ValueError:
+            raise InvalidInput(f"{url!r} has a bad port") from None
+        clean.append(f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}")
+    duplicates = {u for u in clean if clean.count(u) > 1}
+    if duplicates:
+        raise InvalidInput(f"server URLs listed twice: {', '.join(sorted(duplicates))}")
+    return clean
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInput(f"{name} must be a whole number of at least {minimum}, not {value!r}")
+    return value
+
+
+def _check_seconds(name: str, value: Any, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInput(f"{name} must be a number of seconds, not {value!r}")
+    if value < 0 or (value == 0 and not zero):
+        raise InvalidInput(f"{name} must be {'at least 0' if zero else 'above 0'} seconds, not {value!r}")
+    return float(value)
+
+
+def _check_form(form: str | None) -> None:
+    if form is not None and form not in FORMS:
+        raise InvalidInput(f"form must be None (ints) or one of {', '.join(FORMS)}, not {form!r}")
+
+
+def _render(ids: list[int], form: str | None) -> list[int] | list[str]:
+    return ids if form is None else [format_id(i, form) for i in ids]
+
+
+# -- the threaded client ---------------------------------------------------------------------------------------
+
+
+class Client:
+    """A thread-safe client of one or more idgen servers, with a prefetch buffer refilled by a daemon thread.
+
+    ``urls``: one base URL or several (``http://host:8080``, a path prefix allowed). ``batch``: IDs per request
+    (at most the servers' ``--max-count``). ``low_water``: refill below this many buffered IDs (default
+    ``batch // 2``; 0 fetches only when a caller needs IDs). ``timeout``: seconds per request. ``retries``: extra
+    passes over all servers in a refill round. ``probe_interval``: see the module docstring. ``max_wait``: the
+    longest a call waits (default: one round's worst case, :attr:`max_wait`). The buffer starts filling at once.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        batch: int = DEFAULT_BATCH,
+        low_water: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF_S,
+        probe_interval: float | None = DEFAULT_PROBE_INTERVAL_S,
+        max_wait: float | None = None,
+    ) -> None:
+        core = _Core(urls, batch, low_water, timeout, retries, backoff, probe_interval, max_wait)
+        self._refiller = refiller = _Refiller(core)
+        self._core, self._lock, self._ids_ready, self._wake = core, refiller.lock, refiller.ids_ready, refiller.wake
+        # The thread holds the refiller, not the client: a client dropped without close() is collected, and this
+        # stops its thread then.
+        self._finalizer = weakref.finalize(self, refiller.shutdown)
+        self._finalizer.atexit = False  # the thread is a daemon: exiting must not wait for a request in flight
+        refiller.thread.start()
+
+    @property
+    def max_wait(self) -> float:
+        """The longest ``next_id``/``next_ids`` waits before raising :class:`AllServersFailed`."""
+        return self._core.max_wait
+
+    @overload
+    def next_id(self, form: None = None) -> int: ...
+    @overload
+    def next_id(self, form: str) -> str: ...
+    def next_id(self, form: str | None = None) -> int | str:
+        """One ID: an int, or a string in ``form``."""
+        _check_form(form)
+        core = self._core
+        with self._lock:
+            core.check_open()
+            if core.level < 1:
+                self._wait_for(1)
+            value = core.take_one()
+            if core.level < core.low_water:
+                self._wake.notify()
+        return value if form is None else format_id(value, form)
+
+    @overload
+    def next_ids(self, n: int, form: None = None) -> list[int]: ...
+    @overload
+    def next_ids(self, n: int, form: str) -> list[str]: ...
+    def next_ids(self, n: int, form: str | None = None) -> list[int] | list[str]:
+        """``n`` IDs (ints, or strings in ``form``), taken from the buffer at once; waits until it holds ``n``."""
+        _check_int("n", n, 0)
+        _check_form(form)
+        if n == 0:
+            return []
+        core = self._core
+        with self._lock:
+            core.check_open()
+            if core.level < n:
+                self._wait_for(n)
+            ids = core.take(n)
+            if core.level < core.low_water:
+                self._wake.notify()
+        return _render(ids, form)
+
+    def status(self) -> list[ServerStatus]:
+        """A snapshot of every server's counts, in the order given."""
+        with self._lock:
+            return self._core.status()
+
+    def close(self) -> None:
+        """Stop the refill thread and close connections; waiting and later calls raise :class:`ClientClosed`."""
+        self._finalizer()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals (the lock is held where noted) -----------------------------------------------------------
+
+    def _wait_for(self, n: int) -> None:
+        """Lock held: wait until the buffer holds ``n`` IDs; raise if a round fails meanwhile or time runs out."""
+        core = self._core
+        deadline = time.monotonic() + core.max_wait
+        rounds = core.wait_started(n)
+        self._wake.notify()
+        try:
+            while core.level < n:
+                core.check_open()
+                if core.failed_rounds != rounds:
+                    raise core.failure(f"no idgen server handed over {n} ID(s)", rounds)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise core.failure(f"no idgen server handed over {n} ID(s) within {core.max_wait:g} s", rounds)
+                self._ids_ready.wait(remaining)
+        finally:
+            core.demand -= n
+
+
+class _Refiller:
+    """The sync client's refill thread and what it shares with callers: the lock, its two conditions, the pools."""
+
+    def __init__(self, core: _Core) -> None:
+        self.core = core
+        self.lock = threading.Lock()
+        self.ids_ready = threading.Condition(self.lock)  # callers wait on it
+        self.wake = threading.Condition(self.lock)  # the thread waits on it
+        self.stop = threading.Event()
+        self.pools = [
+            urllib3.connection_from_url(
+                url, maxsize=1, retries=False, timeout=urllib3.Timeout(total=core.timeout), headers=_HEADERS
+            )
+            for url in core.urls
+        ]
+        self.thread = threading.Thread(target=self.run, name="idgen-client-refill", daemon=True)
+
+    def shutdown(self) -> None:
+        with self.lock:
+            self.core.closed = True
+            self.wake.notify_all()
+            self.ids_ready.notify_all()
+        self.stop.set()
+        if threading.current_thread() is not self.thread and self.thread.ident is not None:
+            self.thread.join(self.core.timeout + 1)
+        for pool in self.pools:
+            pool.close()
+
+    def run(self) -> None:
+        core = self.core
+        try:
+            while True:
+                with self.lock:
+                    while True:
+                        if core.closed:
+                            return
+                        step, server, delay = core.next_step(time.monotonic())
+                        if step != "wait":
+                            break
+                        self.wake.wait(delay)
+                if step == "fill":
+                    self.fill()
+                elif server is not None:
+                    self.probe(server)
+        except BaseException as exc:  # a bug: tell every caller rather than leave them waiting
+            with self.lock:
+                core.crash = exc
+                self.ids_ready.notify_all()
+            raise
+
+    def fill(self) -> None:
+        core = self.core
+        with self.lock:
+            plan = core.plan()
+        for pause, server in plan:
+            if (pause and self.stop.wait(pause)) or self.stop.is_set():
+                return
+            try:
+                ids = _ids_answer(*self.get(server, f"/id?count={core.batch}"), core.batch)
+            except (_Refused, _Failed) as failure:
+                with self.lock:
+                    core.failed(server, failure, time.monotonic())
+                continue
+            with self.lock:
+                core.accepted(server, ids, time.monotonic())
+                self.ids_ready.notify_all()
+            return
+        with self.lock:
+            core.round_failed(time.monotonic())
+            self.ids_ready.notify_all()
+
+    def probe(self, server: _Server) -> None:
+        try:
+            _readiness_answer(*self.get(server, "/readyz"))
+        except (_Refused, _Failed) as failure:
+            with self.lock:
+                self.core.failed(server, failure, time.monotonic())
+        else:
+            with self.lock:
+                self.core.ready(server, time.monotonic())
+
+    def get(self, server: _Server, path: str) -> tuple[int, Mapping[str, str], bytes]:
+        try:
+            response = self.pools[server.index].request("GET", server.path + path, redirect=False)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _Failed(_describe(exc, self.core.timeout)) from None
+        return response.status, response.headers, response.data
+
+
+# -- the asyncio client ----------------------------------------------------------------------------------------
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`Client`, with the same arguments; use it from one event loop.
+
+    The refill task and the aiohttp session start at the first call (or ``async with``); ``await close()`` ends
+    them. Methods are coroutines: ``await client.next_id()``, ``await client.next_ids(n, form="base32")``.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        batch: int = DEFAULT_BATCH,
+        low_water: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF_S,
+        probe_interval: float | None = DEFAULT_PROBE_INTERVAL_S,
+        max_wait: float | None = None,
+    ) -> None:
+        self._core = _Core(urls, batch, low_water, timeout, retries, backoff, probe_interval, max_wait)
+        self._ids_ready = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def max_wait(self) -> float:
+        """The longest ``next_id``/``next_ids`` waits before raising :class:`AllServersFailed`."""
+        return self._core.max_wait
+
+    @overload
+    async def next_id(self, form: None = None) -> int: ...
+    @overload
+    async def next_id(self, form: str) -> str: ...
+    async def next_id(self, form: str | None = None) -> int | str:
+        """One ID: an int, or a string in ``form``."""
+        _check_form(form)
+        core = self._core
+        core.check_open()
+        if core.level < 1:
+            await self._wait_for(1)
+        value = core.take_one()  # no await since the check: nothing else ran in between
+        if core.level < core.low_water:
+            self._wake.set()
+        return value if form is None else format_id(value, form)
+
+    @overload
+    async def next_ids(self, n: int, form: None = None) -> list[int]: ...
+    @overload
+    async def next_ids(self, n: int, form: str) -> list[str]: ...
+    async def next_ids(self, n: int, form: str | None = None) -> list[int] | list[str]:
+        """``n`` IDs (ints, or strings in ``form``), taken from the buffer at once; waits until it holds ``n``."""
+        _check_int("n", n, 0)
+        _check_form(form)
+        if n == 0:
+            return []
+        core = self._core
+        core.check_open()
+        if core.level < n:
+            await self._wait_for(n)
+        ids = core.take(n)
+        if core.level < core.low_water:
+            self._wake.set()
+        return _render(ids, form)
+
+    def status(self) -> list[ServerStatus]:
+        """A snapshot of every server's counts, in the order given."""
+        return self._core.status()
+
+    async def start(self) -> None:
+        """Start the refill task (the first call does it too)."""
+        self._core.check_open()
+        if self._task is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._core.timeout), headers=_HEADERS
+            )
+            self._task = asyncio.create_task(self._run(), name="idgen-client-refill")
+
+    async def close(self) -> None:
+        """Stop the refill task and close the session; waiting and later calls raise :class:`ClientClosed`."""
+        core = self._core
+        if core.closed:
+            return
+        core.closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        async with self._ids_ready:
+            self._ids_ready.notify_all()
+        if self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    async def _wait_for(self, n: int) -> None:
+        core = self._core
+        await self.start()
+        deadline = time.monotonic() + core.max_wait
+        rounds = core.wait_started(n)
+        self._wake.set()
+        try:
+            async with self._ids_ready:
+                while core.level < n:
+                    core.check_open()
+                    if core.failed_rounds != rounds:
+                        raise core.failure(f"no idgen server handed over {n} ID(s)", rounds)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise core.failure(f"no idgen server handed over {n} ID(s) within {core.max_wait:g} s", rounds)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._ids_ready.wait(), remaining)
+        finally:
+            core.demand -= n
+
+    async def _notify(self) -> None:
+        async with self._ids_ready:
+            self._ids_ready.notify_all()
+
+    async def _run(self) -> None:
+        core = self._core
+        try:
+            while not core.closed:
+                step, server, delay = core.next_step(time.monotonic())
+                if step == "fill":
+                    await self._fill()
+                elif server is not None:
+                    await self._probe(server)
+                else:
+                    self._wake.clear()  # no await since next_step: nothing it missed can have happened
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), delay)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug: tell every caller rather than leave them waiting
+            core.crash = exc
+            await self._notify()
+            raise
+
+    async def _fill(self) -> None:
+        core = self._core
+        for pause, server in core.plan():
+            if pause:
+                await asyncio.sleep(pause)
+            try:
+                ids = _ids_answer(*await self._get(server, f"/id?count={core.batch}"), core.batch)
+            except (_Refused, _Failed) as failure:
+                core.failed(server, failure, time.monotonic())
+                continue
+            core.accepted(server, ids, time.monotonic())
+            await self._notify()
+            return
+        core.round_failed(time.monotonic())
+        await self._notify()
+
+    async def _probe(self, server: _Server) -> None:
+        try:
+            _readiness_answer(*await self._get(server, "/readyz"))
+        except (_Refused, _Failed) as failure:
+            self._core.failed(server, failure, time.monotonic())
+        else:
+            self._core.ready(server, time.monotonic())
+
+    async def _get(self, server: _Server, path: str) -> tuple[int, Mapping[str, str], bytes]:
+        assert self._session is not None
+        try:
+            async with self._session.get(server.url + path, allow_redirects=False) as response:
+                return response.status, response.headers, await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _Failed(_describe(exc, self._core.timeout)) from None

@@ -1,0 +1,431 @@
+"""``idgen.client`` against real ``idgen serve`` processes on loopback ports: ints and strings, the prefetch buffer,
+failover, bounded failure, uniqueness under concurrency, and no ID handed out after its server refused.
+
+Most tests run twice, with :class:`Client` and with :class:`AsyncClient`; the asyncio client is driven from the
+test's thread through :class:`AsyncInThread`, its event loop running in a thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kazoo.client import KazooClient
+from prometheus_client.parser import text_string_to_metric_families
+from test_http import Server, wait_until
+
+from idgen import FORMS, InvalidInput, Unavailable, decode, parse_id
+from idgen.client import AllServersFailed, AsyncClient, Client, ClientClosed, ServerStatus
+
+T = TypeVar("T")
+
+
+def url(server: Server) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+def worker_of(server: Server) -> int:
+    return server.get("/info").json()["worker_id"]
+
+
+def workers(ids: list[int]) -> set[int]:
+    return {decode(i)["worker"] for i in ids}
+
+
+def id_requests(server: Server) -> int:
+    """``GET /id`` requests the server answered with 200, from its own ``/metrics``."""
+    for family in text_string_to_metric_families(server.get("/metrics").body.decode()):
+        for sample in family.samples:
+            if sample.name == "idgen_http_requests_total" and sample.labels == {"route": "/id", "status": "200"}:
+                return int(sample.value)
+    return 0
+
+
+def increasing(values: list[int]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(values))
+
+
+def conserved(statuses: list[ServerStatus]) -> bool:
+    return all(s.fetched == s.handed_out + s.buffered + s.discarded for s in statuses)
+
+
+# -- clients of both kinds ---------------------------------------------------------------------------------------
+
+
+class AsyncInThread:
+    """An :class:`AsyncClient` called from test threads: every call runs on one event loop in its own thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, urls: list[str], **options: Any) -> None:
+        self.loop = loop
+
+        async def make() -> AsyncClient:
+            client = AsyncClient(urls, **options)
+            await client.start()
+            return client
+
+        self.client = self._run(make())
+        self.max_wait = self.client.max_wait
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+
+    def next_id(self, form: str | None = None) -> Any:
+        return self._run(self.client.next_id(form))
+
+    def next_ids(self, n: int, form: str | None = None) -> Any:
+        return self._run(self.client.next_ids(n, form))
+
+    def status(self) -> list[ServerStatus]:
+        async def status() -> list[ServerStatus]:
+            return self.client.status()
+
+        return self._run(status())
+
+    def close(self) -> None:
+        self._run(self.client.close())
+
+
+@pytest.fixture(params=["sync", "async"])
+def connect(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """Makes clients of one kind (``Client`` or ``AsyncClient``); all are closed at the end."""
+    made: list[Any] = []
+    loop: asyncio.AbstractEventLoop | None = None
+    thread: threading.Thread | None = None
+    if request.param == "async":
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+
+    def connect(urls: list[str], **options: Any) -> Any:
+        made.append(Client(urls, **options) if loop is None else AsyncInThread(loop, urls, **options))
+        return made[-1]
+
+    yield connect
+    for client in made:
+        client.close()
+    if loop is not None and thread is not None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+# -- servers -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One local ID space for every local server of this module: they get distinct worker IDs."""
+    return tmp_path_factory.mktemp("ids")
+
+
+@pytest.fixture(scope="module")
+def first(state_dir: Path) -> Iterator[Server]:
+    with Server("--state-dir", str(state_dir)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def second(state_dir: Path) -> Iterator[Server]:
+    with Server("--state-dir", str(state_dir)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def unready(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that is up but refuses to mint: its only worker ID's fence is an hour ahead of the clock."""
+    state = tmp_path_factory.mktemp("fenced")
+    fence_ms = int(time.time() * 1000) + 3_600_000
+    (state / "worker-00000.json").write_text(json.dumps({"worker_id": 0, "fence_ms": fence_ms, "holders": []}))
+    with Server("--state-dir", str(state), "--worker-ids", "0-0") as server:
+        assert server.get("/readyz").status == 503
+        yield server
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A loopback port that refuses connections: bound (so nobody else takes it) but not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+# -- ints, strings, batches --------------------------------------------------------------------------------------
+
+
+def test_ids_come_as_ints_or_as_strings_in_every_form(connect: Callable[..., Any], first: Server) -> None:
+    client = connect([url(first)])
+    one = client.next_id()
+    assert type(one) is int and workers([one]) == {worker_of(first)}
+    seen = [one]
+    for form in FORMS:
+        text = client.next_id(form)
+        batch = client.next_ids(5, form)
+        assert isinstance(text, str) and all(isinstance(t, str) for t in batch)
+        seen += [parse_id(t, form) for t in [text, *batch]]
+    assert increasing(seen)  # one server: strictly increasing, in every form
+    assert client.next_ids(0) == []
+    many = client.next_ids(1000)  # more than the buffer holds: several batches
+    assert len(many) == 1000 and increasing(seen + many)
+    assert conserved(client.status())
+
+
+def test_bad_arguments_are_clear_errors(connect: Callable[..., Any], dead_url: str) -> None:
+    for urls, options, words in [
+        ([], {}, "at least one server URL"),
+        (["ftp://127.0.0.1:1"], {}, "not a server URL"),
+        (["http://127.0.0.1:1?x=1"], {}, "not a server URL"),
+        (["http://127.0.0.1:99999"], {}, "bad port"),
+        ([dead_url, dead_url + "/"], {}, "listed twice"),
+        ([dead_url], {"batch": 0}, "batch must be"),
+        ([dead_url], {"low_water": -1}, "low_water must be"),
+        ([dead_url], {"timeout": 0}, "timeout must be above 0"),
+        ([dead_url], {"timeout": float("nan")}, "timeout must be a number"),
+        ([dead_url], {"retries": 1.5}, "retries must be"),
+        ([dead_url], {"probe_interval": -1}, "probe_interval must be"),
+    ]:
+        with pytest.raises(InvalidInput, match=words):
+            connect(urls, **options)
+    client = connect([dead_url])
+    for call, words in [
+        (lambda: client.next_ids(-1), "n must be"),
+        (lambda: client.next_ids(2.0), "n must be"),
+        (lambda: client.next_ids(True), "n must be"),
+        (lambda: client.next_id("octal"), "form must be None"),
+        (lambda: client.next_ids(3, "HEX"), "form must be None"),
+    ]:
+        with pytest.raises(InvalidInput, match=words):
+            call()
+
+
+def test_a_batch_the_server_refuses_is_named_in_the_error(connect: Callable[..., Any], first: Server) -> None:
+    client = connect([url(first)], batch=5000)  # the server's --max-count is 4096
+    with pytest.raises(AllServersFailed, match="HTTP 400 invalid_count: count must be between 1 and 4096") as caught:
+        client.next_id()
+    assert set(caught.value.failures) == {url(first)}
+
+
+# -- the prefetch buffer -----------------------------------------------------------------------------------------
+
+
+def test_the_buffer_is_refilled_in_the_background_before_it_runs_dry(
+    connect: Callable[..., Any], first: Server
+) -> None:
+    before = id_requests(first)
+    client = connect([url(first)], batch=100, low_water=40, probe_interval=None)
+
+    def buffered(n: int) -> Callable[[], bool]:
+        return lambda: client.status()[0].buffered == n
+
+    # filled on start, before anyone asked: one request reached the server
+    wait_until(buffered(100), what="the first batch")
+    assert id_requests(first) == before + 1
+    taken = client.next_ids(60)  # 40 left: not yet below the low-water mark
+    assert id_requests(first) == before + 1
+    taken += client.next_ids(1)  # 39 left: a refill starts in the background; this call did not wait for it
+    wait_until(buffered(139), what="the background refill")
+    assert id_requests(first) == before + 2
+    status = client.status()[0]
+    assert (status.fetched, status.handed_out, status.discarded) == (200, 61, 0)
+    rest = client.next_ids(139)  # all from the buffer: no call ever found it empty
+    assert len(rest) == 139 and increasing(taken + rest)
+
+
+# -- failover ----------------------------------------------------------------------------------------------------
+
+
+def test_failover_when_the_first_url_is_a_closed_port(
+    connect: Callable[..., Any], dead_url: str, first: Server
+) -> None:
+    client = connect([dead_url, url(first)], batch=50)
+    ids = client.next_ids(300)
+    assert len(set(ids)) == 300 and workers(ids) == {worker_of(first)}
+    dead, alive = client.status()
+    assert (dead.fetched, dead.last_error) == (0, "connection refused")
+    assert alive.fetched >= 300 and alive.last_error is None
+
+
+def test_failover_when_a_server_is_stopped_mid_use(connect: Callable[..., Any], state_dir: Path) -> None:
+    with Server("--state-dir", str(state_dir)) as going, Server("--state-dir", str(state_dir)) as staying:
+        going_worker, staying_worker = worker_of(going), worker_of(staying)
+        client = connect([url(going), url(staying)], batch=50, low_water=10, probe_interval=None)
+        early = client.next_ids(20)
+        assert workers(early) == {going_worker}
+        assert going.stop() == 0  # SIGTERM: a clean stop, not a refusal
+        began = time.monotonic()
+        late = client.next_ids(200)
+        assert time.monotonic() - began < client.max_wait
+        assert len(set(early + late)) == 220
+        # the 30 IDs still buffered from the stopped server come first: it did not refuse, so they stay valid
+        assert workers(late[:30]) == {going_worker} and workers(late[30:]) == {staying_worker}
+        gone, alive = client.status()
+        assert (gone.discarded, gone.refusals, gone.last_error) == (0, 0, "connection refused")
+        assert conserved([gone, alive])
+
+
+def test_a_server_that_refuses_is_skipped(connect: Callable[..., Any], unready: Server, first: Server) -> None:
+    client = connect([url(unready), url(first)])
+    assert workers(client.next_ids(10)) == {worker_of(first)}
+    refusing = client.status()[0]
+    assert refusing.refusals >= 1 and refusing.fetched == 0
+    assert refusing.last_error is not None and refusing.last_error.startswith("HTTP 503 clock_behind: clock is")
+
+
+# -- every server down -------------------------------------------------------------------------------------------
+
+
+def test_every_server_down_is_one_clear_error(connect: Callable[..., Any], dead_url: str, unready: Server) -> None:
+    client = connect([dead_url, url(unready)], timeout=1.0, retries=1)
+    began = time.monotonic()
+    with pytest.raises(AllServersFailed) as caught:
+        client.next_id()
+    assert time.monotonic() - began < client.max_wait
+    error = caught.value
+    assert isinstance(error, Unavailable)  # callers of idgen.Generator catch the same type
+    assert error.failures[dead_url] == "connection refused"
+    assert error.failures[url(unready)].startswith("HTTP 503 clock_behind:")
+    assert 3_500 <= error.retry_after <= 3_600  # the refusing server's Retry-After
+    assert str(error).startswith("no idgen server handed over 1 ID(s): ")
+    assert dead_url in str(error) and url(unready) in str(error)
+
+
+def test_a_hung_server_costs_each_pass_one_timeout_and_no_more(connect: Callable[..., Any], state_dir: Path) -> None:
+    with Server("--state-dir", str(state_dir)) as hung:
+        hung.proc.send_signal(signal.SIGSTOP)  # accepts connections (the kernel does), never answers
+        try:
+            client = connect([url(hung)], timeout=0.5, retries=1, backoff=0.1)
+            began = time.monotonic()
+            with pytest.raises(AllServersFailed, match=r"no answer within 0\.5 s"):
+                client.next_id()
+            elapsed = time.monotonic() - began
+            # The round began when the client was made: two passes of one 0.5 s timeout, 0.1 s apart. The caller
+            # gives up at max_wait (1.6 s) at the latest, whatever the round is doing; 0.3 s is for a busy machine.
+            assert client.max_wait == 1.6
+            assert 0.5 <= elapsed <= client.max_wait + 0.3
+        finally:
+            hung.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_closed_client_says_so(connect: Callable[..., Any], first: Server) -> None:
+    client = connect([url(first)])
+    client.next_id()
+    client.close()
+    with pytest.raises(ClientClosed):
+        client.next_id()
+
+
+# -- uniqueness under concurrency ---------------------------------------------------------------------------------
+
+
+def test_many_threads_draining_one_client_never_get_an_id_twice(first: Server, second: Server) -> None:
+    with Client([url(first), url(second)], batch=64, low_water=16) as client:
+        got: list[list[int]] = [[] for _ in range(8)]
+
+        def drain(index: int) -> None:
+            rng = random.Random(index)
+            for _ in range(60):
+                if rng.random() < 0.5:
+                    got[index].append(client.next_id())
+                else:
+                    got[index] += client.next_ids(rng.randint(1, 200))
+
+        threads = [threading.Thread(target=drain, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        ids = [i for part in got for i in part]
+        assert len(ids) > 8 * 60 and len(set(ids)) == len(ids)
+        assert all(increasing(part) for part in got)  # one server, and each thread's calls are in order
+        status = client.status()
+        assert conserved(status) and sum(s.handed_out for s in status) == len(ids)
+
+
+def test_many_tasks_draining_one_async_client_never_get_an_id_twice(first: Server, second: Server) -> None:
+    async def scenario() -> None:
+        async with AsyncClient([url(first), url(second)], batch=64, low_water=16) as client:
+
+            async def drain(index: int) -> list[int]:
+                rng, mine = random.Random(index), []
+                for _ in range(60):
+                    if rng.random() < 0.5:
+                        mine.append(await client.next_id())
+                    else:
+                        mine += await client.next_ids(rng.randint(1, 200))
+                return mine
+
+            got = await asyncio.gather(*(drain(i) for i in range(16)))
+            ids = [i for part in got for i in part]
+            assert len(ids) > 16 * 60 and len(set(ids)) == len(ids)
+            status = client.status()
+            assert conserved(status) and sum(s.handed_out for s in status) == len(ids)
+
+    asyncio.run(scenario())
+
+
+# -- no ID after its server refused --------------------------------------------------------------------------------
+
+
+def make_unready(hosts: str, namespace: str, victim: int, spare: int) -> KazooClient:
+    """Take the ZooKeeper lease of worker ID ``victim`` away from its server, and hold every other worker ID except
+    ``spare``: the server finds its lease lost at its next fence extension and cannot lease another, so it answers
+    503 until the returned client is stopped."""
+    client = KazooClient(hosts=hosts)
+    client.start(timeout=15)
+    claim = json.dumps({"host": "test", "pid": 0, "lease_id": "held-by-the-test"}).encode()
+    creates = [
+        client.create_async(f"{namespace}/leases/{w}", claim, ephemeral=True)
+        for w in range(1024)
+        if w not in (victim, spare)
+    ]
+    for create in creates:
+        create.get(timeout=15)
+    steal = client.transaction()
+    steal.delete(f"{namespace}/leases/{victim}")
+    steal.create(f"{namespace}/leases/{victim}", claim, ephemeral=True)
+    assert all(result is True or isinstance(result, str) for result in steal.commit()), "the claim was not taken"
+    return client
+
+
+def test_no_id_is_handed_out_after_its_server_refused(
+    connect: Callable[..., Any], zk_hosts: str, zk_namespace: str
+) -> None:
+    zk = ["--zk", zk_hosts, "--namespace", zk_namespace]
+    with Server(*zk) as losing, Server(*zk) as keeping:
+        lost_worker, kept_worker = worker_of(losing), worker_of(keeping)
+        urls = [url(losing), url(keeping)]
+        probing = connect(urls, batch=100, low_water=0, probe_interval=0.2)  # only its probe can hear a 503
+        fetching = connect(urls, batch=100, low_water=50, probe_interval=None)  # only its refills can
+        for client in (probing, fetching):
+            assert workers([client.next_id()]) == {lost_worker}
+            assert client.status()[0].buffered == 99
+        holder = make_unready(zk_hosts, zk_namespace, lost_worker, kept_worker)
+        try:
+            wait_until(lambda: losing.get("/readyz").status == 503, what="the server to lose its lease")
+            # The probe hears the 503: all 99 buffered IDs from that server are dropped before any other goes out.
+            wait_until(lambda: probing.status()[0].refusals, what="the probe to hear the refusal")
+            assert (probing.status()[0].buffered, probing.status()[0].discarded) == (0, 99)
+            assert workers(probing.next_ids(150)) == {kept_worker}
+
+            # Until a refill asks the server, the client has not heard: those IDs may still go out (they are unique).
+            assert workers(fetching.next_ids(50)) == {lost_worker}
+            # 49 left, below the low-water mark: the refill asks the server first, hears 503, drops the 49.
+            wait_until(lambda: fetching.status()[0].refusals, what="the refill to hear the refusal")
+            assert fetching.status()[0].discarded == 49
+            assert workers(fetching.next_ids(150)) == {kept_worker}
+            for client in (probing, fetching):
+                lost = client.status()[0]
+                assert lost.handed_out == lost.fetched - lost.discarded and lost.last_error.startswith("HTTP 503")
+                assert conserved(client.status())
+        finally:
+            holder.stop()
+            holder.close()
