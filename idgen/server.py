@@ -138,7 +138,7 @@ def serve(options: argparse.Namespace) -> int:
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         if options.processes > 1:
-            return _supervise(options, previous_mask)
+            return _supervise(options, {signal.Signals(s) for s in previous_mask})
         sock = _bind(options.host, options.port, reuse_port=False)
         return _serve_worker(options, sock, multiprocess_dir=None)
     except (InvalidInput, LayoutMismatch) as exc:
@@ -364,7 +364,7 @@ def _wait_for_workers(workers: dict[int, int | None]) -> int:
 
 def _reap() -> list[tuple[int, int]]:
     """Every child that has exited: ``(pid, exit code)``, a signal ``N`` giving ``-N``."""
-    reaped = []
+    reaped: list[tuple[int, int]] = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)

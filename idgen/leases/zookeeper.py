@@ -127,8 +127,8 @@ class Namespace:
 
     def bind_layout(self, layout: Layout) -> None:
         """Store ``layout`` as the namespace's layout, or check that it is the one already stored."""
-        for kind in ("leases", "fences", "history"):
-            self.client.ensure_path(self.node(kind))
+        for kind in ("leases", "fences", "history", "clock"):
+            self.client.ensure_path(self.node(kind))  # safe when many workers create them at once
         try:
             self.client.create(self.node("layout"), json.dumps(layout.spec()).encode(), makepath=True)
         except NodeExistsError:
@@ -251,9 +251,7 @@ class ZkLease(Lease):
         namespace = self.namespace
         before = self._now_ms()
         try:
-            stat = self._client.set(namespace.node("clock"), b"")
-        except NoNodeError:
-            _, stat = self._client.create(namespace.node("clock"), b"", include_data=True)
+            stat = namespace.client.set(namespace.node("clock"), b"")  # created by bind_layout
         except KazooException as exc:
             raise LeaseUnavailable(explain(exc)) from None
         after = self._now_ms()
@@ -268,7 +266,8 @@ class ZkLease(Lease):
     # -- storage operations -------------------------------------------------------------------------
 
     def _acquire(self, holder: Holder) -> Reservation:
-        namespace, client = self.namespace, self._client
+        namespace = self.namespace
+        client = namespace.client
         try:
             live = set(namespace.live_leases())
             fences = namespace.fences()
@@ -288,7 +287,8 @@ class ZkLease(Lease):
 
     def _claim(self, worker_id: int, holder: Holder, session_id: int) -> Reservation | None:
         """Create the claim on ``worker_id`` and write its first fence and history; ``None`` if it is taken."""
-        namespace, client = self.namespace, self._client
+        namespace = self.namespace
+        client = namespace.client
         lease_path = namespace.node("leases", worker_id)
         me = replace(holder, worker_id=worker_id, lease_id=f"{session_id:016x}-{uuid.uuid4().hex[:8]}")
         try:
@@ -361,7 +361,8 @@ class ZkLease(Lease):
         then_delete: bool = False,
     ) -> None:
         """Write the fence in one multi-op that checks the claim is ours; raise :class:`LeaseLost` if it is not."""
-        namespace, client = self.namespace, self._client
+        namespace = self.namespace
+        client = namespace.client
         lease_path = namespace.node("leases", reservation.worker_id)
         fence_path = namespace.node("fences", reservation.worker_id)
         for attempt in range(2):
@@ -387,14 +388,14 @@ class ZkLease(Lease):
 
     def _adopt_fence_version(self, reservation: Reservation) -> bool:
         data, stat = self._read(self.namespace.node("fences", reservation.worker_id))
-        if data is None or data.get("lease_id") != reservation.lease_id:
+        if data is None or stat is None or data.get("lease_id") != reservation.lease_id:
             return False
         self._fence_version = stat.version
         return True
 
     def _read(self, path: str) -> tuple[Any, ZnodeStat | None]:
         try:
-            data, stat = self._client.get(path)
+            data, stat = self.namespace.client.get(path)
         except NoNodeError:
             return None, None
         return json.loads(data), stat
