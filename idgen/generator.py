@@ -245,7 +245,7 @@ class Generator:
                 return
             self._closed = True
             self._snapshot = _NO_TICK
-            high_water_ms = self.layout.tick_ms(self._tick) if self._tick >= 0 else None
+            high_water_ms = self.layout.tick_ms(self._tick)  # nothing was minted above it, even if nothing was
         self.lease.close(high_water_ms)
 
     def __enter__(self) -> Generator:

@@ -127,6 +127,16 @@ def test_close_stops_minting_and_brings_the_fence_down_to_the_last_tick(tmp_path
     assert record["holders"][-1]["ended_ms"] is not None
 
 
+def test_closing_without_minting_leaves_no_fence_ahead(tmp_path: Path, clock: ManualClock) -> None:
+    options = {"clock": clock, "window_ms": WINDOW_MS, "worker_ids": range(3, 4)}
+    with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, **options), clock=clock):
+        pass
+    assert json.loads((tmp_path / "worker-00003.json").read_text())["fence_ms"] < clock.now_ms()  # nothing ahead
+    with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, **options), clock=clock) as successor:
+        successor.next_id()
+    assert clock.slept_s == 0  # the successor did not wait out an unused window
+
+
 def test_the_next_holder_starts_strictly_above_the_old_fence(tmp_path: Path, clock: ManualClock) -> None:
     options = {"clock": clock, "window_ms": WINDOW_MS, "worker_ids": range(3, 4)}
     with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, **options), clock=clock) as first:
@@ -153,6 +163,9 @@ def test_a_clock_far_behind_the_old_fence_is_refused_with_the_reason(tmp_path: P
         with pytest.raises(ClockBehind, match="ms behind"):
             second.next_id()
         assert behind.slept_s == 0
+        behind.set_ms(ahead.now_ms() + 1)  # the clock passes the old fence: ready at once, no renewal needed
+        assert second.readiness() == (True, None)
+        assert second.next_id()
 
 
 def test_minting_past_the_time_bits_is_an_error_never_a_wrapped_id(tmp_path: Path, clock: ManualClock) -> None:

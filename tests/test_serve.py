@@ -332,3 +332,14 @@ def test_readiness_follows_the_zookeeper_session(fresh_zk: ZkServer) -> None:
 
 def _if_status(reply: Reply, status: int) -> Reply | None:
     return reply if reply.status == status else None
+
+
+def test_sigterm_exits_promptly_even_with_zookeeper_gone(fresh_zk: ZkServer) -> None:
+    with Server("--zk", fresh_zk.hosts, "--namespace", "/gone", "--zk-session-timeout", "4") as server:
+        assert server.get("/id").status == 200
+        fresh_zk.kill()
+        server.event("lease_suspended")
+        began = time.monotonic()
+        assert server.stop(signal.SIGTERM) == 0  # the release is skipped; the fence stays, which is safe
+        assert time.monotonic() - began < 10
+    assert "lease_release_failed" in [e.get("event") for e in server.events]

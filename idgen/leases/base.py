@@ -218,7 +218,10 @@ class Lease(ABC):
 
     def status(self) -> LeaseStatus:
         with self._lock:
-            return LeaseStatus(self._state, self._reservation, self._reason)
+            state, reservation, reason = self._state, self._reservation, self._reason
+        if reason is None and reservation is not None:
+            reason = self._behind_fence(reservation)  # computed now, so it clears the moment the clock passes
+        return LeaseStatus(state, reservation, reason)
 
     def trace(self, worker_id: int, unix_ms: int) -> Holder | None:
         """The holder of ``worker_id`` that minted an ID stamped ``unix_ms`` (``None`` if not retained)."""
@@ -311,8 +314,7 @@ class Lease(ABC):
         with self._lock:
             closing = self._closing.is_set()
             if not closing:
-                self._state = LeaseState.HELD
-                self._reason = self._behind_fence(reservation)
+                self._state, self._reason = LeaseState.HELD, None
         if closing:  # close() gave up waiting for this acquisition: hand the worker ID straight back
             self._release(reservation, reservation.after_ms)
             raise LeaseUnavailable("the lease was closed while it was being acquired")
@@ -366,7 +368,7 @@ class Lease(ABC):
             return 0.5  # SUSPENDED: mint up to the fence already reserved, extend nothing
         problem = self._clock_problem()
         with self._lock:
-            self._reason = problem or self._behind_fence(reservation)
+            self._reason = problem
         if problem:
             return 1.0  # do not push the fence ahead on a clock we do not trust
         now = self._now_ms()

@@ -322,6 +322,8 @@ class ZkLease(Lease):
         self._write_fence(reservation, fence_ms)
 
     def _release(self, reservation: Reservation, final_fence_ms: int) -> None:
+        if not self.namespace.client.connected:  # don't hold up shutdown: the fence stays where it is, which is safe
+            raise LeaseUnavailable("not connected to ZooKeeper; the claim ends with the session")
         history_data, history_stat = self._read(self.namespace.node("history", reservation.worker_id))
         ended = self._now_ms()
         history = [
@@ -376,7 +378,7 @@ class ZkLease(Lease):
             if then_delete:
                 transaction.delete(lease_path, 1)
             try:
-                results = transaction.commit()
+                results = transaction.commit_async().get(timeout=self.connect_timeout_s)  # never hang renewal
             except SessionExpiredError:
                 raise LeaseLost("the ZooKeeper session expired") from None
             if not any(isinstance(r, Exception) for r in results):
@@ -395,7 +397,7 @@ class ZkLease(Lease):
 
     def _read(self, path: str) -> tuple[Any, ZnodeStat | None]:
         try:
-            data, stat = self.namespace.client.get(path)
+            data, stat = self.namespace.client.get_async(path).get(timeout=self.connect_timeout_s)
         except NoNodeError:
             return None, None
         return json.loads(data), stat

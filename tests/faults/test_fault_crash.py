@@ -1,0 +1,160 @@
+"""Servers that die or freeze under load, in a namespace with a single worker ID, so the replacement must reuse it.
+
+Scenario 1: ``kill -9``; the replacement takes the worker ID once the dead session expires and mints only above the
+old fence. Scenario 2: a server frozen (SIGSTOP) past its session timeout while another takes its worker ID, then
+resumed (SIGCONT): the zombie mints nothing above its old fence, notices LOST, and re-leases once the ID is free.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from faultkit import SOLO, IdgenServer, claim_owner, create_namespace, read_fence, read_holders, wait_until, zk_client
+from loadclient import LoadClient, Record, Report, check, ids_of, timestamps_ms
+
+SESSION_TIMEOUT = "2"
+
+
+def test_kill_9_under_load_the_replacement_mints_only_above_the_old_fence(
+    zk_hosts: str,
+    zk_namespace: str,
+    spawn_server: Callable[..., IdgenServer],
+    start_load: Callable[..., LoadClient],
+    fault_results: list[Report],
+) -> None:
+    create_namespace(zk_hosts, zk_namespace, SOLO)
+    options = ("--zk", zk_hosts, "--namespace", zk_namespace, "--zk-session-timeout", SESSION_TIMEOUT)
+    old = spawn_server("old", *options)
+    load = start_load(old.wait_ready())
+    load.wait_ok("old", 300)
+    info = old.info()
+    assert (info["layout"]["name"], info["worker_id"]) == ("solo", 0)
+
+    killed = time.monotonic()
+    old.kill()
+    load.remove("old")
+    with zk_client(zk_hosts) as zk:
+        wait_until(lambda: claim_owner(zk, zk_namespace, 0) is None, 20, "the dead server's session to expire")
+        fence = read_fence(zk, zk_namespace, 0)  # what the dead holder left: no successor has read it yet
+        new = spawn_server("new", *options)
+        load.add(new.wait_ready())
+        load.wait_ok("new", 300)
+        [successor] = [h for h in read_holders(zk, zk_namespace, 0) if h["pid"] == new.pid]
+    records = load.stop()
+
+    report = check(
+        records,
+        "1. kill -9 under load; replacement reuses the worker ID",
+        allow=lambda r: r.server == "old" and r.status == 0 and r.done >= killed,  # requests in flight at the kill
+        recovery_since=killed,
+        recovery_servers=["new"],
+        recovery_from="from the kill to the replacement's first ID",
+        layout=SOLO,
+    )
+    fault_results.append(report)
+    report.assert_ok()
+    before, after = ids_of(records, "old"), ids_of(records, "new")
+    assert new.info()["worker_id"] == 0
+    assert fence["lease_id"] == info["lease"]["lease_id"] and fence["fence_ms"] >= info["fence_ms"]
+    assert successor["after_ms"] == fence["fence_ms"]
+    assert min(timestamps_ms(after, SOLO)) > fence["fence_ms"], "the replacement minted at or below the old fence"
+    assert max(before) < min(after)
+    waited = [e["behind_ms"] for e in new.events if e.get("event") == "clock_behind_fence"]
+    report.notes.append(
+        f"the old fence was {fence['fence_ms'] - timestamps_ms(before[-1:], SOLO)[0]} ms above the last ID served;"
+        f" the replacement waited {waited[0] if waited else 0} ms for its clock to pass it"
+    )
+
+
+def test_sigstop_zombie_mints_nothing_above_its_fence_notices_lost_and_re_leases(
+    zk_hosts: str,
+    zk_namespace: str,
+    spawn_server: Callable[..., IdgenServer],
+    start_load: Callable[..., LoadClient],
+    fault_results: list[Report],
+) -> None:
+    create_namespace(zk_hosts, zk_namespace, SOLO)
+    options = ("--zk", zk_hosts, "--namespace", zk_namespace, "--zk-session-timeout", SESSION_TIMEOUT)
+    zombie = spawn_server("zombie", *options)
+    load = start_load(zombie.wait_ready())
+    load.wait_ok("zombie", 300)
+    held = zombie.info()
+
+    with zk_client(zk_hosts) as zk:
+        frozen = time.monotonic()
+        zombie.freeze()  # requests keep arriving; they wait in the socket
+        try:
+            frozen_fence = read_fence(zk, zk_namespace, 0)
+            wait_until(lambda: claim_owner(zk, zk_namespace, 0) is None, 20, "the frozen server's session to expire")
+            other = spawn_server("other", *options)
+            wait_until(lambda: claim_owner(zk, zk_namespace, 0) == other.pid, 20, "the other server's claim")
+        finally:
+            resumed = time.monotonic()
+            zombie.thaw()
+        assert resumed - frozen > float(SESSION_TIMEOUT)
+        # The zombie's fence: what its successor read. An extension in flight at SIGSTOP may have landed after the
+        # read above (the zombie then learns of it at SIGCONT), so the successor's after_ms is the exact value.
+        [successor] = [h for h in read_holders(zk, zk_namespace, 0) if h["pid"] == other.pid]
+        fence = successor["after_ms"]
+
+        lost = wait_until(lambda: _lost(zombie), 15, "the zombie to notice that its lease is lost")
+        load.add(other.wait_ready())
+        load.wait_ok("other", 300)
+        assert zombie.get("/readyz").status == 503
+
+        released = time.monotonic()
+        load.remove("other")
+        assert other.stop() == 0  # releases worker 0
+        relet = wait_until(lambda: _held_again(zombie, held["lease"]["lease_id"]), 15, "the zombie to re-lease")
+        relet_seen = time.monotonic()
+        load.wait_ok("zombie", 300, since=released)
+    records = load.stop()
+
+    report = check(
+        records,
+        "2. SIGSTOP past the session timeout while another takes the worker ID; SIGCONT",
+        allow=lambda r: _zombie_refusal(r, resumed, relet_seen),
+        recovery_since=released,
+        recovery_servers=["zombie"],
+        recovery_from="from the other server's stop to the zombie's re-lease",
+        layout=SOLO,
+    )
+    zombie_after = timestamps_ms(ids_of(_between(records, "zombie", resumed, released)), SOLO)
+    above = sum(t > fence for t in zombie_after)
+    report.notes.append(
+        f"frozen {resumed - frozen:.1f} s; after SIGCONT the zombie answered {len(zombie_after)} IDs, {above} of them"
+        f" above its old fence; it went LOST ({lost['reason']!r})"
+    )
+    fault_results.append(report)
+    report.assert_ok()
+    assert frozen_fence["lease_id"] == held["lease"]["lease_id"]
+    assert held["fence_ms"] <= frozen_fence["fence_ms"] <= fence
+    assert above == 0, f"the zombie minted above its old fence {fence}: up to {max(zombie_after)}"
+    other_ids = ids_of(records, "other")
+    assert min(timestamps_ms(other_ids, SOLO)) > fence
+    again = ids_of(records, "zombie", since=released)
+    assert again and min(again) > max(other_ids), "the re-leased zombie must mint above everything the other minted"
+    assert relet["worker_id"] == 0 and relet["lease"]["lease_id"] != held["lease"]["lease_id"]
+
+
+def _lost(server: IdgenServer) -> dict[str, Any] | None:
+    info = server.info()
+    return info["lease"] if info["lease"]["state"] == "lost" and not info["ready"] else None
+
+
+def _held_again(server: IdgenServer, old_lease_id: str) -> dict[str, Any] | None:
+    info = server.info()
+    fresh = info["lease"]["state"] == "held" and info["lease"]["lease_id"] not in (None, old_lease_id)
+    return info if fresh and server.ready() else None
+
+
+def _zombie_refusal(record: Record, resumed: float, relet: float) -> bool:
+    """The zombie may refuse (503 + Retry-After) from SIGCONT until it holds the worker ID again."""
+    return record.server == "zombie" and record.status == 503 and resumed <= record.done and record.sent <= relet
+
+
+def _between(records: list[Record], server: str, start: float, end: float) -> list[Record]:
+    """Answers of ``server`` that came between ``start`` and ``end``."""
+    return [r for r in records if r.server == server and start <= r.done <= end]
