@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import pytest
 from kazoo.client import KazooClient
 from prometheus_client.parser import text_string_to_metric_families
-from test_http import Server, wait_until
+from serverproc import ServerProcess as Server
+from serverproc import wait_until
 
 from idgen import FORMS, InvalidInput, Unavailable, decode, parse_id
 from idgen.client import AllServersFailed, AsyncClient, Client, ClientClosed, ServerStatus

@@ -1,26 +1,19 @@
 """The HTTP service, as clients see it: a real ``idgen serve`` process on a loopback port, real requests.
 
-:class:`Server` is shared with ``test_serve.py`` (process lifecycle: signals, several processes, ZooKeeper).
+:class:`Server` is ``tests/serverproc.py``'s process helper, which ``test_serve.py``, the client and inspector
+tests and the fault suite share.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http.client
 import itertools
-import json
 import os
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from email.message import Message
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -31,138 +24,18 @@ from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.generation.modes import GenerationMode
+from serverproc import Reply
+from serverproc import ServerProcess as Server
 
 from idgen import DEFAULT_LAYOUT, FORMS, Generator, decode, format_id, parse_id
 from idgen.app import make_app
 from idgen.clock import ManualClock
 from idgen.leases.local import LocalLease
 
-REPO = Path(__file__).resolve().parent.parent
 ROUTES = ["/", "/id", "/decode/{id}", "/healthz", "/readyz", "/info", "/metrics", "/openapi.json"]
-T = TypeVar("T")
 
 
-# -- a real server process ------------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: Message
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def wait_until(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; that value. Fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-class Server:
-    """``idgen serve`` as a child process on a free loopback port (``--port 0``; the port comes from the
-    ``listening`` log event). Its stderr, JSON lines, is collected into :attr:`events` as it arrives."""
-
-    def __init__(self, *args: str, command: list[str] | None = None, env: dict[str, str] | None = None) -> None:
-        command = command or [sys.executable, "-m", "idgen.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
-        self.proc = subprocess.Popen(
-            [*command, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
-            cwd=REPO,
-        )
-        self.pid = self.proc.pid
-        self.events: list[dict[str, Any]] = []
-        self._eof = False
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.port = 0
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"not_json": line.decode(errors="replace")}
-            with self._changed:
-                self.events.append(event)
-                self._changed.notify_all()
-        self.proc.stderr.close()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
-
-    def event(self, name: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
-        """The first log event ``name`` with ``fields``; waits for it (fails if the process exits first)."""
-
-        def found() -> dict[str, Any] | None:
-            matches = (e for e in self.events if e.get("event") == name and fields.items() <= e.items())
-            return next(matches, None)
-
-        with self._changed:
-            self._changed.wait_for(lambda: found() is not None or self._eof, timeout=timeout)
-            event = found()
-        if event is None:
-            raise AssertionError(f"no {name!r} event {fields or ''}; exit code {self.proc.poll()}; log:\n{self.log}")
-        return event
-
-    @property
-    def log(self) -> str:
-        return "\n".join(json.dumps(e) for e in self.events[-40:])
-
-    def started(self) -> Server:
-        self.port = self.event("listening")["port"]
-        return self
-
-    def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> Reply:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-        try:
-            connection.request(method, path, headers=headers or {})
-            response = connection.getresponse()
-            return Reply(response.status, response.headers, response.read())
-        finally:
-            connection.close()
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Send ``signum`` and wait for the exit code."""
-        self.proc.send_signal(signum)
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def close(self) -> None:
-        """Stop it if it still runs: SIGTERM (so that workers of a supervisor stop too), SIGKILL if that fails."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._reader.join(5)
-
-    def __enter__(self) -> Server:
-        try:
-            return self.started()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+# -- helpers (the server process itself is tests/serverproc.py) ---------------------------------------
 
 
 def assert_error(reply: Reply, status: int, code: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from kazoo.client import KazooClient
-from test_http import REPO, Reply, Server, assert_error, wait_until
+from serverproc import REPO, Reply, wait_until
+from serverproc import ServerProcess as Server
+from test_http import assert_error
 from zkharness import ZkServer
 
 from idgen import decode

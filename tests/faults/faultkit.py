@@ -7,23 +7,19 @@ Shared by the fixtures in ``conftest.py`` and by ``loadtest/soak.py``; it import
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import secrets
 import signal
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from loadclient import Target
+from serverproc import ServerProcess, wait_until
 
 from idgen import DEFAULT_LAYOUT, Generator, Layout
 from idgen.leases.zookeeper import ZkLease, connected
@@ -37,34 +33,12 @@ SOLO = Layout("solo", (("time", 41), ("sequence", 22)), epoch_ms=DEFAULT_LAYOUT.
 TINY = Layout("tiny", (("time", 41), ("worker_id", 2), ("sequence", 20)), epoch_ms=DEFAULT_LAYOUT.epoch_ms)
 
 
-def wait_until(
-    probe: Callable[[], T | None], timeout: float = 30.0, what: str = "a condition", interval: float = 0.05
-) -> T:
-    """Poll ``probe`` until it returns something truthy, and return that; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 # -- idgen servers ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: http.client.HTTPMessage
-    body: Any  # the parsed JSON, or None
-
-
-class IdgenServer:
-    """``idgen serve`` as a child process on a free port (``--port 0``; the port comes from the ``listening``
-    event). Its stderr, JSON lines, is collected into :attr:`events`. ``netns`` runs it in that network namespace
-    (``ip netns exec`` execs, so :attr:`proc` is the server itself); ``env`` is added to its environment only."""
+class IdgenServer(ServerProcess):
+    """A named server of a scenario: :class:`ServerProcess` plus the load client's target, readiness and the
+    signals the scenarios send."""
 
     def __init__(
         self,
@@ -74,57 +48,7 @@ class IdgenServer:
         env: Mapping[str, str] | None = None,
         netns: str | None = None,
     ) -> None:
-        self.name, self.host, self.port = name, host, 0
-        command = [sys.executable, "-m", "idgen.cli", "serve", "--host", host, "--port", "0", *args]
-        if netns is not None:
-            command = ["ip", "netns", "exec", netns, *command]
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
-            cwd=REPO,
-        )
-        self.pid = self.proc.pid
-        self.events: list[dict[str, Any]] = []
-        self._eof = False
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, name=f"log-{name}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"not_json": line.decode(errors="replace").rstrip()}
-            with self._changed:
-                self.events.append(event)
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
-
-    def event(self, name: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
-        """The first log event ``name`` with ``fields``; waits for it, and fails if the process exits first."""
-
-        def found() -> dict[str, Any] | None:
-            return next((e for e in self.events if e.get("event") == name and fields.items() <= e.items()), None)
-
-        with self._changed:
-            self._changed.wait_for(lambda: found() is not None or self._eof, timeout=timeout)
-            event = found()
-        if event is None:
-            raise AssertionError(f"{self.name}: no {name!r} event; exit code {self.proc.poll()}; log:\n{self.log}")
-        return event
-
-    @property
-    def log(self) -> str:
-        with self._changed:
-            return "\n".join(json.dumps(e) for e in self.events[-30:])
+        super().__init__(*args, name=name, host=host, env=env, netns=netns)
 
     @property
     def target(self) -> Target:
@@ -132,27 +56,13 @@ class IdgenServer:
         return Target(self.name, self.host, self.port)
 
     def listening(self, timeout: float = 60.0) -> Target:
-        self.port = self.event("listening", timeout)["port"]
+        self.started(timeout)
         return self.target
 
-    def get(self, path: str, timeout: float = 5.0) -> Reply:
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            body = response.read()
-        finally:
-            connection.close()
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-        return Reply(response.status, response.headers, data)
-
     def info(self) -> dict[str, Any]:
-        reply = self.get("/info")
+        reply = self.get("/info", timeout=5)
         assert reply.status == 200, reply
-        return reply.body
+        return reply.json()
 
     def ready(self) -> bool:
         try:
@@ -163,7 +73,7 @@ class IdgenServer:
     def wait_ready(self, timeout: float = 30.0) -> Target:
         """Wait until it listens and ``/readyz`` answers 200."""
         target = self.listening(timeout)
-        wait_until(self.ready, timeout, f"{self.name} to be ready")
+        wait_until(self.ready, timeout, f"{self.name} to be ready", interval=0.05)
         return target
 
     def wait_exit(self, timeout: float = 30.0) -> int:
@@ -180,23 +90,6 @@ class IdgenServer:
 
     def thaw(self) -> None:
         self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM (a clean stop: the lease is released) and the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.wait_exit(timeout)
-
-    def close(self) -> None:
-        """Stop it if it still runs: SIGCONT (in case it is frozen), SIGTERM, SIGKILL if that does not do."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._reader.join(5)
 
 
 def close_all(servers: list[IdgenServer]) -> None:
