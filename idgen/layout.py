@@ -20,6 +20,7 @@ import keyword
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from idgen.encoding import check_id, parse_id
@@ -72,27 +73,27 @@ class Layout:
     def bits(self, name: str) -> int:
         return dict(self.fields)[name]
 
-    @property
+    @cached_property
     def node_fields(self) -> tuple[tuple[str, int], ...]:
         """The node fields, most significant first; together they hold the worker ID."""
         return tuple((n, b) for n, b in self.fields if n not in ("time", "sequence"))
 
-    @property
+    @cached_property
     def worker_capacity(self) -> int:
         """How many distinct worker IDs this layout has: ``2 ** (sum of node field bits)``."""
         return 1 << sum(bits for _, bits in self.node_fields)
 
-    @property
+    @cached_property
     def sequence_capacity(self) -> int:
         """IDs one worker can mint per time unit."""
         return 1 << self.bits("sequence")
 
-    @property
+    @cached_property
     def max_tick(self) -> int:
         """The last tick that keeps the ID below 2**63 (one bit less than the field in a 64-bit layout)."""
         return (1 << (ID_BITS - self.shifts["time"])) - 1
 
-    @property
+    @cached_property
     def expires_ms(self) -> int:
         """Unix ms of the last time unit the time bits can hold. Minting after it is refused."""
         return self.tick_ms(self.max_tick)
