@@ -28,9 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the server-process helpers
+from serverproc import wait_http_ok
 
 CONNECTIONS = 64
 THREADS = 2
@@ -57,21 +60,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready within {timeout:g} s")
-
-
 @contextmanager
 def running(command: list[str], ready_path: str) -> Iterator[str]:
     """Start ``command`` with ``{port}`` replaced by a free port; yield its base URL once ``ready_path`` answers 200."""
@@ -81,7 +69,7 @@ def running(command: list[str], ready_path: str) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base + ready_path, proc)
+        wait_http_ok(base + ready_path, proc)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)

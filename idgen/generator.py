@@ -156,7 +156,7 @@ class Generator:
                 continue
             if self._reservation is None:
                 raise NoLease("the generator is closed" if self._closed else self._why_no_lease())
-            tick = (now // 1_000_000 - self.layout.epoch_ms) // self.layout.unit_ms
+            tick = self.layout.tick_of(now // 1_000_000)
             if tick > self._tick:
                 return self._open_tick(tick)
             # The clock is at or behind the last tick used: wait for the next tick, if that is soon.

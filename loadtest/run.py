@@ -17,32 +17,17 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the ZooKeeper harness
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the ZooKeeper harness and server helpers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from check import render, summarize
+from serverproc import wait_http_ok
 from zkharness import ZkEnsemble, free_port
 
 HERE = Path(__file__).resolve().parent
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"idgen server exited with {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready within {timeout:g} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 urls.append(f"http://127.0.0.1:{port}")
             for url, proc in zip(urls, servers, strict=True):
-                wait_ready(url, proc)
+                wait_http_ok(f"{url}/readyz", proc)
             print(f"ZooKeeper ensemble {ensemble.hosts}; idgen servers {', '.join(urls)}; {args.duration} s of load")
             locust = subprocess.run(
                 [

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import Message
@@ -37,6 +38,21 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Poll ``url`` until it answers 200; fail at once if ``proc`` (the server) exits first."""
+
+    def answered() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_until(answered, timeout, f"{url} to answer 200", interval=0.05)
 
 
 @dataclass(frozen=True)
