@@ -28,6 +28,7 @@ at most ``rollback_tolerance_ms`` is waited out. Anything longer raises an :clas
 from __future__ import annotations
 
 import itertools
+import operator
 import sys
 import threading
 from collections.abc import Callable
@@ -43,16 +44,20 @@ DEFAULT_ROLLBACK_TOLERANCE_MS = 5
 
 
 class _Tick:
-    """The IDs of one tick, in order: ``ids`` yields each of them once, then stops."""
+    """The ``size`` IDs of one tick, in order: ``ids`` yields each of them once, then stops."""
 
-    __slots__ = ("end_ns", "ids", "start_ns", "tick")
+    __slots__ = ("end_ns", "ids", "size", "start_ns")
 
-    def __init__(self, tick: int, start_ns: int, end_ns: int, first: int, step: int, count: int) -> None:
-        self.tick, self.start_ns, self.end_ns = tick, start_ns, end_ns
-        self.ids = iter(range(first, first + step * count, step))
+    def __init__(self, start_ns: int, end_ns: int, first: int, step: int, size: int) -> None:
+        self.start_ns, self.end_ns, self.size = start_ns, end_ns, size
+        self.ids = iter(range(first, first + step * size, step))
+
+    def taken(self) -> int:
+        """How many of its IDs have been handed out so far."""
+        return self.size - operator.length_hint(self.ids)
 
 
-_NO_TICK = _Tick(-1, 0, 0, 0, 1, 0)  # matches no clock reading: every call takes the slow path
+_NO_TICK = _Tick(0, 0, 0, 1, 0)  # matches no clock reading: every call takes the slow path
 
 
 class Generator:
@@ -87,15 +92,19 @@ class Generator:
         self._now_ns = clock.now_ns
         self._lock = threading.Lock()
         self._snapshot = _NO_TICK
+        self._taken_before = 0  # IDs handed out from the snapshots before the current one
         self._tick = -1  # the highest tick published, or the first one the reservation forbids
         self._reservation: Reservation | None = None
         self._node = 0
         self._fence_tick = -1
         self._behind = False
         self._closed = False
+        self._epoch_ns = self.layout.epoch_ms * 1_000_000
         self._unit_ns = self.layout.unit_ms * 1_000_000
         self._time_shift = self.layout.shifts["time"]
         self._step = 1 << self.layout.shifts["sequence"]
+        self._capacity = self.layout.sequence_capacity
+        self._max_tick = self.layout.max_tick
         gil = getattr(sys, "_is_gil_enabled", lambda: True)()
         self.next_id = self._fast_path() if gil else self._next_id_locked  # without the GIL, next() is not atomic
         try:
@@ -156,7 +165,7 @@ class Generator:
                 continue
             if self._reservation is None:
                 raise NoLease("the generator is closed" if self._closed else self._why_no_lease())
-            tick = self.layout.tick_of(now // 1_000_000)
+            tick = (now - self._epoch_ns) // self._unit_ns  # == layout.tick_of(now // 1_000_000)
             if tick > self._tick:
                 return self._open_tick(tick)
             # The clock is at or behind the last tick used: wait for the next tick, if that is soon.
@@ -178,19 +187,28 @@ class Generator:
                 f" ({iso_ms(self.layout.tick_ms(self._fence_tick))}); waiting for the lease to extend it",
                 retry_after=0.1,
             )
-        if tick > self.layout.max_tick or tick < 0:
+        if tick > self._max_tick or tick < 0:
             raise TimeExhausted(
                 f"layout {self.layout.name!r} cannot encode the current time: its time bits cover "
                 f"{iso_ms(self.layout.epoch_ms)} to {iso_ms(self.layout.expires_ms)}"
             )
-        start_ns = self._tick_start_ns(tick)
-        first = tick << self._time_shift | self._node
-        snapshot = _Tick(tick, start_ns, start_ns + self._unit_ns, first, self._step, self.layout.sequence_capacity)
-        self._tick, self._snapshot, self._behind = tick, snapshot, False
+        start_ns = self._epoch_ns + tick * self._unit_ns
+        snapshot = _Tick(
+            start_ns, start_ns + self._unit_ns, tick << self._time_shift | self._node, self._step, self._capacity
+        )
+        self._tick, self._behind = tick, False
+        self._publish(snapshot)
         return next(snapshot.ids)
 
+    def _publish(self, snapshot: _Tick) -> None:
+        """Make ``snapshot`` the one ``next_id`` takes from; the caller holds ``self._lock``."""
+        previous, self._snapshot = self._snapshot, snapshot
+        # A thread that read ``previous`` just before the swap may still take one of its IDs (valid: its tick is
+        # inside the reservation); only the count below can miss it.
+        self._taken_before += previous.taken()
+
     def _tick_start_ns(self, tick: int) -> int:
-        return self.layout.tick_ms(tick) * 1_000_000
+        return self._epoch_ns + tick * self._unit_ns
 
     # -- the lease feeds the generator --------------------------------------------------------------
 
@@ -199,7 +217,7 @@ class Generator:
         with self._lock:
             previous, self._reservation = self._reservation, reservation
             if reservation is None:
-                self._snapshot = _NO_TICK  # stop at once
+                self._publish(_NO_TICK)  # stop at once
                 self._fence_tick = -1
                 return
             self._fence_tick = self.layout.tick_of(reservation.fence_ms)
@@ -207,13 +225,21 @@ class Generator:
                 # A new claim: mint only above the old holder's fence, and above all this generator minted.
                 self._node = self.layout.node_bits(reservation.worker_id)
                 self._tick = max(self._tick, self.layout.tick_of(reservation.after_ms))
-                self._snapshot = _NO_TICK
+                self._publish(_NO_TICK)
 
     # -- state ------------------------------------------------------------------------------------
 
     def _why_no_lease(self) -> str:
         # Safe under self._lock: status() takes only the lease's state lock, never held while it calls us.
         return self.lease.status().reason or "no worker ID lease is held right now"
+
+    @property
+    def minted(self) -> int:
+        """How many IDs this generator has handed out; never decreases. It counts IDs, not successful calls: a
+        ``next_ids`` that fails part-way counts the IDs it took. Another thread taking an ID just as the tick
+        changes may go uncounted."""
+        with self._lock:
+            return self._taken_before + self._snapshot.taken()
 
     @property
     def worker_id(self) -> int | None:
@@ -244,7 +270,7 @@ class Generator:
             if self._closed:
                 return
             self._closed = True
-            self._snapshot = _NO_TICK
+            self._publish(_NO_TICK)
             high_water_ms = self.layout.tick_ms(self._tick)  # nothing was minted above it, even if nothing was
         self.lease.close(high_water_ms)
 
