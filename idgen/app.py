@@ -20,7 +20,9 @@ Invariants:
   ZooKeeper) and multiprocess metric files are read on a thread pool.
 
 Errors are handled by wrapping each handler (:meth:`Service._endpoint`) and by a catch-all route for unknown paths
-and methods, not by an aiohttp middleware: a middleware costs every request two more coroutine layers.
+and methods, not by an aiohttp middleware: a middleware costs every request two more coroutine layers. The one
+exception is ``GET /id`` for a single JSON ID, the request idgen exists for: :meth:`Service._id_endpoint` answers it
+before the wrapper, because on that path every step counts (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import AbstractResource
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -130,67 +133,79 @@ class Metrics:
         else:
             self.exposition = registry
         self.multiprocess = bool(multiprocess_dir)
-        self._latency: dict[str, _Latency] = {}
+        self._tallies: dict[str, RouteTally] = {}
 
-    def observe(self, route: str, seconds: float) -> None:
-        tally = self._latency.get(route)
+    def tally(self, route: str) -> RouteTally:
+        """The one :class:`RouteTally` of ``route``."""
+        tally = self._tallies.get(route)
         if tally is None:
-            tally = self._latency[route] = _Latency(self.latency.labels(route))
-        tally.observe(seconds)
+            tally = self._tallies[route] = RouteTally(self, route)
+        return tally
 
     def flush(self) -> None:
-        for tally in self._latency.values():
+        for tally in self._tallies.values():
             tally.flush()
 
     def render(self) -> bytes:
         return generate_latest(self.exposition)
 
 
-class _Latency:
-    """One route's latency histogram, tallied in plain numbers and added to its prometheus child in bulk by
-    :meth:`flush`: ``Histogram.observe`` takes two locks per call (two file writes in multiprocess mode), a tenth
-    of a ``GET /id``. The bulk add uses the child's bucket and sum values, which are private to prometheus-client;
-    a version without them is detected here, and every observation then goes through ``observe`` instead.
+class RouteTally:
+    """One route's requests (by status) and latencies, tallied in plain numbers on the hot path and added to the
+    Prometheus metrics in bulk by :meth:`flush`: ``Counter.inc`` and ``Histogram.observe`` take a lock each (and write
+    a file in multiprocess mode), too much for every ``GET /id``. The bulk add of latencies uses the histogram child's
+    bucket and sum values, which are private to prometheus-client; a version without them is detected here, and every
+    latency then goes through ``observe`` instead. Used from the event loop's thread only.
     """
 
-    __slots__ = ("bulk", "child", "counts", "sum")
+    __slots__ = ("buckets", "bulk", "histogram", "requests", "route", "statuses", "sum")
 
-    def __init__(self, child: Any) -> None:
-        self.child = child
-        buckets, total = getattr(child, "_buckets", None), getattr(child, "_sum", None)
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self.route = route
+        self.requests = metrics.requests
+        self.histogram = histogram = metrics.latency.labels(route)
+        values, total = getattr(histogram, "_buckets", None), getattr(histogram, "_sum", None)
         self.bulk = (
-            tuple(getattr(child, "_upper_bounds", ())) == (*LATENCY_BUCKETS, math.inf)
-            and isinstance(buckets, list)
-            and len(buckets) == len(LATENCY_BUCKETS) + 1
-            and all(callable(getattr(v, "inc", None)) for v in (*buckets, total))
+            tuple(getattr(histogram, "_upper_bounds", ())) == (*LATENCY_BUCKETS, math.inf)
+            and isinstance(values, list)
+            and len(values) == len(LATENCY_BUCKETS) + 1
+            and all(callable(getattr(v, "inc", None)) for v in (*values, total))
         )
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.statuses: dict[int, int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.sum = 0.0
 
-    def observe(self, seconds: float) -> None:
+    def add(self, status: int, seconds: float) -> None:
+        """One request answered with ``status`` after ``seconds``."""
+        statuses = self.statuses
+        statuses[status] = statuses.get(status, 0) + 1
         if self.bulk:
-            self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bucket with seconds <= le
+            self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bucket with seconds <= le
             self.sum += seconds
         else:
-            self.child.observe(seconds)
+            self.histogram.observe(seconds)
 
     def flush(self) -> None:
-        if not self.bulk or not any(self.counts):
+        statuses, self.statuses = self.statuses, {}
+        for status, count in statuses.items():
+            self.requests.labels(self.route, str(status)).inc(count)
+        if not self.bulk or not any(self.buckets):
             return
-        counts, self.counts = self.counts, [0] * len(self.counts)
+        buckets, self.buckets = self.buckets, [0] * len(self.buckets)
         total, self.sum = self.sum, 0.0
-        self.child._sum.inc(total)
-        for bucket, count in zip(self.child._buckets, counts, strict=True):
+        self.histogram._sum.inc(total)
+        for value, count in zip(self.histogram._buckets, buckets, strict=True):
             if count:
-                bucket.inc(count)
+                value.inc(count)
 
 
 class Service:
     """The handlers and what they share: the generator, the limits and the metrics.
 
-    Request and ID counts and latencies are tallied in plain numbers on the hot path and added to the Prometheus
-    metrics by :meth:`refresh` (every ``WATCH_INTERVAL_S`` and before each ``/metrics``), so with several processes
-    another process's counts can be up to that much behind.
+    Request counts and latencies are tallied in plain numbers on the hot path (:class:`RouteTally`); they, and the
+    generator's own counters (IDs minted, overflow waits, clock rollbacks), are added to the Prometheus metrics by
+    :meth:`refresh` (every ``WATCH_INTERVAL_S`` and before each ``/metrics``), so with several processes another
+    process's counts can be up to that much behind.
     """
 
     def __init__(
@@ -214,8 +229,7 @@ class Service:
         self.metrics = Metrics(multiprocess_dir)
         self.openapi = json.dumps(document(max_count=max_count, layout=self.layout, version=__version__)).encode()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="idgen-http-io")
-        self._minted = 0
-        self._requests: dict[tuple[str, int], int] = {}
+        self._minted_seen = generator.minted
         self._overflow_seen = generator.overflow_waits
         self._rollbacks_seen = generator.clock_rollbacks
         self._was_ready: bool | None = None
@@ -227,13 +241,11 @@ class Service:
     async def mint(self, n: int) -> list[int]:
         """``n`` strictly increasing IDs; raises :class:`Unavailable` (nothing is returned then)."""
         if n <= self.chunk:
-            ids = await self._mint_chunk(n)
-        else:
-            ids = []
-            while len(ids) < n:
-                ids += await self._mint_chunk(min(self.chunk, n - len(ids)))
-                await asyncio.sleep(0)  # let other requests in between ticks' worth of IDs
-        self._minted += n
+            return await self._mint_chunk(n)
+        ids: list[int] = []
+        while len(ids) < n:
+            ids += await self._mint_chunk(min(self.chunk, n - len(ids)))
+            await asyncio.sleep(0)  # let other requests in between ticks' worth of IDs
         return ids
 
     async def _mint_chunk(self, n: int) -> list[int]:
@@ -241,22 +253,20 @@ class Service:
         waited_ms = 0.0
         while True:
             try:
-                ids = generator.next_ids(n) if n > 1 else [generator.next_id()]
+                return generator.next_ids(n) if n > 1 else [generator.next_id()]
             except ClockBehind as exc:
                 self._sync_counters(exc.behind_ms)
                 if exc.behind_ms > self.tolerance_ms or waited_ms > self.tolerance_ms:
                     raise
                 waited_ms += exc.behind_ms
                 await asyncio.sleep(exc.retry_after)
-                continue
-            if generator.overflow_waits != self._overflow_seen:
-                self._sync_counters()
-            return ids
 
     def _sync_counters(self, behind_ms: float | None = None) -> None:
         """Carry the generator's counters into the metrics; log each new clock rollback."""
         generator = self.generator
-        overflow, rollbacks = generator.overflow_waits, generator.clock_rollbacks
+        minted, overflow, rollbacks = generator.minted, generator.overflow_waits, generator.clock_rollbacks
+        if minted > self._minted_seen:
+            self.metrics.minted.inc(minted - self._minted_seen)
         if overflow > self._overflow_seen:
             self.metrics.overflow_waits.inc(overflow - self._overflow_seen)
         if rollbacks > self._rollbacks_seen:
@@ -265,24 +275,13 @@ class Service:
                 "clock rollback: the clock is behind the last timestamp used",
                 extra={"event": "clock_rollback", "behind_ms": behind_ms, "tolerance_ms": self.tolerance_ms},
             )
-        self._overflow_seen, self._rollbacks_seen = overflow, rollbacks
+        self._minted_seen, self._overflow_seen, self._rollbacks_seen = minted, overflow, rollbacks
 
     # -- handlers ---------------------------------------------------------------------------------
 
     async def get_id(self, request: web.Request) -> web.Response:
-        accept = request.headers.get("Accept")
+        accept = request.headers.get(hdrs.ACCEPT)
         as_text = accept is not None and "text/" in accept and _prefers_text(",".join(request.headers.getall("Accept")))
-        if not request.query_string and not as_text:  # the common case, kept short
-            generator = self.generator
-            try:
-                id_ = generator.next_id()
-            except ClockBehind:
-                pass  # the general path below waits it out, or refuses
-            else:
-                self._minted += 1
-                if generator.overflow_waits != self._overflow_seen:
-                    self._sync_counters()
-                return web.Response(body=b'{"id":"%d"}' % id_, headers=_ID_HEADERS)
         count: int | None = None
         form = "decimal"
         query = request.query
@@ -371,13 +370,39 @@ class Service:
 
     # -- errors and accounting ---------------------------------------------------------------------
 
+    def _id_endpoint(self) -> Handler:
+        """``GET /id``. The common request, one ID as JSON (no query string, no ``text/`` in ``Accept``), is answered
+        here, timed and counted as :meth:`_endpoint` would, but without that wrapper's extra coroutine layer and
+        accounting, which cost about a tenth of the request's CPU (docs/BENCHMARKS.md). Every other request, and
+        any refusal from the generator, goes to the wrapped :meth:`get_id`, which waits a short rollback out or
+        answers it."""
+        general = self._endpoint("/id", self.get_id)
+        tally = self.metrics.tally("/id")
+        next_id = self.generator.next_id
+
+        async def id_endpoint(request: web.Request) -> web.StreamResponse:
+            start = perf_counter()
+            if not request.query_string:
+                accept = request.headers.get(hdrs.ACCEPT)
+                if accept is None or "text/" not in accept:
+                    try:
+                        id_ = next_id()
+                    except Unavailable:
+                        pass
+                    else:
+                        response = web.Response(body=b'{"id":"%d"}' % id_, headers=_ID_HEADERS)
+                        tally.add(200, perf_counter() - start)
+                        return response
+            return await general(request)
+
+        return id_endpoint
+
     def _endpoint(self, route: str, handler: Handler) -> Handler:
         """``handler`` with errors turned into JSON responses, and its requests counted and timed as ``route``."""
-        requests = self._requests
-        observe = self.metrics.observe
+        tally = self.metrics.tally(route)
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
-            start = time.perf_counter()
+            start = perf_counter()
             try:
                 response = await handler(request)
             except Unavailable as exc:
@@ -393,9 +418,7 @@ class Service:
                     "unexpected error on %s %s", request.method, request.path, extra={"event": "internal_error"}
                 )
                 response = _error(500, "internal_error", "unexpected error; see the server log")
-            key = (route, response.status)
-            requests[key] = requests.get(key, 0) + 1
-            observe(route, time.perf_counter() - start)
+            tally.add(response.status, perf_counter() - start)
             return response
 
         return endpoint
@@ -414,12 +437,6 @@ class Service:
         metrics.worker_id.set(reservation.worker_id if reservation else -1)
         metrics.fence_headroom.set((reservation.fence_ms - time.time() * 1000) / 1000 if reservation else 0)
         metrics.ready.set(1 if ready else 0)
-        if self._minted:
-            minted, self._minted = self._minted, 0
-            metrics.minted.inc(minted)
-        for key in list(self._requests):
-            count = self._requests.pop(key)
-            metrics.requests.labels(key[0], str(key[1])).inc(count)
         metrics.flush()
         self._sync_counters()
         if ready != self._was_ready:
@@ -458,8 +475,8 @@ class Service:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def install(self, app: web.Application) -> None:
+        app.router.add_get("/id", self._id_endpoint(), allow_head=False)  # HEAD /id would mint
         for path, handler in (
-            ("/id", self.get_id),
             ("/decode/{id}", self.decode_id),
             ("/healthz", self.healthz),
             ("/readyz", self.readyz),
@@ -467,7 +484,7 @@ class Service:
             ("/metrics", self.metrics_text),
             ("/openapi.json", self.openapi_json),
         ):
-            app.router.add_get(path, self._endpoint(path, handler), allow_head=False)  # HEAD /id would mint
+            app.router.add_get(path, self._endpoint(path, handler), allow_head=False)
         inspector.install(app, self)  # GET /: the ID inspector page; before the catch-all, which would take it
         fallback = app.router.add_route("*", "/{path:.*}", self._endpoint(_UNMATCHED, self.fallback))
         self._fallback_resource = fallback.resource
