@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the
 from serverproc import wait_http_ok
 
 CONNECTIONS = 64
+PIN_CPU0 = ("taskset", "-c", "0")
 THREADS = 2
 SAMPLE_BODY = b'{"id":"249776164925612032"}'  # what GET /id returns, byte for byte in length
 PACED_LUA = """
@@ -55,6 +56,18 @@ from aiohttp import web
 body = sys.argv[2].encode()
 async def handler(request):
     return web.Response(body=body, content_type="application/json")
+app = web.Application()
+app.router.add_get("/id", handler)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+# The floor for any handler that mints: the bare handler, its body made from Generator.next_id() (local lease).
+MINTING_BASELINE_SERVER = """
+import sys
+from aiohttp import web
+from idgen import Generator
+next_id = Generator(state_dir=sys.argv[2]).next_id
+async def handler(request):
+    return web.Response(body=b'{"id":"%d"}' % next_id(), content_type="application/json")
 app = web.Application()
 app.router.add_get("/id", handler)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
@@ -118,6 +131,10 @@ def baseline_server(pin: tuple[str, ...] = ()) -> AbstractContextManager[Served]
     return running([*pin, sys.executable, "-c", BASELINE_SERVER, "{port}", SAMPLE_BODY.decode()], "/id")
 
 
+def minting_baseline_server(state_dir: str, pin: tuple[str, ...] = ()) -> AbstractContextManager[Served]:
+    return running([*pin, sys.executable, "-c", MINTING_BASELINE_SERVER, "{port}", state_dir], "/id")
+
+
 def wrk(url: str, seconds: int, connections: int = CONNECTIONS, delay_ms: int | None = None) -> dict[str, float]:
     """Run wrk; return requests/s and latency percentiles (ms)."""
     command = ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
@@ -146,11 +163,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def paired(state_dir: str, slices: int, seconds: int) -> list[float]:
-    """One round of the paired single-process measurement: per slice, ``idgen serve``'s requests per CPU-second over
+def paired(candidate: AbstractContextManager[Served], slices: int, seconds: int) -> list[float]:
+    """One round of the paired single-process measurement: per slice, ``candidate``'s requests per CPU-second over
     the bare server's, both pinned to CPU 0 and loaded at once by a wrk each on CPU 1. The first slice warms up."""
-    pin = ("taskset", "-c", "0")
-    with baseline_server(pin) as bare, idgen_server(state_dir, 1, pin) as idgen:
+    with baseline_server(PIN_CPU0) as bare, candidate as idgen:
         pids = [bare.pid, idgen.pid]  # taskset execs the server: same pid
         ratios = []
         for slice_number in range(slices + 1):
@@ -187,10 +203,13 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, list[dict[str, float]]] = {}
     paired_rounds: list[list[float]] = []
+    floor_rounds: list[list[float]] = []
     state_dir = tempfile.mkdtemp(prefix="idgen-bench-")
     try:
         for round_number in range(1, args.rounds + 1):
-            paired_rounds.append(paired(state_dir, args.slices, max(1, args.seconds // 5)))
+            slice_s = max(1, args.seconds // 5)
+            paired_rounds.append(paired(idgen_server(state_dir, 1, PIN_CPU0), args.slices, slice_s))
+            floor_rounds.append(paired(minting_baseline_server(state_dir + "-floor", PIN_CPU0), args.slices, slice_s))
             with baseline_server() as bare:
                 runs.setdefault("baseline", []).append(wrk(bare.url + "/id", args.seconds))
             with idgen_server(state_dir, 1) as idgen:
@@ -207,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {round_number}/{args.rounds} done", file=sys.stderr)
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(state_dir + "-floor", ignore_errors=True)
 
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name])
@@ -214,10 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     baseline, one, two = med("baseline", "rps"), med("one", "rps"), med("two", "rps")
     batch_ids = med("batch", "rps") * 4096
     paced_p99, paced_rps = med("paced", "p99_ms"), med("paced", "rps")
-    slices = [ratio for round_ratios in paired_rounds for ratio in round_ratios]
-    paired_ratio = statistics.median(slices)
-    quartiles = statistics.quantiles(slices, n=4)
-    per_round = ", ".join(f"{statistics.median(r):.2f}" for r in paired_rounds)
+
+    def summary(rounds: list[list[float]]) -> tuple[float, str]:
+        """Median over all slices, and a cell with it, the quartiles and each round's median."""
+        slices = [ratio for round_ratios in rounds for ratio in round_ratios]
+        q1, _, q3 = statistics.quantiles(slices, n=4)
+        per_round = ", ".join(f"{statistics.median(r):.2f}" for r in rounds)
+        median = statistics.median(slices)
+        return median, f"**{median:.2f}x** baseline (quartiles {q1:.2f}-{q3:.2f}; rounds {per_round})"
+
+    paired_ratio, paired_cell = summary(paired_rounds)
+    _, floor_cell = summary(floor_rounds)
     rows = [
         (
             "bare aiohttp handler, same body (baseline)",
@@ -236,13 +263,14 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ),
         (
-            f"GET /id, 1 process, paired on one core ({len(slices)} slices; rounds {per_round})",
+            f"GET /id, 1 process, paired on one core ({args.rounds} x {args.slices} slices)",
             "-",
             "-",
             "-",
-            f"**{paired_ratio:.2f}x** baseline (quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f})",
+            paired_cell,
             "MET" if paired_ratio >= 0.9 else "MISSED (>= 0.9x)",
         ),
+        ("floor: bare handler minting with Generator.next_id(), paired", "-", "-", "-", floor_cell, ""),
         (
             "GET /id, --processes 2",
             f"{two:,.0f}",
@@ -283,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
         for row in (header, *rows):
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    print(json.dumps({**runs, "paired": paired_rounds}), file=sys.stderr)
+    print(json.dumps({**runs, "paired": paired_rounds, "floor": floor_rounds}), file=sys.stderr)
     return 0 if errors == 0 else 1
 
 

@@ -95,7 +95,9 @@ class Metrics:
                 "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set, so its values are not shared"
             )
         self.registry = registry = CollectorRegistry()
-        self.minted = Counter("idgen_ids_minted", "IDs minted and returned to clients.", registry=registry)
+        self.minted = Counter(
+            "idgen_ids_minted", "IDs the generator handed out (all returned, unless a batch failed).", registry=registry
+        )
         self.requests = Counter(
             "idgen_http_requests", "HTTP requests by route and status.", ["route", "status"], registry=registry
         )
