@@ -96,7 +96,12 @@ def test_sigstop_zombie_mints_nothing_above_its_fence_notices_lost_and_re_leases
         assert resumed - frozen > float(SESSION_TIMEOUT)
         # The zombie's fence: what its successor read. An extension in flight at SIGSTOP may have landed after the
         # read above (the zombie then learns of it at SIGCONT), so the successor's after_ms is the exact value.
-        [successor] = [h for h in read_holders(zk, zk_namespace, 0) if h["pid"] == other.pid]
+        # The claim node comes first; the history record follows in the claim's transaction.
+        successor = wait_until(
+            lambda: next((h for h in read_holders(zk, zk_namespace, 0) if h["pid"] == other.pid), None),
+            10,
+            "the other server's history record",
+        )
         fence = successor["after_ms"]
 
         lost = wait_until(lambda: _lost(zombie), 15, "the zombie to notice that its lease is lost")
