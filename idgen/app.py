@@ -374,10 +374,9 @@ class Service:
 
     def _id_endpoint(self) -> Handler:
         """``GET /id``. The common request, one ID as JSON (no query string, no ``text/`` in ``Accept``), is answered
-        here, timed and counted as :meth:`_endpoint` would, but without that wrapper's extra coroutine layer and
-        accounting, which cost about a tenth of the request's CPU (docs/BENCHMARKS.md). Every other request, and
-        any refusal from the generator, goes to the wrapped :meth:`get_id`, which waits a short rollback out or
-        answers it."""
+        here, timed and counted as :meth:`_endpoint` would, but without that wrapper's extra coroutine layer, which
+        cost about 4% of the request's CPU (docs/BENCHMARKS.md). Every other request, and any refusal from the
+        generator, goes to the wrapped :meth:`get_id`, which waits a short rollback out or answers it."""
         general = self._endpoint("/id", self.get_id)
         tally = self.metrics.tally("/id")
         next_id = self.generator.next_id

@@ -99,12 +99,9 @@ class Generator:
         self._fence_tick = -1
         self._behind = False
         self._closed = False
-        self._epoch_ns = self.layout.epoch_ms * 1_000_000
         self._unit_ns = self.layout.unit_ms * 1_000_000
         self._time_shift = self.layout.shifts["time"]
         self._step = 1 << self.layout.shifts["sequence"]
-        self._capacity = self.layout.sequence_capacity
-        self._max_tick = self.layout.max_tick
         gil = getattr(sys, "_is_gil_enabled", lambda: True)()
         self.next_id = self._fast_path() if gil else self._next_id_locked  # without the GIL, next() is not atomic
         try:
@@ -165,7 +162,7 @@ class Generator:
                 continue
             if self._reservation is None:
                 raise NoLease("the generator is closed" if self._closed else self._why_no_lease())
-            tick = (now - self._epoch_ns) // self._unit_ns  # == layout.tick_of(now // 1_000_000)
+            tick = self.layout.tick_of(now // 1_000_000)
             if tick > self._tick:
                 return self._open_tick(tick)
             # The clock is at or behind the last tick used: wait for the next tick, if that is soon.
@@ -187,15 +184,14 @@ class Generator:
                 f" ({iso_ms(self.layout.tick_ms(self._fence_tick))}); waiting for the lease to extend it",
                 retry_after=0.1,
             )
-        if tick > self._max_tick or tick < 0:
+        if tick > self.layout.max_tick or tick < 0:
             raise TimeExhausted(
                 f"layout {self.layout.name!r} cannot encode the current time: its time bits cover "
                 f"{iso_ms(self.layout.epoch_ms)} to {iso_ms(self.layout.expires_ms)}"
             )
-        start_ns = self._epoch_ns + tick * self._unit_ns
-        snapshot = _Tick(
-            start_ns, start_ns + self._unit_ns, tick << self._time_shift | self._node, self._step, self._capacity
-        )
+        start_ns = self._tick_start_ns(tick)
+        first = tick << self._time_shift | self._node
+        snapshot = _Tick(start_ns, start_ns + self._unit_ns, first, self._step, self.layout.sequence_capacity)
         self._tick, self._behind = tick, False
         self._publish(snapshot)
         return next(snapshot.ids)
@@ -208,7 +204,7 @@ class Generator:
         self._taken_before += previous.taken()
 
     def _tick_start_ns(self, tick: int) -> int:
-        return self._epoch_ns + tick * self._unit_ns
+        return self.layout.tick_ms(tick) * 1_000_000
 
     # -- the lease feeds the generator --------------------------------------------------------------
 
