@@ -245,6 +245,8 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_metrics_count_ids_requests_latency_and_lease(server: Server) -> None:
     before = _samples(server.get("/metrics").body.decode())
+    server.get("/id")  # the fast path, answered before the wrapper
+    server.get("/id", headers={"Accept": "text/plain"})  # the wrapped path
     server.get("/id?count=100")
     server.get("/id?count=0")
     after_reply = server.get("/metrics")
@@ -255,11 +257,11 @@ def test_metrics_count_ids_requests_latency_and_lease(server: Server) -> None:
         key = (name, tuple(sorted(labels.items())))
         return after[key] - before.get(key, 0.0)
 
-    assert delta("idgen_ids_minted_total") == 100
-    assert delta("idgen_http_requests_total", route="/id", status="200") == 1
+    assert delta("idgen_ids_minted_total") == 102
+    assert delta("idgen_http_requests_total", route="/id", status="200") == 3
     assert delta("idgen_http_requests_total", route="/id", status="400") == 1
-    assert delta("idgen_http_request_duration_seconds_count", route="/id") == 2
-    assert delta("idgen_http_request_duration_seconds_bucket", route="/id", le="+Inf") == 2
+    assert delta("idgen_http_request_duration_seconds_count", route="/id") == 4
+    assert delta("idgen_http_request_duration_seconds_bucket", route="/id", le="+Inf") == 4
     assert after[("idgen_lease_state", (("state", "held"),))] == 1
     assert after[("idgen_lease_state", (("state", "lost"),))] == 0
     assert after[("idgen_ready", ())] == 1
