@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the server-process helpers
-from serverproc import wait_http_ok
+from serverproc import serve_command, wait_http_ok
 
 CONNECTIONS = 64
 PIN_CPU0 = ("taskset", "-c", "0")
@@ -107,24 +107,7 @@ def running(command: list[str], ready_path: str) -> Iterator[Served]:
 
 
 def idgen_server(state_dir: str, processes: int, pin: tuple[str, ...] = ()) -> AbstractContextManager[Served]:
-    return running(
-        [
-            *pin,
-            sys.executable,
-            "-m",
-            "idgen.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--state-dir",
-            state_dir,
-            "--processes",
-            str(processes),
-        ],
-        "/readyz",
-    )
+    return running([*pin, *serve_command("{port}", "--state-dir", state_dir, "--processes", str(processes))], "/readyz")
 
 
 def baseline_server(pin: tuple[str, ...] = ()) -> AbstractContextManager[Served]:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from check import render, summarize
-from serverproc import wait_http_ok
+from serverproc import serve_command, wait_http_ok
 from zkharness import ZkEnsemble, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -51,20 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 log = open(args.out / f"server-{number}.log", "wb")  # noqa: SIM115 (the child owns it)
                 servers.append(
                     subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "idgen.cli",
-                            "serve",
-                            "--host",
-                            "127.0.0.1",
-                            "--port",
-                            str(port),
-                            "--zk",
-                            ensemble.hosts,
-                            "--namespace",
-                            namespace,
-                        ],
+                        serve_command(port, "--zk", ensemble.hosts, "--namespace", namespace),
                         stdout=log,
                         stderr=subprocess.STDOUT,
                     )

@@ -26,6 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+def serve_command(port: int | str, *options: str, host: str = "127.0.0.1") -> list[str]:
+    """The command line of ``idgen serve`` on ``host:port`` with ``options``, run by this interpreter."""
+    return [sys.executable, "-m", "idgen.cli", "serve", "--host", host, "--port", str(port), *options]
+
+
 def wait_until(
     probe: Callable[[], T | None], timeout: float = 30.0, what: str = "a condition", interval: float = 0.02
 ) -> T:
@@ -80,7 +85,7 @@ class ServerProcess:
         netns: str | None = None,
     ) -> None:
         self.name, self.host, self.port = name, host, 0
-        command = command or [sys.executable, "-m", "idgen.cli", "serve", "--host", host, "--port", "0"]
+        command = command or serve_command(0, host=host)
         if netns is not None:
             command = ["ip", "netns", "exec", netns, *command]
         self.started_at = time.monotonic()
