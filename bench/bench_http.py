@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=8, help="paired slices per round (each --seconds // 5 long)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
+    if args.slices < 2 or args.rounds < 1 or args.seconds < 1:
+        parser.error("--slices must be at least 2 (for quartiles), --rounds and --seconds at least 1")
     if not shutil.which("wrk"):
         sys.exit("bench_http: wrk is missing: apt-get install wrk")
     if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
