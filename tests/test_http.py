@@ -28,7 +28,7 @@ from serverproc import Reply
 from serverproc import ServerProcess as Server
 
 from idgen import DEFAULT_LAYOUT, FORMS, Generator, decode, format_id, parse_id
-from idgen.app import make_app
+from idgen.app import ID_LATENCY_SAMPLE, Metrics, make_app
 from idgen.clock import ManualClock
 from idgen.leases.local import LocalLease
 
@@ -245,7 +245,8 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_metrics_count_ids_requests_latency_and_lease(server: Server) -> None:
     before = _samples(server.get("/metrics").body.decode())
-    server.get("/id")  # the fast path, answered before the wrapper
+    for _ in range(2 * ID_LATENCY_SAMPLE):  # the fast path: every request counted, one in ID_LATENCY_SAMPLE timed
+        server.get("/id")
     server.get("/id", headers={"Accept": "text/plain"})  # the wrapped path
     server.get("/id?count=100")
     server.get("/id?count=0")
@@ -257,11 +258,12 @@ def test_metrics_count_ids_requests_latency_and_lease(server: Server) -> None:
         key = (name, tuple(sorted(labels.items())))
         return after[key] - before.get(key, 0.0)
 
-    assert delta("idgen_ids_minted_total") == 102
-    assert delta("idgen_http_requests_total", route="/id", status="200") == 3
+    fast = 2 * ID_LATENCY_SAMPLE  # any run of this many holds exactly two timed requests, each standing for half
+    assert delta("idgen_ids_minted_total") == fast + 101
+    assert delta("idgen_http_requests_total", route="/id", status="200") == fast + 2
     assert delta("idgen_http_requests_total", route="/id", status="400") == 1
-    assert delta("idgen_http_request_duration_seconds_count", route="/id") == 4
-    assert delta("idgen_http_request_duration_seconds_bucket", route="/id", le="+Inf") == 4
+    assert delta("idgen_http_request_duration_seconds_count", route="/id") == fast + 3
+    assert delta("idgen_http_request_duration_seconds_bucket", route="/id", le="+Inf") == fast + 3
     assert after[("idgen_lease_state", (("state", "held"),))] == 1
     assert after[("idgen_lease_state", (("state", "lost"),))] == 0
     assert after[("idgen_ready", ())] == 1
@@ -269,6 +271,28 @@ def test_metrics_count_ids_requests_latency_and_lease(server: Server) -> None:
     assert 0 < after[("idgen_fence_headroom_seconds", ())] <= 7.5
     assert ("idgen_clock_rollbacks_total", ()) in after
     assert ("idgen_overflow_waits_total", ()) in after
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk-adds", "observe-fallback"])
+def test_the_tally_adds_weighted_latencies_and_quick_counts_in_either_mode(bulk: bool) -> None:
+    metrics = Metrics()
+    tally = metrics.tally("/id")
+    assert tally.bulk  # this prometheus-client has the private values that bulk adds use
+    tally.bulk = bulk
+    tally.add(200, 0.0003)
+    tally.observe(0.003, ID_LATENCY_SAMPLE)
+    tally.quick_ok += 5
+    tally.flush()
+    tally.quick_ok += 2
+    tally.flush()
+    samples = _samples(metrics.render().decode())
+    route = (("route", "/id"),)
+    assert samples[("idgen_http_request_duration_seconds_count", route)] == 1 + ID_LATENCY_SAMPLE
+    assert samples[("idgen_http_request_duration_seconds_bucket", (("le", "0.0005"), *route))] == 1
+    assert samples[("idgen_http_request_duration_seconds_bucket", (("le", "0.005"), *route))] == 1 + ID_LATENCY_SAMPLE
+    expected_sum = 0.0003 + 0.003 * ID_LATENCY_SAMPLE
+    assert samples[("idgen_http_request_duration_seconds_sum", route)] == pytest.approx(expected_sum)
+    assert samples[("idgen_http_requests_total", (*route, ("status", "200")))] == 1 + 5 + 2
 
 
 def test_openapi_document_is_valid_and_lists_every_route(server: Server) -> None:

@@ -202,7 +202,7 @@ def test_two_processes_share_the_port_with_their_own_worker_ids(tmp_path: Path) 
             return text if "idgen_ids_minted_total 40.0" in text else None
 
         metrics = wait_until(all_counted, what="both processes' counts in /metrics")
-        assert 'idgen_http_request_duration_seconds_count{route="/id"} 40.0' in metrics
+        assert 'idgen_http_requests_total{route="/id",status="200"} 40.0' in metrics
         for pid, worker in seen.items():
             assert f'idgen_worker_id{{pid="{pid}"}} {float(worker)}' in metrics
 
