@@ -207,6 +207,14 @@ def paired(candidate: AbstractContextManager[Served], slices: int, seconds: int)
         return ratios
 
 
+def require_tools(program: str) -> None:
+    """Exit with one line unless wrk, taskset and 2 CPUs (for the paired measurement) are there."""
+    if not shutil.which("wrk"):
+        sys.exit(f"{program}: wrk is missing: apt-get install wrk")
+    if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
+        sys.exit(f"{program}: the paired measurement needs taskset and 2 CPUs")
+
+
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool) -> None:
     """``rows`` under ``header``, as a Markdown table or as aligned columns."""
     if markdown:
@@ -229,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.slices < 2 or args.rounds < 1 or args.seconds < 1:
         parser.error("--slices must be at least 2 (for quartiles), --rounds and --seconds at least 1")
-    if not shutil.which("wrk"):
-        sys.exit("bench_http: wrk is missing: apt-get install wrk")
-    if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
-        sys.exit("bench_http: the paired measurement needs taskset and 2 CPUs")
+    require_tools("bench_http")
 
     runs: dict[str, list[dict[str, float]]] = {}
     paired_rounds: list[list[float]] = []

@@ -28,6 +28,7 @@ from bench_http import (
     idgen_server,
     paired,
     print_table,
+    require_tools,
 )
 
 CONSTANT = f"{MINT_SETUP}\nimport time\nnow = time.time_ns\nBODY = {SAMPLE_BODY!r}\nID = {int(SAMPLE_BODY[7:-2])}"
@@ -68,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pairs < 1 or args.slices < 1 or args.seconds < 1:
         parser.error("--pairs, --slices and --seconds must be at least 1")
-    if not shutil.which("wrk") or not shutil.which("taskset"):
-        sys.exit("bench_http_costs: needs wrk and taskset")
+    require_tools("bench_http_costs")
 
     figures: dict[str, list[float]] = {name: [] for name in VARIANTS}
     state_dir = tempfile.mkdtemp(prefix="idgen-bench-costs-")
