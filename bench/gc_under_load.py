@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_http import paced, print_table, require_tools, running, wrk
@@ -54,23 +55,26 @@ def main(argv: list[str] | None = None) -> int:
         windows: dict[str, tuple[float, float, float]] = {}  # load -> (start, end, requests/s)
         os.environ["IDGEN_GC_LOG"] = str(log)
         command = [sys.executable, "-c", RECORDER, "serve", "--host", "127.0.0.1", "--port", "{port}"]
+
+        def load(name: str, run: Callable[[], dict[str, float]]) -> float:
+            start = time.monotonic()
+            rps = run()["rps"]
+            windows[name] = (start, time.monotonic(), rps)
+            return rps
+
         with running([*command, "--state-dir", scratch], "/readyz") as server:
-            for load in ("saturated", "paced at half the peak"):
-                start = time.monotonic()
-                if load == "saturated":
-                    result = wrk(server.url + "/id", args.seconds)
-                else:
-                    result = paced(server.url + "/id", windows["saturated"][2] / 2, args.seconds)
-                windows[load] = (start, time.monotonic(), result["rps"])
+            url = server.url + "/id"
+            peak = load("saturated", lambda: wrk(url, args.seconds))
+            load("paced at half the peak", lambda: paced(url, peak / 2, args.seconds))
         collections = json.loads(log.read_text())  # written when the server exited
 
     rows = []
-    for load, (start, end, rps) in windows.items():
+    for name, (start, end, rps) in windows.items():
         for generation in (0, 1, 2):
             pauses = [cpu * 1000 for gen, at, cpu in collections if gen == generation and start <= at <= end]
             rows.append(
                 (
-                    f"{load} ({rps:,.0f} requests/s)",
+                    f"{name} ({rps:,.0f} requests/s)",
                     str(generation),
                     str(len(pauses)),
                     f"{statistics.median(pauses):.2f} / {max(pauses):.2f}" if pauses else "-",
