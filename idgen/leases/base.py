@@ -139,6 +139,8 @@ class Lease(ABC):
         self.address = address
         self.clock = clock
         self.host = socket.gethostname()
+        self.insecure = False  # a backend sets it when it runs without access control by the operator's explicit opt-out
+        self.quarantined: dict[int, str] = {}  # worker ID -> why its records cannot be read; such an ID is never claimed
         self._state = LeaseState.ACQUIRING
         self._reason: str | None = None
         self._reservation: Reservation | None = None
@@ -240,6 +242,8 @@ class Lease(ABC):
             "host": self.host,
             "pid": os.getpid(),
             "address": self.address,
+            "insecure": self.insecure,
+            "quarantined": {str(w): why for w, why in sorted(self.quarantined.items())},
         }
 
     def __enter__(self) -> Lease:
