@@ -11,7 +11,13 @@ clock bounds and an iterator over that tick's IDs in order (a ``range`` iterator
 ``next_id`` reads the clock and, while the clock is inside the snapshot's tick, takes the iterator's next
 value. Under the GIL that ``next()`` is one C call and atomic, so this fast path needs no lock. Everything
 else (a new tick, an exhausted sequence, a clock behind, the fence, a lease change) goes through
-``_advance`` under ``self._lock``.
+``_advance`` under ``self._lock``. Without the GIL every call, ``next_ids`` included, takes the lock.
+
+Forks. A process forked from the one that made the generator (``os.fork``, multiprocessing, gunicorn ``--preload``,
+a fork made in C by uWSGI) holds a copy of the current tick. The fast path also checks a wipe-on-fork marker
+(:mod:`idgen.forking`), so in a child every call takes the slow path, which sees the new pid and *adopts* the
+generator: it drops the parent's ticks, locks and lease (whose threads, connections and claim stay the parent's) and
+leases a worker ID of its own, on first use. The parent is unaffected.
 
 Invariants:
 
@@ -19,7 +25,9 @@ Invariants:
 - a snapshot is published only for a tick ``t`` with ``after < t <= fence`` of the current reservation
   (in Unix ms, the tick's start), and only while a reservation is held;
 - so IDs from one generator are unique and strictly increasing, and IDs from holders of one worker ID
-  never meet, because their reservations' windows are disjoint (see docs/DESIGN.md).
+  never meet, because their reservations' windows are disjoint (see docs/DESIGN.md);
+- a process mints only from snapshots it published itself, under a lease it started itself;
+- after ``close()`` no new tick is opened: the final fence it hands the lease covers every ID minted.
 
 Waits are bounded: an exhausted sequence waits for the next tick (one time unit) and a clock behind by
 at most ``rollback_tolerance_ms`` is waited out. Anything longer raises an :class:`~idgen.errors.Unavailable`.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -37,6 +46,7 @@ from typing import Any
 
 from idgen.clock import SYSTEM_CLOCK, Clock
 from idgen.errors import ClockBehind, FenceReached, InvalidInput, LayoutMismatch, NoLease, TimeExhausted
+from idgen.forking import process_marker
 from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout, iso_ms
 from idgen.leases.base import Lease, Reservation
 
@@ -102,12 +112,18 @@ class Generator:
         self._unit_ns = self.layout.unit_ms * 1_000_000
         self._time_shift = self.layout.shifts["time"]
         self._step = 1 << self.layout.shifts["sequence"]
-        gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-        self.next_id = self._fast_path() if gil else self._next_id_locked  # without the GIL, next() is not atomic
+        self._lock_free = getattr(sys, "_is_gil_enabled", lambda: True)()  # without the GIL, next() is not atomic
+        self._pid = os.getpid()
+        self._adopting: dict[int, threading.Lock] = {}  # pid -> the lock under which that process adopts a fork
+        self._marker = process_marker()
+        self.next_id = self._fast_path() if self._lock_free else self._next_id_locked
+        self._start_lease()
+
+    def _start_lease(self) -> None:
         try:
-            lease.start(self._on_reservation)
+            self.lease.start(self._on_reservation)
         except BaseException:
-            lease.close()  # e.g. a ZooKeeper client connected before every worker ID turned out to be taken
+            self.lease.close()  # e.g. a ZooKeeper client connected before every worker ID turned out to be taken
             raise
 
     # -- minting ----------------------------------------------------------------------------------
@@ -118,13 +134,14 @@ class Generator:
 
     def _fast_path(self) -> Callable[[], int]:
         """``next_id`` as a closure. The clock as a cell variable saves ~15% of a ~200 ns call over a
-        method reading ``self._now_ns``, and the layout's limit leaves only 244 ns per ID."""
-        now_ns, slow_path = self._now_ns, self._next_id_locked
+        method reading ``self._now_ns``, and the layout's limit leaves only 244 ns per ID. ``marker[0]`` is 0 in a
+        forked child (whose copy of the snapshot holds the parent's IDs), which sends it to the slow path."""
+        now_ns, slow_path, marker = self._now_ns, self._next_id_locked, self._marker
 
         def next_id() -> int:
             now = now_ns()
             snapshot = self._snapshot
-            if snapshot.start_ns <= now < snapshot.end_ns:
+            if snapshot.start_ns <= now < snapshot.end_ns and marker[0]:
                 for id_ in snapshot.ids:  # the tick's next ID, if one is left
                     return id_
             return slow_path()
@@ -135,10 +152,14 @@ class Generator:
         """``n`` IDs, strictly increasing. All or nothing: on an error none of them is returned."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidInput(f"count must be a positive integer, not {n!r}")
+        if not self._lock_free:
+            self._check_fork()
+            with self._lock:
+                return [self._advance() for _ in range(n)]
         out: list[int] = []
         while len(out) < n:
             snapshot = self._snapshot
-            if snapshot.start_ns <= self._now_ns() < snapshot.end_ns:
+            if snapshot.start_ns <= self._now_ns() < snapshot.end_ns and self._marker[0]:
                 out += itertools.islice(snapshot.ids, n - len(out))
                 if len(out) == n:
                     break
@@ -146,8 +167,31 @@ class Generator:
         return out
 
     def _next_id_locked(self) -> int:
+        self._check_fork()
         with self._lock:
             return self._advance()
+
+    def _check_fork(self, start_lease: bool = True) -> None:
+        """In a process forked from this generator's: adopt it first (once, whichever thread comes first)."""
+        pid = os.getpid()
+        if pid == self._pid:
+            return
+        # The parent's locks may have been held by threads that do not exist here: take one made in this process.
+        # ``setdefault`` is atomic, so every thread of this process gets the same new lock.
+        with self._adopting.setdefault(pid, threading.Lock()):
+            if pid == self._pid:
+                return
+            self._lock = threading.Lock()
+            self._snapshot = _NO_TICK
+            self._taken_before = 0
+            self._reservation, self._fence_tick = None, -1
+            self._marker = process_marker()
+            if self._lock_free:
+                self.next_id = self._fast_path()  # a caller holding the old closure is still right, only slower
+            self.lease = self.lease.forked()
+            self._pid = pid
+            if start_lease and not self._closed:
+                self._start_lease()
 
     def _advance(self) -> int:
         """Mint one ID the slow way; the caller holds ``self._lock``."""
@@ -211,6 +255,8 @@ class Generator:
     def _on_reservation(self, reservation: Reservation | None) -> None:
         """Called by the lease on acquisition, extension, loss and release."""
         with self._lock:
+            if self._closed and reservation is not None:
+                return  # an extension racing close(): the final fence is computed already; never mint again
             previous, self._reservation = self._reservation, reservation
             if reservation is None:
                 self._publish(_NO_TICK)  # stop at once
@@ -261,11 +307,16 @@ class Generator:
         return True, None
 
     def close(self) -> None:
-        """Stop minting and release the lease, bringing its fence down to the last tick used. Idempotent."""
+        """Stop minting and release the lease, bringing its fence down to the last tick used. Idempotent.
+
+        In a forked child that never minted, nothing is released: the lease it inherited is the parent's."""
+        self._check_fork(start_lease=False)
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            # No thread opens a tick from here on; one that read the old snapshot takes IDs only in its tick.
+            self._reservation, self._fence_tick = None, -1
             self._publish(_NO_TICK)
             high_water_ms = self.layout.tick_ms(self._tick)  # nothing was minted above it, even if nothing was
         self.lease.close(high_water_ms)

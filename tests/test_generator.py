@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -213,3 +214,25 @@ def test_threads_sharing_a_generator_never_see_a_duplicate(tmp_path: Path) -> No
     assert 0.99 * len(everything) <= minted <= len(everything)  # a take racing a tick change may go uncounted
     assert all(r == sorted(r) for r in results)
     assert overflow_waits > 0
+
+
+def test_without_the_gil_next_ids_takes_the_lock_as_next_id_does(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a free-threaded build ``next()`` on the shared range iterator is not atomic, so no call may take IDs from
+    the snapshot without the lock. (No free-threaded CPython can be installed here: its switch is simulated.)"""
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, clock=clock, window_ms=WINDOW_MS), clock=clock) as gen:
+        gen.next_id()  # the current tick's snapshot now has IDs left
+        results: dict[str, list[int]] = {}
+        calls = {"next_id": lambda: [gen.next_id()], "next_ids": lambda: gen.next_ids(3)}
+        with gen._lock:
+            threads = [threading.Thread(target=lambda k=k: results.update({k: calls[k]()})) for k in calls]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(0.3)
+            assert results == {}, "a call took IDs without the lock"
+        for thread in threads:
+            thread.join(5)
+        assert len(results["next_id"]) == 1 and len(results["next_ids"]) == 3

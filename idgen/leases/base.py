@@ -24,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -32,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
-from typing import Any
+from typing import Any, Self
 
 from idgen.clock import SYSTEM_CLOCK, Clock
 from idgen.errors import ClockUntrusted, LeaseUnavailable
@@ -139,8 +140,12 @@ class Lease(ABC):
         self.address = address
         self.clock = clock
         self.host = socket.gethostname()
-        self.insecure = False  # a backend sets it when it runs without access control by the operator's explicit opt-out
-        self.quarantined: dict[int, str] = {}  # worker ID -> why its records cannot be read; such an ID is never claimed
+        self.insecure = False  # set by a backend running without access control, by the operator's explicit opt-out
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        """The state of one run of the lifecycle: set up by ``__init__`` and, afresh, by :meth:`forked`."""
+        self.quarantined: dict[int, str] = {}  # worker ID -> why its records are unreadable; never claimed
         self._state = LeaseState.ACQUIRING
         self._reason: str | None = None
         self._reservation: Reservation | None = None
@@ -150,6 +155,13 @@ class Lease(ABC):
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def forked(self) -> Self:
+        """For a process forked from this one: an unstarted lease of the same configuration. It shares nothing of
+        this lease's run (claim, threads, locks, connections all stay the parent's) and claims afresh when started."""
+        clone = copy.copy(self)
+        clone._init_runtime()
+        return clone
 
     # -- storage operations, one set per backend ----------------------------------------------------
 
@@ -299,8 +311,13 @@ class Lease(ABC):
         )
 
     def _first_fence(self, after_ms: int) -> int:
-        """The fence a new holder writes: a full window above both the clock and the old fence."""
-        return max(self._now_ms(), after_ms) + self.window_ms
+        """The fence a new holder writes: as far above both the clock and the old fence as an extension puts it, so
+        that the renewal thread has nothing to write right after the claim."""
+        return max(self._now_ms(), after_ms) + self._lead_ms()
+
+    def _lead_ms(self) -> int:
+        """How far above the clock a fence is written: 1.5 windows, so it is extended every half window."""
+        return self.window_ms + self.window_ms // 2
 
     def _acquire_and_wait(self) -> Reservation:
         problem = self._clock_problem()
@@ -377,7 +394,7 @@ class Lease(ABC):
             return 1.0  # do not push the fence ahead on a clock we do not trust
         now = self._now_ms()
         if reservation.fence_ms - now < self.window_ms:
-            fence = now + self.window_ms + self.window_ms // 2
+            fence = now + self._lead_ms()
             try:
                 self._extend(reservation, fence)
             except LeaseLost as exc:

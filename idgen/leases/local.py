@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable
 from idgen.layout import Layout
@@ -68,8 +68,19 @@ class LocalLease(Lease):
                 f"worker IDs {_span(self.worker_ids)} do not fit layout {layout.name!r}"
                 f" (0-{layout.worker_capacity - 1})"
             )
+
+    def _init_runtime(self) -> None:
+        super()._init_runtime()
         self._claim_fd: int | None = None
         self._holders: list[Holder] = []
+
+    def forked(self) -> Self:
+        clone = super().forked()
+        if self._claim_fd is not None:
+            # The child's copy of the descriptor shares the parent's flock: closing it here leaves the parent's claim
+            # alone, and lets the worker ID go free once the parent lets go of it.
+            os.close(self._claim_fd)
+        return clone
 
     # -- storage operations -------------------------------------------------------------------------
 

@@ -213,7 +213,11 @@ class ZkLease(Lease):
         self.session_timeout_s = session_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_skew_ms = max_skew_ms
+
+    def _init_runtime(self) -> None:
+        super()._init_runtime()
         self.skew_ms: float | None = None
+        # A forked child must not touch its copy of the parent's client: its socket is the parent's session.
         self._client: KazooClient | None = None
         self._ns: Namespace | None = None
         self._fence_version = -1
