@@ -471,6 +471,10 @@ def test_with_the_server_frozen_every_call_returns_within_its_bound(fresh_zk: Zk
                     call()
                 assert time.monotonic() - began < bound_s + 0.5, name
             began = time.monotonic()
+            with pytest.raises(LeaseUnavailable, match=f"cannot reach ZooKeeper .* within {bound_s:g} s"):
+                Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, fresh_zk.hosts, "/frozen", **options))  # connect
+            assert time.monotonic() - began < bound_s + 0.5
+            began = time.monotonic()
             gen.close()  # the release gives up within its bound (the fence stays where it was, which is safe)
             assert time.monotonic() - began < options["session_timeout_s"]  # then kazoo's close: 2/3 of it
         finally:

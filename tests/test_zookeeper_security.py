@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -24,8 +25,8 @@ from kazoo.exceptions import NoAuthError
 from serverproc import ServerProcess as Server
 from zkharness import TEST_CREDENTIALS
 
-from idgen import DEFAULT_LAYOUT, Generator
-from idgen.errors import InvalidInput
+from idgen import DEFAULT_LAYOUT, Generator, Layout
+from idgen.errors import InvalidInput, LeaseUnavailable
 from idgen.leases.zookeeper import ZkLease, connected
 
 NO_CREDENTIALS = {"IDGEN_ZK_AUTH": "", "IDGEN_ZK_AUTH_FILE": ""}
@@ -209,6 +210,28 @@ def test_unreadable_records_quarantine_their_worker_ids_and_the_others_still_wor
     traced = idgen("decode", str(DEFAULT_LAYOUT.compose(1, 4, 0)), *zk)
     assert traced.returncode == 1
     assert "history of worker 4" in one_line(traced) and "unreadable" in traced.stderr
+
+
+def test_a_quarantined_worker_id_is_logged_once_however_often_acquisition_passes_over_it(
+    zk_hosts: str, zk_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    tiny = Layout("tiny", (("time", 41), ("worker_id", 2), ("sequence", 20)), epoch_ms=DEFAULT_LAYOUT.epoch_ms)
+    with Generator(tiny, ZkLease(tiny, zk_hosts, zk_namespace, auth=TEST_CREDENTIALS)) as holder:
+        assert holder.worker_id == 0  # it holds worker 0; workers 1-3 get unreadable fences
+        with connected(zk_hosts, TEST_CREDENTIALS) as client:
+            for worker_id in (1, 2, 3):
+                client.create(f"{zk_namespace}/fences/{worker_id}", b"[]")
+        caplog.set_level(logging.ERROR, logger="idgen.lease")
+        lease = ZkLease(tiny, zk_hosts, zk_namespace, auth=TEST_CREDENTIALS)
+        try:
+            for _ in range(3):  # three acquisition passes
+                with pytest.raises(LeaseUnavailable, match=r"all 4 worker IDs .* \(3 of them quarantined"):
+                    lease.start(lambda _: None)
+            assert sorted(lease.quarantined) == [1, 2, 3]
+            logged = [r.worker_id for r in caplog.records if getattr(r, "event", None) == "worker_id_quarantined"]
+            assert sorted(logged) == [1, 2, 3]
+        finally:
+            lease.close()
 
 
 def test_a_garbage_layout_node_is_one_line(zk_hosts: str, zk_namespace: str) -> None:

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -131,14 +132,21 @@ def connect(
         auth_data=[("digest", auth)] if auth else None,
         default_acl=[digest_acl(auth)] if auth else None,
     )
+    detail = ""
     try:
-        client.start(timeout=connect_timeout_s)
-    except (KazooTimeoutError, KazooException, OSError) as exc:
-        client.stop()
-        client.close()
-        detail = "" if isinstance(exc, KazooTimeoutError) else f" ({exc})"
-        raise LeaseUnavailable(f"cannot reach ZooKeeper at {hosts} within {connect_timeout_s:g} s{detail}") from None
-    return client
+        client.start_async().wait(connect_timeout_s)
+    except (KazooException, OSError) as exc:
+        detail = f" ({exc})"
+    if client.connected:
+        return client
+    # kazoo's stop() waits up to 10 s for a server that accepted the connection but never answered (frozen): not here
+    threading.Thread(target=_discard, args=(client,), name="idgen-zk-discard", daemon=True).start()
+    raise LeaseUnavailable(f"cannot reach ZooKeeper at {hosts} within {connect_timeout_s:g} s{detail}")
+
+
+def _discard(client: KazooClient) -> None:
+    client.stop()
+    client.close()
 
 
 @contextlib.contextmanager
