@@ -14,7 +14,7 @@ refuses a namespace whose nodes anyone may write):
 
 Every record is parsed strictly: a worker ID whose fence or history is torn, not JSON or wrongly typed is
 *quarantined* (never claimed, reported), never taken for "never used". Every ZooKeeper call has a time bound
-(``call_timeout_s``); a timeout is :class:`LeaseUnavailable`.
+(``connect_timeout_s``); a timeout is :class:`LeaseUnavailable`.
 
 Session states (kazoo) map onto the lease states: SUSPENDED keeps minting up to the reserved fence and
 extends nothing; LOST stops minting at once and acquires afresh; CONNECTED after SUSPENDED resumes.
