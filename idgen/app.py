@@ -131,6 +131,15 @@ class Metrics:
             **_PER_PROCESS,
         )
         self.ready = Gauge("idgen_ready", "1 while /readyz answers 200.", registry=registry, **_PER_PROCESS)
+        self.zk_insecure = Gauge(
+            "idgen_zk_insecure", "1 if ZooKeeper runs without credentials.", registry=registry, **_PER_PROCESS
+        )
+        self.quarantined = Gauge(
+            "idgen_quarantined_worker_ids",
+            "Worker IDs never claimed because their records cannot be read.",
+            registry=registry,
+            **_PER_PROCESS,
+        )
         if multiprocess_dir:
             self.exposition = CollectorRegistry()
             MultiProcessCollector(self.exposition, path=multiprocess_dir)
@@ -457,6 +466,8 @@ class Service:
         metrics.worker_id.set(reservation.worker_id if reservation else -1)
         metrics.fence_headroom.set((reservation.fence_ms - time.time() * 1000) / 1000 if reservation else 0)
         metrics.ready.set(1 if ready else 0)
+        metrics.zk_insecure.set(1 if self.lease.insecure else 0)
+        metrics.quarantined.set(len(self.lease.quarantined))
         metrics.flush()
         self._sync_counters()
         if ready != self._was_ready:

@@ -1,4 +1,4 @@
-"""The ``idgen`` command line: mint, decode, layouts, leases, serve.
+"""The ``idgen`` command line: mint, decode, layouts, leases, zk-secure, serve.
 
 Every option can also be set through an environment variable (``IDGEN_`` + the option name in upper case,
 for example ``IDGEN_STATE_DIR``); a command-line option wins. Errors are one line on stderr:
@@ -30,11 +30,14 @@ from idgen.leases.zookeeper import (
     DEFAULT_SESSION_TIMEOUT_S,
     ZK_AUTH_ENV,
     ZK_AUTH_FILE_ENV,
+    ZK_INSECURE_ENV,
+    ZK_INSECURE_FLAG,
     Namespace,
     ZkLease,
     connected,
     credentials_from_env,
     explain,
+    required_credentials,
 )
 
 EXIT_UNAVAILABLE = 1
@@ -69,8 +72,14 @@ def _add_zookeeper(parser: argparse.ArgumentParser, required: bool = False) -> N
         default=_env("zk"),
         required=required and not _env("zk"),
         metavar="HOSTS",
-        help="ZooKeeper hosts, host:port[,host:port...] (env IDGEN_ZK); credentials come only from the"
-        f" environment: {ZK_AUTH_ENV}=user:password or {ZK_AUTH_FILE_ENV}=FILE",
+        help="ZooKeeper hosts, host:port[,host:port...] (env IDGEN_ZK); credentials are required and come only from"
+        f" the environment: {ZK_AUTH_ENV}=user:password or {ZK_AUTH_FILE_ENV}=FILE",
+    )
+    parser.add_argument(
+        ZK_INSECURE_FLAG,
+        action="store_true",
+        help=f"with {ZK_INSECURE_ENV}=1 as well, use ZooKeeper without credentials: anyone who reaches it can delete"
+        " claims and fences, and duplicate IDs follow (never in production)",
     )
     parser.add_argument(
         "--namespace",
@@ -123,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     leases.add_argument("--json", action="store_true", help="print JSON")
     _add_zookeeper(leases, required=True)
     leases.set_defaults(run=_leases)
+
+    secure = commands.add_parser(
+        "zk-secure", help="restrict a ZooKeeper namespace's world-writable nodes to the credentials in the environment"
+    )
+    _add_zookeeper(secure, required=True)
+    secure.set_defaults(run=_zk_secure)
 
     serve = commands.add_parser("serve", help="run the HTTP service (GET /id, /decode/{id}, /readyz, /metrics, ...)")
     serve.add_argument(
@@ -207,11 +222,13 @@ def lease_from_args(args: argparse.Namespace, address: str | None = None) -> Lea
     layout = _layout(args)
     if args.zk:
         session_timeout_s = getattr(args, "zk_session_timeout", None) or DEFAULT_SESSION_TIMEOUT_S
+        auth = required_credentials(args.zk_insecure_no_auth)
         return ZkLease(
             layout,
             args.zk,
             args.namespace,
-            auth=credentials_from_env(),
+            auth=auth,
+            insecure=auth is None,
             address=address,
             session_timeout_s=session_timeout_s,
         )
@@ -230,8 +247,8 @@ def _layout(args: argparse.Namespace) -> Layout:
 
 
 @contextlib.contextmanager
-def _namespace(args: argparse.Namespace) -> Iterator[Namespace]:
-    with connected(args.zk, credentials_from_env()) as client:
+def _namespace(args: argparse.Namespace, auth: str | None = None) -> Iterator[Namespace]:
+    with connected(args.zk, auth or required_credentials(args.zk_insecure_no_auth)) as client:
         yield Namespace(client, args.namespace)
 
 
@@ -279,6 +296,17 @@ def _leases(args: argparse.Namespace) -> None:
         live = described["leases"].get(worker)
         holder = f"{live['host']} pid {live['pid']} since {iso_ms(live['started_ms'])}" if live else "(free)"
         print(f"{worker:>6}  {iso_ms(fence_ms):<24}  {holder}")
+    for worker, why in described["quarantined"].items():
+        print(f"{worker:>6}  QUARANTINED: {why}")
+
+
+def _zk_secure(args: argparse.Namespace) -> None:
+    auth = credentials_from_env()
+    if auth is None:
+        raise InvalidInput(f"zk-secure needs the credentials to secure with: set {ZK_AUTH_ENV} or {ZK_AUTH_FILE_ENV}")
+    with _namespace(args, auth) as namespace:
+        changed = namespace.secure(auth)
+    print(f"secured {len(changed)} nodes of {namespace.path}")
 
 
 def _layouts(args: argparse.Namespace) -> None:

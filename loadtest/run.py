@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from check import render, summarize
 from serverproc import serve_command, wait_http_ok
-from zkharness import ZkEnsemble, free_port
+from zkharness import TEST_CREDENTIALS, ZkEnsemble, free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                         serve_command(port, "--zk", ensemble.hosts, "--namespace", namespace),
                         stdout=log,
                         stderr=subprocess.STDOUT,
+                        env={**os.environ, "IDGEN_ZK_AUTH": TEST_CREDENTIALS},  # ZooKeeper's nodes are idgen's alone
                     )
                 )
                 urls.append(f"http://127.0.0.1:{port}")

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from holder import HolderProcess
-from zkharness import ZkEnsemble, ZkServer
+from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
 
 from idgen import Layout
+from idgen.leases.zookeeper import ZK_AUTH_ENV, ZK_AUTH_FILE_ENV, connected
+
+# Every idgen process the tests start talks to ZooKeeper with credentials, as deployments do (DEPLOY.md).
+os.environ[ZK_AUTH_ENV] = TEST_CREDENTIALS
+os.environ.pop(ZK_AUTH_FILE_ENV, None)
 
 # --- worker processes ---
 
@@ -47,6 +53,8 @@ def zk_server() -> Iterator[ZkServer]:
     server = ZkServer(name="zk-session")
     try:
         server.start()
+        with connected(server.hosts) as client:
+            client.ensure_path(ZK_NAMESPACE_ROOT)  # open to all, so tests with and without credentials share it
         yield server
     finally:
         server.stop()

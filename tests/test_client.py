@@ -24,9 +24,11 @@ from kazoo.client import KazooClient
 from prometheus_client.parser import text_string_to_metric_families
 from serverproc import ServerProcess as Server
 from serverproc import wait_until
+from zkharness import TEST_CREDENTIALS
 
 from idgen import FORMS, InvalidInput, Unavailable, decode, parse_id
 from idgen.client import AllServersFailed, AsyncClient, Client, ClientClosed, ServerStatus
+from idgen.leases.zookeeper import connect as zk_connect
 
 T = TypeVar("T")
 
@@ -380,8 +382,7 @@ def make_unready(hosts: str, namespace: str, victim: int, spare: int) -> KazooCl
     """Take the ZooKeeper lease of worker ID ``victim`` away from its server, and hold every other worker ID except
     ``spare``: the server finds its lease lost at its next fence extension and cannot lease another, so it answers
     503 until the returned client is stopped."""
-    client = KazooClient(hosts=hosts)
-    client.start(timeout=15)
+    client = zk_connect(hosts, TEST_CREDENTIALS, connect_timeout_s=15)
     claim = json.dumps({"host": "test", "pid": 0, "lease_id": "held-by-the-test"}).encode()
     creates = [
         client.create_async(f"{namespace}/leases/{w}", claim, ephemeral=True)

@@ -98,8 +98,14 @@ def serve_option_env() -> dict[str, str]:
 
 
 def server_env_names() -> set[str]:
-    """Every ``IDGEN_*`` variable the server reads: the ``serve`` options' plus the ZooKeeper credentials'."""
-    return {*serve_option_env().values(), zookeeper.ZK_AUTH_ENV, zookeeper.ZK_AUTH_FILE_ENV}
+    """Every ``IDGEN_*`` variable the server reads: the ``serve`` options' plus the ZooKeeper credentials' and the
+    second half of the insecure opt-out."""
+    return {*serve_option_env().values(), zookeeper.ZK_AUTH_ENV, zookeeper.ZK_AUTH_FILE_ENV, zookeeper.ZK_INSECURE_ENV}
+
+
+#: ``serve`` options deliberately not settable through a variable: running ZooKeeper without credentials takes both
+#: this flag and ``IDGEN_ZK_INSECURE_NO_AUTH=1``, so an environment alone (an image, a manifest) can never opt out.
+COMMAND_LINE_ONLY = {zookeeper.ZK_INSECURE_FLAG.removeprefix("--").replace("-", "_")}
 
 
 def loadtest_env_names() -> set[str]:
@@ -134,7 +140,7 @@ def test_every_serve_option_can_be_set_through_its_environment_variable() -> Non
     """The image is configured by environment only, so an option without a variable could not be set there."""
     with idgen_env():
         options = {a.dest for a in serve_parser()._actions if a.option_strings and a.dest != "help"}
-    assert options - set(serve_option_env()) == set()
+    assert options - set(serve_option_env()) == COMMAND_LINE_ONLY
     assert {"IDGEN_PORT", "IDGEN_ZK", "IDGEN_NAMESPACE"} <= server_env_names()  # the derivation found something
 
 
@@ -490,6 +496,21 @@ def test_compose_workers_share_one_namespace_on_the_ensemble_and_use_only_names_
         assert len({env.get(key) for env in envs.values()}) == 1, key
 
 
+def test_compose_workers_use_zookeeper_credentials_from_a_secret_file() -> None:
+    """Without credentials the workers would refuse to start; never the insecure opt-out."""
+    secrets = compose().get("secrets", {})
+    for name, service in compose_services("idgen").items():
+        env = environment(service)
+        assert zookeeper.ZK_AUTH_ENV not in env and zookeeper.ZK_INSECURE_ENV not in env, name
+        path = Path(env[zookeeper.ZK_AUTH_FILE_ENV])
+        assert path.parent == Path("/run/secrets") and path.name in service.get("secrets", []), name
+        source = COMPOSE.parent / secrets[path.name]["file"]
+        user, _, password = source.read_text().strip().partition(":")
+        assert user and password, f"{source} must hold user:password"
+    sources = {s["file"] for s in secrets.values()}
+    assert len(sources) == 1, "one set of credentials for the whole namespace"
+
+
 def test_compose_worker_ports_healthchecks_and_stop_grace_match_the_server(app_routes: set[str]) -> None:
     for name, service in compose_services("idgen").items():
         port = container_port(service)
@@ -625,6 +646,7 @@ def test_no_service_link_variable_can_shadow_an_idgen_variable() -> None:
 def test_zookeeper_credentials_come_from_the_secret_as_a_file() -> None:
     env = container_env()
     assert zookeeper.ZK_AUTH_ENV not in env, "a plain credential in the pod spec; use the Secret file"
+    assert zookeeper.ZK_INSECURE_ENV not in env, "pods run with credentials, never the insecure opt-out"
     path = Path(env[zookeeper.ZK_AUTH_FILE_ENV]["value"])
     mounts = {Path(m["mountPath"]): m for m in container()["volumeMounts"]}
     (mount_path,) = (m for m in mounts if path.is_relative_to(m))

@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kazoo.client import KazooClient
 from serverproc import REPO, Reply, wait_until
 from serverproc import ServerProcess as Server
 from test_http import assert_error
-from zkharness import ZkServer
+from zkharness import TEST_CREDENTIALS, ZkServer
 
 from idgen import decode
+from idgen.leases.zookeeper import connect
 
 
 def record(state_dir: Path, worker_id: int) -> dict[str, Any]:
@@ -291,8 +291,7 @@ def test_readiness_follows_the_zookeeper_session(fresh_zk: ZkServer) -> None:
     with Server("--zk", fresh_zk.hosts, "--namespace", namespace, "--zk-session-timeout", "2") as server:
         info = server.get("/info").json()
         worker, old_lease = info["worker_id"], info["lease"]["lease_id"]
-        client = KazooClient(hosts=fresh_zk.hosts)
-        client.start(timeout=15)
+        client = connect(fresh_zk.hosts, TEST_CREDENTIALS, connect_timeout_s=15)
         try:
             claim = json.dumps({"host": "test", "pid": 0, "lease_id": "held-by-the-test"}).encode()
             spare = (worker + 1) % 1024

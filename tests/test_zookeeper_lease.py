@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoAuthError
-from zkharness import ZkEnsemble, ZkServer
+from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
 
 from idgen import DEFAULT_LAYOUT, PRESETS, Generator, Layout, decode
 from idgen.clock import ManualClock
@@ -26,7 +26,7 @@ from idgen.leases.zookeeper import Namespace, ZkLease, connected
 EPOCH = DEFAULT_LAYOUT.epoch_ms
 TINY = Layout("tiny", (("time", 41), ("worker_id", 2), ("sequence", 20)), epoch_ms=EPOCH)  # 4 worker IDs
 SOLO = Layout("solo", (("time", 41), ("sequence", 22)), epoch_ms=EPOCH)  # 1 worker ID: every holder reuses it
-FAST = {"window_ms": 1_000, "session_timeout_s": 2.0}
+FAST = {"window_ms": 1_000, "session_timeout_s": 2.0, "auth": TEST_CREDENTIALS}
 
 
 def poll(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
@@ -68,7 +68,7 @@ def test_twenty_processes_starting_at_once_get_distinct_worker_ids(
     started = [spawn_holder(DEFAULT_LAYOUT, zk=zk_hosts, namespace=zk_namespace, options=FAST) for _ in range(20)]
     workers = [h.ready().worker_id for h in started]
     assert sorted(workers) == list(range(20))  # all distinct, and never-used IDs first
-    with connected(zk_hosts) as client:
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
         leases = Namespace(client, zk_namespace).live_leases()
     assert {w: h.pid for w, h in leases.items()} == {h.worker_id: h.pid for h in started}
 
@@ -87,7 +87,7 @@ def test_a_dead_holders_worker_id_is_recycled_and_the_new_holder_mints_above_its
 ) -> None:
     dead = spawn_holder(SOLO, zk=zk_hosts, namespace=zk_namespace, options=FAST).ready()
     dead.kill()  # kill -9: its ephemeral claim lives until the session times out (2 s)
-    with connected(zk_hosts) as client:
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
         namespace = Namespace(client, zk_namespace)
         fence = namespace.fences()[0]
         assert fence > stamp(dead.first_id, SOLO)
@@ -141,7 +141,7 @@ def test_real_session_expiry_stops_minting_and_resumes_under_a_new_lease(
     changes = [r for r in published if r is None or r.lease_id != old.lease_id]
     assert changes[0] is None  # minting was stopped before anything else happened
     assert changes[1].lease_id == new.lease_id
-    with connected(zk_hosts) as client:
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
         assert client.exists(f"{zk_namespace}/leases/{old.worker_id}") is None or new.worker_id == old.worker_id
         assert Namespace(client, zk_namespace).live_leases()[new.worker_id].lease_id == new.lease_id
     after = poll(lambda: gen.next_ids(100), what="minting to resume")
@@ -220,7 +220,7 @@ def test_a_clock_behind_the_previous_holders_fence_waits_or_is_not_ready_and_nev
         SOLO, ZkLease(SOLO, zk_hosts, zk_namespace, **FAST, clock=ahead, max_skew_ms=5_000), clock=ahead
     ) as a:
         last_of_a = a.next_ids(10)[-1]
-    with connected(zk_hosts) as client:
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
         fence_of_a = Namespace(client, zk_namespace).fences()[0]
     assert fence_of_a >= stamp(last_of_a, SOLO) > time.time() * 1000
 
@@ -246,7 +246,7 @@ def test_a_clock_skewed_from_zookeepers_is_not_ready_with_the_reason(
     assert gen.lease.skew_ms == pytest.approx(5_000, abs=1_000)  # the manual clock stands still; real time does not
     with pytest.raises(NoLease, match="differs from ZooKeeper's"):
         gen.next_id()
-    with connected(zk_hosts) as client:
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
         assert Namespace(client, zk_namespace).fences() == {}  # nothing was claimed on a bad clock
 
 
@@ -259,7 +259,7 @@ def test_a_namespace_keeps_one_layout(zk_hosts: str, zk_namespace: str, generato
 def test_acls_refuse_a_client_without_the_credentials(
     zk_hosts: str, zk_namespace: str, generators: list[Generator]
 ) -> None:
-    gen = zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace, auth="idgen:s3cret")
+    gen = zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace)
     worker = gen.worker_id
     outsider = KazooClient(hosts=zk_hosts)
     outsider.start(timeout=5)
@@ -323,10 +323,10 @@ def test_history_keeps_the_configured_number_of_holders(zk_hosts: str, zk_namesp
     for _ in range(4):
         with Generator(SOLO, ZkLease(SOLO, zk_hosts, zk_namespace, **FAST, history_size=3)) as gen:
             ids.append(gen.next_id())
-    with connected(zk_hosts) as client:
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
         holders = Namespace(client, zk_namespace).holders(0)
     assert len(holders) == 3
-    lease = ZkLease(SOLO, zk_hosts, zk_namespace)
+    lease = ZkLease(SOLO, zk_hosts, zk_namespace, auth=TEST_CREDENTIALS)
     try:
         assert lease.trace(0, stamp(ids[0], SOLO)) is None  # the oldest holder fell out of the history
         assert [lease.trace(0, stamp(i, SOLO)).lease_id for i in ids[1:]] == [h.lease_id for h in holders]
@@ -381,9 +381,9 @@ def test_without_layout_the_cli_uses_the_namespaces_layout(
 def test_wrong_credentials_are_one_clear_error_in_the_lease_and_the_cli(
     zk_hosts: str, zk_namespace: str, generators: list[Generator]
 ) -> None:
-    zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace, auth="idgen:s3cret")
+    zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace)
     with pytest.raises(LeaseUnavailable, match=r"ZooKeeper refused access \(wrong or missing credentials"):
-        Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, zk_hosts, zk_namespace, **FAST, auth="idgen:wrong"))
+        Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, zk_hosts, zk_namespace, **{**FAST, "auth": "idgen:wrong"}))
     for command in (["leases"], ["decode", "1"], ["mint"]):
         result = subprocess.run(
             [sys.executable, "-m", "idgen.cli", *command, "--zk", zk_hosts, "--namespace", zk_namespace],
@@ -394,3 +394,103 @@ def test_wrong_credentials_are_one_clear_error_in_the_lease_and_the_cli(
         )
         assert result.returncode == 1, result.stderr
         assert result.stderr.startswith("idgen: error: ZooKeeper refused access") and result.stderr.count("\n") == 1
+
+
+# -- the clock check, time bounds, a lost claim ----------------------------------------------------------------------
+
+
+class OffsetClock:
+    """The host's wall clock moved by ``offset_ms``, which the test may change while the lease runs; ``read`` is set
+    at every reading. A real clock read, not a model of one."""
+
+    def __init__(self, offset_ms: float = 0) -> None:
+        self.offset_ms = offset_ms
+        self.read = threading.Event()
+
+    def now_ns(self) -> int:
+        self.read.set()
+        return time.time_ns() + int(self.offset_ms * 1_000_000)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+@pytest.mark.parametrize(("offset_ms", "step_ms"), [(1_500, 0), (0, 8_000)], ids=["slow write", "clock step"])
+def test_a_slow_write_or_a_clock_step_during_the_clock_check_does_not_pass_a_skewed_clock(
+    fresh_zk: ZkServer, offset_ms: int, step_ms: int
+) -> None:
+    """The server is frozen for 2 s while it holds the clock check's write. With a wall clock 1.5 s ahead, or one
+    stepped 8 s ahead during the write, the check must not pass: no worker ID is claimed."""
+    clock = OffsetClock(offset_ms)
+    lease = ZkLease(DEFAULT_LAYOUT, fresh_zk.hosts, "/clock", **{**FAST, "session_timeout_s": 10.0}, clock=clock)
+    assert lease.namespace  # connected and bound: the next request is the clock check's write
+    clock.read.clear()
+    fresh_zk.pause()
+
+    def slow_write() -> None:
+        clock.read.wait(10)  # the check has read the clock and sent its write to the frozen server
+        clock.offset_ms += step_ms
+        time.sleep(2.0)  # the fault itself: a write that takes 2 s
+        fresh_zk.resume()
+
+    thawing = threading.Thread(target=slow_write)
+    thawing.start()
+    try:
+        assert lease.start(lambda _: None) is None
+        state, _, reason = lease.status().state, None, lease.status().reason
+        assert state is LeaseState.ACQUIRING and reason, reason
+    finally:
+        thawing.join()
+        lease.close()
+    with connected(fresh_zk.hosts, TEST_CREDENTIALS) as client:
+        assert Namespace(client, "/clock").fences() == {}  # nothing was claimed on that clock
+
+
+def test_with_the_server_frozen_every_call_returns_within_its_bound(fresh_zk: ZkServer) -> None:
+    bound_s = 0.5
+    options = {**FAST, "session_timeout_s": 10.0, "connect_timeout_s": bound_s}  # kazoo itself gives up after 6.7 s
+    gen = Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, fresh_zk.hosts, "/frozen", **options))
+    waiting = ZkLease(DEFAULT_LAYOUT, fresh_zk.hosts, "/frozen", **options)
+    assert waiting.namespace  # connected and bound
+    with connected(fresh_zk.hosts, TEST_CREDENTIALS) as client:
+        view = Namespace(client, "/frozen", timeout_s=bound_s)
+        calls: dict[str, Callable[[], Any]] = {
+            "acquisition": lambda: waiting.start(lambda _: None),
+            "claim": lambda: waiting._acquire(waiting._new_holder()),
+            "history": lambda: gen.lease.holders(gen.worker_id),
+            "live leases": view.live_leases,
+            "fences": view.fences,
+            "layout": view.layout,
+            "describe": view.describe,
+        }
+        fresh_zk.pause()
+        try:
+            for name, call in calls.items():
+                began = time.monotonic()
+                with pytest.raises(LeaseUnavailable, match=f"did not answer .* within {bound_s:g} s"):
+                    call()
+                assert time.monotonic() - began < bound_s + 0.5, name
+            began = time.monotonic()
+            with pytest.raises(LeaseUnavailable, match=f"cannot reach ZooKeeper .* within {bound_s:g} s"):
+                Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, fresh_zk.hosts, "/frozen", **options))  # connect
+            assert time.monotonic() - began < bound_s + 0.5
+            began = time.monotonic()
+            gen.close()  # the release gives up within its bound (the fence stays where it was, which is safe)
+            assert time.monotonic() - began < options["session_timeout_s"]  # then kazoo's close: 2/3 of it
+        finally:
+            fresh_zk.resume()
+            waiting.close()
+
+
+def test_after_a_lost_lease_its_claim_is_dropped_while_the_session_lives(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+) -> None:
+    gen = zk_generator(generators, TINY, zk_hosts, zk_namespace)
+    old = gen.lease.status().reservation
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        fence = f"{zk_namespace}/fences/{old.worker_id}"
+        record = json.loads(client.get(fence)[0])
+        client.set(fence, json.dumps({**record, "lease_id": "not-yours"}).encode())  # the next extension fails
+        new = poll(lambda: (r := gen.lease.status().reservation) and r.lease_id != old.lease_id and r, what="a lease")
+        assert new.worker_id != old.worker_id
+        assert client.exists(f"{zk_namespace}/leases/{old.worker_id}") is None  # not held until the process exits

@@ -47,6 +47,7 @@ from types import TracebackType
 __all__ = [
     "DEFAULT_JVM_OPTIONS",
     "JAVA_DIR",
+    "TEST_CREDENTIALS",
     "ZkEnsemble",
     "ZkServer",
     "four_letter_word",
@@ -70,6 +71,10 @@ DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
     "-Dorg.slf4j.simpleLogger.showDateTime=true",
     "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
 )
+
+#: The digest credentials (``user:password``) idgen uses in the tests, the fault suite and the load test, as an
+#: operator sets them in ``IDGEN_ZK_AUTH``: idgen refuses ZooKeeper without credentials unless told otherwise.
+TEST_CREDENTIALS = "idgen-test:not-a-secret"
 
 _LOCALHOST = "127.0.0.1"
 _MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"

@@ -20,9 +20,10 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from loadclient import Target
 from serverproc import ServerProcess, wait_until
+from zkharness import TEST_CREDENTIALS
 
 from idgen import DEFAULT_LAYOUT, Generator, Layout
-from idgen.leases.zookeeper import ZkLease, connected
+from idgen.leases.zookeeper import ZK_AUTH_ENV, ZkLease, connected
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -38,7 +39,7 @@ TINY = Layout("tiny", (("time", 41), ("worker_id", 2), ("sequence", 20)), epoch_
 
 class IdgenServer(ServerProcess):
     """A named server of a scenario: :class:`ServerProcess` plus the load client's target, readiness and the
-    signals the scenarios send."""
+    signals the scenarios send. It talks to ZooKeeper with :data:`TEST_CREDENTIALS`, as deployments do."""
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class IdgenServer(ServerProcess):
         env: Mapping[str, str] | None = None,
         netns: str | None = None,
     ) -> None:
+        env = {ZK_AUTH_ENV: TEST_CREDENTIALS, **(env or {})}
         super().__init__(*args, name=name, host=host, env=env, netns=netns)
 
     @property
@@ -108,14 +110,14 @@ def close_all(servers: list[IdgenServer]) -> None:
 def create_namespace(hosts: str, namespace: str, layout: Layout) -> None:
     """Bind ``namespace`` to ``layout``: lease a worker ID in-process, mint one ID (so that the release brings its
     fence down to now) and release it. Servers started without ``--layout`` then take this layout."""
-    with Generator(layout, ZkLease(layout, hosts, namespace)) as generator:
+    with Generator(layout, ZkLease(layout, hosts, namespace, auth=TEST_CREDENTIALS)) as generator:
         generator.next_id()
 
 
 @contextlib.contextmanager
 def zk_client(hosts: str) -> Iterator[KazooClient]:
-    """A kazoo client of the test's own, to watch the namespace."""
-    with connected(hosts) as client:
+    """A kazoo client of the test's own, with idgen's credentials, to watch the namespace."""
+    with connected(hosts, TEST_CREDENTIALS) as client:
         yield client
 
 

@@ -1,0 +1,252 @@
+"""ZooKeeper that strangers cannot write, and records that idgen cannot read: on real servers, as users run idgen.
+
+- Without credentials ``serve`` and every command that talks to ZooKeeper refuse to start, unless the operator opts
+  out with both ``--zk-insecure-no-auth`` and ``IDGEN_ZK_INSECURE_NO_AUTH=1``; the opt-out shows in the log,
+  ``/info`` and ``/metrics``.
+- With credentials, a namespace whose nodes anyone may write is refused, and ``idgen zk-secure`` fixes it.
+- A worker ID whose fence or history cannot be read is never claimed, and is reported; hostile znode names crash
+  nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+from serverproc import ServerProcess as Server
+from zkharness import TEST_CREDENTIALS
+
+from idgen import DEFAULT_LAYOUT, Generator, Layout
+from idgen.errors import InvalidInput, LeaseUnavailable
+from idgen.leases.zookeeper import ZkLease, connected
+
+NO_CREDENTIALS = {"IDGEN_ZK_AUTH": "", "IDGEN_ZK_AUTH_FILE": ""}
+OPT_OUT_ENV = {**NO_CREDENTIALS, "IDGEN_ZK_INSECURE_NO_AUTH": "1"}
+
+
+def idgen(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "idgen.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr
+
+
+@pytest.fixture
+def anonymous(zk_hosts: str) -> Iterator[KazooClient]:
+    """A kazoo client without credentials: anyone who can reach ZooKeeper."""
+    client = KazooClient(hosts=zk_hosts)
+    client.start(timeout=15)
+    yield client
+    client.stop()
+    client.close()
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+    assert found, f"{name} not in /metrics"
+    return float(found.group(1))
+
+
+# -- credentials are required -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "env"),
+    [
+        (["mint"], NO_CREDENTIALS),
+        (["decode", "1"], NO_CREDENTIALS),
+        (["leases"], NO_CREDENTIALS),
+        (["zk-secure"], NO_CREDENTIALS),
+        (["serve", "--host", "127.0.0.1", "--port", "0"], NO_CREDENTIALS),
+        (["mint", "--zk-insecure-no-auth"], NO_CREDENTIALS),  # half an opt-out is none
+        (["serve", "--host", "127.0.0.1", "--port", "0"], OPT_OUT_ENV),
+        (["zk-secure", "--zk-insecure-no-auth"], OPT_OUT_ENV),  # securing needs the credentials to secure with
+    ],
+)
+def test_serve_and_every_zookeeper_command_refuse_to_start_without_credentials(
+    zk_hosts: str, zk_namespace: str, command: list[str], env: dict[str, str]
+) -> None:
+    result = idgen(*command, "--zk", zk_hosts, "--namespace", zk_namespace, env=env)
+    assert result.returncode == 2
+    assert "IDGEN_ZK_AUTH" in one_line(result)
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        assert client.exists(zk_namespace) is None  # refused before touching ZooKeeper
+
+
+def test_the_library_lease_needs_credentials_or_an_explicit_opt_out(zk_hosts: str, zk_namespace: str) -> None:
+    with pytest.raises(InvalidInput, match=r"auth='user:password', or insecure=True"):
+        ZkLease(DEFAULT_LAYOUT, zk_hosts, zk_namespace)
+
+
+def test_the_explicit_opt_out_works_and_shows_in_the_log_info_and_metrics(
+    zk_hosts: str, zk_namespace: str, anonymous: KazooClient
+) -> None:
+    options = ("--zk", zk_hosts, "--namespace", zk_namespace, "--zk-insecure-no-auth")
+    with Server(*options, env=OPT_OUT_ENV) as server:
+        assert server.event("zk_insecure")["level"] == "WARNING"
+        info = server.get("/info").json()
+        assert info["lease"]["insecure"] is True
+        assert metric(server.get("/metrics").body.decode(), "idgen_zk_insecure") == 1
+        assert server.get("/id").status == 200
+        assert anonymous.exists(f"{zk_namespace}/fences/{info['worker_id']}")  # open to anyone, as asked
+    with Server("--zk", zk_hosts, "--namespace", f"{zk_namespace}-secure") as server:
+        assert server.get("/info").json()["lease"]["insecure"] is False
+        assert metric(server.get("/metrics").body.decode(), "idgen_zk_insecure") == 0
+
+
+def test_an_anonymous_client_can_delete_nothing_that_serve_created(
+    zk_hosts: str, zk_namespace: str, anonymous: KazooClient
+) -> None:
+    with Server("--zk", zk_hosts, "--namespace", zk_namespace) as server:
+        worker = server.get("/info").json()["worker_id"]
+        for kind in ("leases", "fences", "history"):
+            with pytest.raises(NoAuthError):
+                anonymous.delete(f"{zk_namespace}/{kind}/{worker}")
+            with pytest.raises(NoAuthError):
+                anonymous.set(f"{zk_namespace}/{kind}/{worker}", b"{}")
+        for node in ("layout", "clock"):
+            with pytest.raises(NoAuthError):
+                anonymous.delete(f"{zk_namespace}/{node}")
+        with pytest.raises(NoAuthError):
+            anonymous.create(f"{zk_namespace}/leases/{worker + 1}", b"", ephemeral=True)
+        assert server.get("/id").status == 200
+
+
+# -- a namespace anyone may write -----------------------------------------------------------------------------------
+
+
+def test_a_world_writable_namespace_is_refused_and_zk_secure_fixes_it(
+    zk_hosts: str, zk_namespace: str, anonymous: KazooClient
+) -> None:
+    with Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, zk_hosts, zk_namespace, insecure=True)) as gen:
+        gen.next_id()  # a namespace made by an idgen run without credentials: every node is world-writable
+    zk = ("--zk", zk_hosts, "--namespace", zk_namespace)
+
+    refused = idgen("mint", *zk)
+    assert refused.returncode == 1
+    line = one_line(refused)
+    assert "world-writable" in line and f"idgen zk-secure --namespace {zk_namespace}" in line
+    server = Server(*zk)
+    assert server.proc.wait(30) == 1
+    assert "world-writable" in server.event("start_failed")["message"]
+
+    fixed = idgen("zk-secure", *zk)
+    assert fixed.returncode == 0, fixed.stderr
+    assert re.fullmatch(rf"secured \d+ nodes of {zk_namespace}\n", fixed.stdout)
+    again = idgen("zk-secure", *zk)
+    assert again.stdout == f"secured 0 nodes of {zk_namespace}\n"
+    minted = idgen("mint", *zk)
+    assert minted.returncode == 0, minted.stderr
+    for path in (f"{zk_namespace}/fences/0", f"{zk_namespace}/history/0", f"{zk_namespace}/layout"):
+        with pytest.raises(NoAuthError):
+            anonymous.delete(path)
+
+
+# -- unreadable records and hostile names ---------------------------------------------------------------------------
+
+CORRUPT = {
+    "fences/0": b'{"fence_ms": 17',  # torn
+    "fences/1": b"null",  # JSON, but not a fence
+    "fences/2": b'{"fence_ms": "soon", "lease_id": "x"}',  # wrongly typed
+    "fences/3": b"\xff\xfe\x00",  # not even text
+    "history/4": b'{"not": "a list"}',  # a history that is not one, and no fence
+    "history/5": b'[{"worker_id": 5, "lease_id": "x", "host": "h", "pid": 1, "address": null, "started_ms": 1,'
+    b' "after_ms": 1}]',  # used once, but its fence is gone
+}
+HOSTILE = ("\u00b2", "-1", "99999", "007", " 8", "x")  # "²".isdigit() is True
+
+
+def test_unreadable_records_quarantine_their_worker_ids_and_the_others_still_work(
+    zk_hosts: str, zk_namespace: str
+) -> None:
+    with Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, zk_hosts, zk_namespace, auth=TEST_CREDENTIALS)) as gen:
+        gen.next_id()
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        for path, data in CORRUPT.items():
+            if client.exists(f"{zk_namespace}/{path}"):
+                client.set(f"{zk_namespace}/{path}", data)
+            else:
+                client.create(f"{zk_namespace}/{path}", data)
+        for kind in ("leases", "fences", "history"):
+            for name in HOSTILE:
+                client.create(f"{zk_namespace}/{kind}/{name}", b"\x00garbage")
+    zk = ("--zk", zk_hosts, "--namespace", zk_namespace)
+
+    with Server(*zk) as server:
+        info = server.get("/info").json()
+        assert info["worker_id"] == 6
+        quarantined = info["lease"]["quarantined"]
+        assert sorted(quarantined, key=int) == ["0", "1", "2", "3", "4", "5"]
+        assert "fence" in quarantined["0"] and "history" in quarantined["4"] and "no fence" in quarantined["5"]
+        assert metric(server.get("/metrics").body.decode(), "idgen_quarantined_worker_ids") == 6
+        logged = [e["worker_id"] for e in server.events if e.get("event") == "worker_id_quarantined"]
+        assert sorted(logged) == [0, 1, 2, 3, 4, 5]
+        assert server.get("/id").status == 200
+
+        listed = idgen("leases", *zk, "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert sorted(json.loads(listed.stdout)["quarantined"], key=int) == ["0", "1", "2", "3", "4", "5"]
+        text = idgen("leases", *zk)
+        assert text.returncode == 0, text.stderr
+        assert len(re.findall(r"^ +[0-5] +QUARANTINED: ", text.stdout, re.MULTILINE)) == 6, text.stdout
+
+    traced = idgen("decode", str(DEFAULT_LAYOUT.compose(1, 4, 0)), *zk)
+    assert traced.returncode == 1
+    assert "history of worker 4" in one_line(traced) and "unreadable" in traced.stderr
+
+
+def test_a_quarantined_worker_id_is_logged_once_however_often_acquisition_passes_over_it(
+    zk_hosts: str, zk_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    tiny = Layout("tiny", (("time", 41), ("worker_id", 2), ("sequence", 20)), epoch_ms=DEFAULT_LAYOUT.epoch_ms)
+    with Generator(tiny, ZkLease(tiny, zk_hosts, zk_namespace, auth=TEST_CREDENTIALS)) as holder:
+        assert holder.worker_id == 0  # it holds worker 0; workers 1-3 get unreadable fences
+        with connected(zk_hosts, TEST_CREDENTIALS) as client:
+            for worker_id in (1, 2, 3):
+                client.create(f"{zk_namespace}/fences/{worker_id}", b"[]")
+        caplog.set_level(logging.ERROR, logger="idgen.lease")
+        lease = ZkLease(tiny, zk_hosts, zk_namespace, auth=TEST_CREDENTIALS)
+        try:
+            for _ in range(3):  # three acquisition passes
+                with pytest.raises(LeaseUnavailable, match=r"all 4 worker IDs .* \(3 of them quarantined"):
+                    lease.start(lambda _: None)
+            assert sorted(lease.quarantined) == [1, 2, 3]
+            logged = [r.worker_id for r in caplog.records if getattr(r, "event", None) == "worker_id_quarantined"]
+            assert sorted(logged) == [1, 2, 3]
+        finally:
+            lease.close()
+
+
+def test_a_garbage_layout_node_is_one_line(zk_hosts: str, zk_namespace: str) -> None:
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        client.create(f"{zk_namespace}/layout", b"\x00garbage", makepath=True)
+    for command in (["leases"], ["decode", "1"], ["mint"]):
+        result = idgen(*command, "--zk", zk_hosts, "--namespace", zk_namespace)
+        assert result.returncode == 1
+        assert "layout" in one_line(result) and "unreadable" in result.stderr
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00idgen:secret", b"", b"no-colon"])
+def test_a_bad_credentials_file_is_one_line(tmp_path: Path, zk_hosts: str, content: bytes) -> None:
+    path = tmp_path / "auth"
+    path.write_bytes(content)
+    result = idgen("leases", "--zk", zk_hosts, env={"IDGEN_ZK_AUTH": "", "IDGEN_ZK_AUTH_FILE": str(path)})
+    assert result.returncode == 2
+    assert "IDGEN_ZK_AUTH_FILE" in one_line(result)
