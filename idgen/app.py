@@ -5,7 +5,8 @@ Routes (all GET; the OpenAPI document in :mod:`idgen.openapi` describes each one
 - ``/id``: ``{"id": "..."}``; with ``?count=N`` ``{"ids": [...]}``, strictly increasing; ``?format=`` picks the
   string form; ``Accept: text/plain`` gives one ID per line. IDs are always strings in JSON.
 - ``/decode/{id}``: what an ID says (the shape of ``idgen decode --json``) plus ``node``, the lease holder that
-  minted it, from the lease history.
+  minted it, from the lease history; when that is null, ``node_reason`` says why no recorded holder minted it, or
+  ``node_error`` why the history could not be read.
 - ``/healthz``, ``/readyz``, ``/info``, ``/metrics`` (Prometheus), ``/openapi.json``.
 
 Invariants:
@@ -322,10 +323,7 @@ class Service:
         except InvalidInput as exc:
             raise BadRequest("invalid_id", str(exc)) from None
         fields: dict[str, Any] = self.layout.decode(value)
-        node, error = await self._trace(fields["worker"], fields["timestamp_ms"])
-        fields["node"] = node
-        if error:
-            fields["node_error"] = error
+        fields.update(await self._trace(fields["worker"], fields["timestamp_ms"]))
         return web.json_response(fields)
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -472,18 +470,20 @@ class Service:
             self.refresh()
             await asyncio.sleep(WATCH_INTERVAL_S)
 
-    async def _trace(self, worker_id: int, unix_ms: int) -> tuple[dict[str, Any] | None, str | None]:
-        """The holder that minted an ID, off the event loop: ``(holder json or None, error or None)``."""
+    async def _trace(self, worker_id: int, unix_ms: int) -> dict[str, Any]:
+        """The ``node`` fields of an ID, looked up off the event loop (:meth:`Traced.to_json`); if the lease history
+        cannot be read, ``node`` is null and ``node_error`` says why."""
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self.lease.trace, worker_id, unix_ms)
         try:
-            holder = await asyncio.wait_for(future, self.trace_timeout_s)
+            traced = await asyncio.wait_for(future, self.trace_timeout_s)
         except TimeoutError:
-            return None, f"the lease history did not answer within {self.trace_timeout_s:g} s"
+            return {"node": None, "node_error": f"the lease history did not answer within {self.trace_timeout_s:g} s"}
         except Exception as exc:
             log.warning("lease history lookup failed: %s", exc, extra={"event": "trace_failed"})
-            return None, f"the lease history could not be read: {' '.join(str(exc).split()) or type(exc).__name__}"
-        return (holder.to_json() if holder else None), None
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            return {"node": None, "node_error": f"the lease history could not be read: {why}"}
+        return traced.to_json()
 
     async def _start(self, _app: web.Application) -> None:
         self._watcher = asyncio.create_task(self._watch(), name="idgen-readiness")

@@ -166,6 +166,13 @@ class Namespace:
     def holders(self, worker_id: int) -> list[Holder]:
         return [Holder.from_json(h) for h in self._get(self.node("history", worker_id)) or []]
 
+    def fence(self, worker_id: int) -> int | None:
+        """The fence of ``worker_id`` as of now: ``sync`` first, since this client's server may lag the leader."""
+        path = self.node("fences", worker_id)
+        self.client.sync(path)
+        data = self._get(path)
+        return None if data is None else data["fence_ms"]
+
     def describe(self) -> dict[str, Any]:
         """Everything ``idgen leases`` shows: live leases, fences and the history of every used worker ID."""
         fences = self.fences()
@@ -300,10 +307,11 @@ class ZkLease(Lease):
             # ours: an earlier create landed but its reply was lost to a connection blip
         fence_data, fence_stat = self._read(namespace.node("fences", worker_id))
         history_data, history_stat = self._read(namespace.node("history", worker_id))
-        after = fence_data["fence_ms"] if fence_data else 0
+        found = fence_data["fence_ms"] if fence_data else None
+        after = self._claim_after(found)
         me = replace(me, after_ms=after)
         fence = self._first_fence(after)
-        history = remember([Holder.from_json(h) for h in history_data or []], me, self.history_size)
+        history = remember([Holder.from_json(h) for h in history_data or []], me, self.history_size, found)
         transaction = client.transaction()
         transaction.check(lease_path, 0)
         transaction.set_data(lease_path, _json(me.to_json()), 0)
@@ -316,7 +324,7 @@ class ZkLease(Lease):
             client.delete(lease_path)  # someone raced us on the records; leave this worker ID alone
             return None
         self._fence_version = results[2].version if isinstance(results[2], ZnodeStat) else 0
-        return Reservation(worker_id, after, fence, me.lease_id)
+        return Reservation(worker_id, after, fence, me.lease_id, found)
 
     def _extend(self, reservation: Reservation, fence_ms: int) -> None:
         self._write_fence(reservation, fence_ms)
@@ -327,12 +335,16 @@ class ZkLease(Lease):
         history_data, history_stat = self._read(self.namespace.node("history", reservation.worker_id))
         ended = self._now_ms()
         history = [
-            h if h.get("lease_id") != reservation.lease_id else {**h, "ended_ms": ended} for h in history_data or []
+            h if h.get("lease_id") != reservation.lease_id else {**h, "ended_ms": ended, "fence_ms": final_fence_ms}
+            for h in history_data or []
         ]
         self._write_fence(reservation, final_fence_ms, also_history=(history, history_stat), then_delete=True)
 
     def holders(self, worker_id: int) -> list[Holder]:
         return self.namespace.holders(worker_id)
+
+    def fence_of(self, worker_id: int) -> int | None:
+        return self.namespace.fence(worker_id)
 
     def close(self, high_water_ms: int | None = None) -> None:
         try:
