@@ -5,7 +5,8 @@ Routes (all GET; the OpenAPI document in :mod:`idgen.openapi` describes each one
 - ``/id``: ``{"id": "..."}``; with ``?count=N`` ``{"ids": [...]}``, strictly increasing; ``?format=`` picks the
   string form; ``Accept: text/plain`` gives one ID per line. IDs are always strings in JSON.
 - ``/decode/{id}``: what an ID says (the shape of ``idgen decode --json``) plus ``node``, the lease holder that
-  minted it, from the lease history.
+  minted it, from the lease history; when that is null, ``node_reason`` says why no recorded holder minted it, or
+  ``node_error`` why the history could not be read.
 - ``/healthz``, ``/readyz``, ``/info``, ``/metrics`` (Prometheus), ``/openapi.json``.
 
 Invariants:
@@ -16,8 +17,12 @@ Invariants:
 - the event loop never blocks for longer than one time unit of the layout: the generator's own rollback tolerance
   is set to 0, so a clock behind the last tick used raises :class:`~idgen.errors.ClockBehind` at once and the app
   *awaits* rollbacks of up to ``rollback_tolerance_ms``; batches larger than one tick's sequence are minted in
-  chunks of at most one tick's IDs, so each chunk waits for at most one tick; lease history lookups (files or
-  ZooKeeper) and multiprocess metric files are read on a thread pool.
+  chunks of at most one tick's IDs, so each chunk waits for at most one tick; multiprocess metric files are read
+  on a thread pool;
+- ``/metrics``, ``/healthz`` and ``/readyz`` never wait on the lease's coordinator: lease history lookups (files or
+  ZooKeeper) for ``/decode`` run on threads of their own, at most ``TRACE_LOOKUPS`` at once, each awaited for at
+  most ``trace_timeout_s``; beyond that many, ``/decode`` answers at once with ``node`` null and ``node_error``,
+  so a coordinator outage queues nothing.
 
 Errors are handled by wrapping each handler (:meth:`Service._endpoint`) and by a catch-all route for unknown paths
 and methods, not by an aiohttp middleware: a middleware costs every request two more coroutine layers. The one
@@ -33,6 +38,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
@@ -60,6 +66,7 @@ log = logging.getLogger("idgen.http")
 DEFAULT_MAX_COUNT = 4096
 DEFAULT_ROLLBACK_TOLERANCE_MS = 5
 DEFAULT_TRACE_TIMEOUT_S = 2.0
+TRACE_LOOKUPS = 4  # lease history lookups at once, each on its own thread; /decode answers further ones at once
 WATCH_INTERVAL_S = 0.5  # readiness log events, lease gauges and batched counters are refreshed this often
 ID_LATENCY_SAMPLE = 16  # GET /id's fast path times one request in this many (Service._id_endpoint)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -253,7 +260,9 @@ class Service:
         self.trace_timeout_s = trace_timeout_s
         self.metrics = Metrics(multiprocess_dir)
         self.openapi = json.dumps(document(max_count=max_count, layout=self.layout, version=__version__)).encode()
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="idgen-http-io")
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="idgen-metrics-io")
+        self._trace_executor = ThreadPoolExecutor(max_workers=TRACE_LOOKUPS, thread_name_prefix="idgen-trace")
+        self._trace_slots = threading.BoundedSemaphore(TRACE_LOOKUPS)  # taken per lookup until its thread is done
         self._minted_seen = generator.minted
         self._overflow_seen = generator.overflow_waits
         self._rollbacks_seen = generator.clock_rollbacks
@@ -331,10 +340,7 @@ class Service:
         except InvalidInput as exc:
             raise BadRequest("invalid_id", str(exc)) from None
         fields: dict[str, Any] = self.layout.decode(value)
-        node, error = await self._trace(fields["worker"], fields["timestamp_ms"])
-        fields["node"] = node
-        if error:
-            fields["node_error"] = error
+        fields.update(await self._trace(fields["worker"], fields["timestamp_ms"]))
         return web.json_response(fields)
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -483,18 +489,30 @@ class Service:
             self.refresh()
             await asyncio.sleep(WATCH_INTERVAL_S)
 
-    async def _trace(self, worker_id: int, unix_ms: int) -> tuple[dict[str, Any] | None, str | None]:
-        """The holder that minted an ID, off the event loop: ``(holder json or None, error or None)``."""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self.lease.trace, worker_id, unix_ms)
+    async def _trace(self, worker_id: int, unix_ms: int) -> dict[str, Any]:
+        """The ``node`` fields of an ID, looked up off the event loop (:meth:`Traced.to_json`); if the lease history
+        cannot be read, ``node`` is null and ``node_error`` says why. A lookup holds one of ``TRACE_LOOKUPS`` slots
+        until its thread returns, even after this request gave up on it, so stuck lookups never pile up."""
+        if not self._trace_slots.acquire(blocking=False):
+            return {
+                "node": None,
+                "node_error": f"the lease history is busy: {TRACE_LOOKUPS} lookups are still waiting on it",
+            }
         try:
-            holder = await asyncio.wait_for(future, self.trace_timeout_s)
+            future = self._trace_executor.submit(self.lease.trace, worker_id, unix_ms)
+        except BaseException:
+            self._trace_slots.release()
+            raise
+        future.add_done_callback(lambda _: self._trace_slots.release())
+        try:
+            traced = await asyncio.wait_for(asyncio.wrap_future(future), self.trace_timeout_s)
         except TimeoutError:
-            return None, f"the lease history did not answer within {self.trace_timeout_s:g} s"
+            return {"node": None, "node_error": f"the lease history did not answer within {self.trace_timeout_s:g} s"}
         except Exception as exc:
             log.warning("lease history lookup failed: %s", exc, extra={"event": "trace_failed"})
-            return None, f"the lease history could not be read: {' '.join(str(exc).split()) or type(exc).__name__}"
-        return (holder.to_json() if holder else None), None
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            return {"node": None, "node_error": f"the lease history could not be read: {why}"}
+        return traced.to_json()
 
     async def _start(self, _app: web.Application) -> None:
         self._watcher = asyncio.create_task(self._watch(), name="idgen-readiness")
@@ -504,6 +522,7 @@ class Service:
             self._watcher.cancel()
         self.refresh()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._trace_executor.shutdown(wait=False, cancel_futures=True)
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/id", self._id_endpoint(), allow_head=False)  # HEAD /id would mint

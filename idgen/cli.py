@@ -272,8 +272,9 @@ def _decode(args: argparse.Namespace) -> None:
         if args.layout and get_layout(args.layout) != layout:
             raise LayoutMismatch(f"namespace {namespace.path} uses layout {layout.summary()}, not {args.layout!r}")
         fields = layout.decode(id_)
-        holder = trace(namespace.holders(fields["worker"]), fields["timestamp_ms"])
-    _print({**fields, "node": holder.to_json() if holder else None}, args.json)
+        fence_ms = namespace.fence(fields["worker"])  # the fence first, then the history (see trace)
+        traced = trace(namespace.holders(fields["worker"]), fields["timestamp_ms"], fence_ms)
+    _print({**fields, **traced.to_json()}, args.json)
 
 
 def _serve(args: argparse.Namespace) -> None:

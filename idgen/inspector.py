@@ -120,7 +120,7 @@ async function refreshState() {
   }
 }
 
-const KNOWN = ["id", "layout", "timestamp_ms", "time", "sequence", "worker", "node", "node_error"];
+const KNOWN = ["id", "layout", "timestamp_ms", "time", "sequence", "worker", "node", "node_error", "node_reason"];
 
 async function decodeId(event) {
   event.preventDefault();
@@ -148,7 +148,8 @@ async function decodeId(event) {
       row(table, "lease ended", node.ended_ms === null ? "still held" : new Date(node.ended_ms).toISOString(),
           "node.ended");
     } else {
-      row(table, "minted by", d.node_error || "unknown: not in the retained lease history", "node", "bad");
+      const why = d.node_reason ? "none: " + d.node_reason.message : "unknown: " + (d.node_error || "no answer");
+      row(table, "minted by", why, "node", "bad");
     }
     result.append(table); result.hidden = false;
   } catch (e) {

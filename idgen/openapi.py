@@ -200,11 +200,30 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                         "node": {
                             "allOf": [{"$ref": "#/components/schemas/Holder"}],
                             "nullable": True,
-                            "description": "The lease holder that minted the ID; null if not in the retained history.",
+                            "description": "The lease holder that minted the ID: the retained holder of its worker ID"
+                            " whose window (after_ms, fence_ms] contains its timestamp. Null if there is none (see"
+                            " node_reason) or the history could not be read (see node_error).",
+                        },
+                        "node_reason": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "description": "Present only when the history was read and no recorded holder minted"
+                            " the ID (node is null): why.",
+                            "properties": {
+                                "code": {
+                                    "type": "string",
+                                    "enum": ["before_history", "future", "outside_windows", "no_history"],
+                                    "description": "before_history: at or below the oldest retained holder's"
+                                    " after_ms; future: above the worker ID's current fence; outside_windows:"
+                                    " between two holders' windows; no_history: no holder is recorded.",
+                                },
+                                "message": {"type": "string"},
+                            },
                         },
                         "node_error": {
                             "type": "string",
-                            "description": "Present only when the lease history could not be read (node is null).",
+                            "description": "Present only when the lease history could not be read (node is null):"
+                            " it failed, did not answer in time, or too many lookups were already waiting on it.",
                         },
                     },
                 },
@@ -220,6 +239,12 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                         "started_ms": {"type": "integer"},
                         "after_ms": {"type": "integer", "description": "It minted only timestamps above this."},
                         "ended_ms": {"type": "integer", "nullable": True},
+                        "fence_ms": {
+                            "type": "integer",
+                            "nullable": True,
+                            "description": "It minted only timestamps at or below this: its final fence, or the one"
+                            " its successor found. Null while it holds the worker ID (the current fence bounds it).",
+                        },
                     },
                 },
                 "Status": {

@@ -164,6 +164,20 @@ def test_decode_takes_every_form_and_names_this_process(server: Server, form: st
 
 
 @pytest.mark.parametrize(
+    ("unix_ms", "code"), [(3_881_000_000_000, "future"), (DEFAULT_LAYOUT.epoch_ms, "before_history")]
+)
+def test_decode_names_no_node_for_an_id_no_holder_minted_and_says_why(server: Server, unix_ms: int, code: str) -> None:
+    worker = server.get("/info").json()["worker_id"]
+    id_ = DEFAULT_LAYOUT.compose(DEFAULT_LAYOUT.tick_of(unix_ms), worker, 0)  # this worker ID, in 2093 or at the epoch
+    reply = server.get(f"/decode/{id_}")
+    assert reply.status == 200, reply.body
+    body = reply.json()
+    assert body["node"] is None and "node_error" not in body
+    assert body["node_reason"]["code"] == code and body["node_reason"]["message"]
+    assert {k: v for k, v in body.items() if not k.startswith("node")} == decode(id_)
+
+
+@pytest.mark.parametrize(
     ("path", "code"),
     [
         ("/decode/abc", "invalid_id"),

@@ -17,7 +17,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from serverproc import ServerProcess as Server
 
-from idgen import decode
+from idgen import PRESETS, decode
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -133,6 +133,19 @@ def test_the_form_decodes_an_id_in_any_form_and_names_the_node(browser: webdrive
         assert fields["node.address"] == f"127.0.0.1:{server.port}"
         assert fields["node.ended"] == "still held"
         assert not browser.find_element(By.ID, "decode-error").is_displayed()
+
+
+def test_the_form_says_why_no_node_minted_an_id(browser: webdriver.Chrome, server: Server) -> None:
+    layout = PRESETS["idgen"]
+    worker = server.get("/info").json()["worker_id"]
+    future = str(layout.compose(layout.tick_of(3_881_000_000_000), worker, 0))  # this worker ID, in 2093
+    reason = server.get(f"/decode/{future}").json()["node_reason"]
+    browser.get(base(server) + "/")
+    decode_in_page(browser, future)
+    wait_for_text(browser, "decode-result", lambda t: future in t)
+    fields = result_fields(browser)
+    assert fields["node"] == f"none: {reason['message']}"
+    assert "node_reason" not in fields  # shown once, in words, not as an object
 
 
 def test_the_form_shows_the_servers_error_for_a_bad_id(browser: webdriver.Chrome, server: Server) -> None:

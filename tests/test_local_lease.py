@@ -64,7 +64,7 @@ def test_history_traces_an_id_to_its_holder_after_the_worker_id_was_reused(tmp_p
             ids.append(gen.next_id())
             lease_id = gen.lease.status().reservation.lease_id
     lease = LocalLease(DEFAULT_LAYOUT, tmp_path, range(4, 5))
-    traced = [lease.trace(4, decode(i)["timestamp_ms"]) for i in ids]
+    traced = [lease.trace(4, decode(i)["timestamp_ms"]).holder for i in ids]
     assert len({t.lease_id for t in traced}) == 3
     assert traced[-1].lease_id == lease_id
     assert {(t.host, t.pid) for t in traced} == {(os.uname().nodename, os.getpid())}

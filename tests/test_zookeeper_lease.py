@@ -96,9 +96,9 @@ def test_a_dead_holders_worker_id_is_recycled_and_the_new_holder_mints_above_its
         )
         with gen:
             assert gen.worker_id == 0
-            assert gen.lease.status().reservation.after_ms == fence
+            assert gen.lease.status().reservation.after_ms >= fence  # or a window below its clock, if that is higher
             assert stamp(gen.next_id(), SOLO) > fence
-            assert [h.pid for h in namespace.holders(0)] == [dead.pid, os.getpid()]
+            assert [(h.pid, h.fence_ms) for h in namespace.holders(0)] == [(dead.pid, fence), (os.getpid(), None)]
 
 
 def test_never_used_ids_first_then_the_oldest_fence(zk_hosts: str, zk_namespace: str) -> None:
@@ -328,8 +328,8 @@ def test_history_keeps_the_configured_number_of_holders(zk_hosts: str, zk_namesp
     assert len(holders) == 3
     lease = ZkLease(SOLO, zk_hosts, zk_namespace, auth=TEST_CREDENTIALS)
     try:
-        assert lease.trace(0, stamp(ids[0], SOLO)) is None  # the oldest holder fell out of the history
-        assert [lease.trace(0, stamp(i, SOLO)).lease_id for i in ids[1:]] == [h.lease_id for h in holders]
+        assert lease.trace(0, stamp(ids[0], SOLO)).code == "before_history"  # its holder fell out of the history
+        assert [lease.trace(0, stamp(i, SOLO)).holder.lease_id for i in ids[1:]] == [h.lease_id for h in holders]
     finally:
         lease.close()
 

@@ -6,8 +6,9 @@ A lease grants a :class:`Reservation`: mint under ``worker_id`` only timestamps 
 - the *claim* (a file lock, or an ephemeral znode): at most one holder at a time;
 - the *fence*: durable, monotonic. It is written before any ID above the old value is minted, and a new
   holder's ``after_ms`` is the fence it found, so holders' windows never overlap;
-- the *history*: who held the worker ID and from which ``after_ms``, bounded to ``history_size`` holders.
-  Windows are disjoint, so the holder whose window contains an ID's timestamp is the one that minted it.
+- the *history*: who held the worker ID, and the window ``(after_ms, fence_ms]`` each could mint in, bounded to
+  ``history_size`` holders. Windows are disjoint, so the holder whose window contains an ID's timestamp is the one
+  that minted it, and an ID in no window was minted by no recorded holder (:func:`trace`).
 
 :class:`Lease` is a small state machine run by one renewal thread::
 
@@ -26,24 +27,27 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import socket
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
+from functools import cached_property
 from typing import Any, Self
 
 from idgen.clock import SYSTEM_CLOCK, Clock
 from idgen.errors import ClockUntrusted, LeaseUnavailable
-from idgen.layout import Layout
+from idgen.layout import Layout, iso_ms
 
 log = logging.getLogger("idgen.lease")
 
 DEFAULT_WINDOW_MS = 5_000
 DEFAULT_MAX_WAIT_MS = 10_000
 DEFAULT_HISTORY_SIZE = 100
+TRACED_HISTORIES = 256  # worker IDs whose settled history Lease.trace keeps in memory
 
 
 class LeaseState(Enum):
@@ -56,17 +60,22 @@ class LeaseState(Enum):
 
 @dataclass(frozen=True)
 class Reservation:
-    """Mint under ``worker_id`` only timestamps ``t`` (Unix ms) with ``after_ms < t <= fence_ms``."""
+    """Mint under ``worker_id`` only timestamps ``t`` (Unix ms) with ``after_ms < t <= fence_ms``. ``found_ms`` is
+    the fence the claim found, its previous holder's (``None``: never used); ``after_ms`` is at or above it."""
 
     worker_id: int
     after_ms: int
     fence_ms: int
     lease_id: str
+    found_ms: int | None = None
 
 
 @dataclass(frozen=True)
 class Holder:
-    """One holder of a worker ID, as kept in its history. It minted only timestamps above ``after_ms``."""
+    """One holder of a worker ID, as kept in its history. It minted only timestamps ``t`` with
+    ``after_ms < t <= fence_ms``. ``fence_ms`` is ``None`` while it holds the worker ID (the current fence bounds
+    it then), and in records written before idgen kept it; it is set once, at release (the final fence) or, after
+    a crash, by its successor (the fence it read), and never changes after."""
 
     worker_id: int
     lease_id: str
@@ -76,6 +85,7 @@ class Holder:
     started_ms: int
     after_ms: int
     ended_ms: int | None = None
+    fence_ms: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,20 +96,111 @@ class Holder:
         return cls(**fields)
 
 
-def trace(holders: Iterable[Holder], unix_ms: int) -> Holder | None:
-    """The holder that minted an ID stamped ``unix_ms``: the latest one whose ``after_ms`` is below it.
+@dataclass(frozen=True)
+class Traced:
+    """Who minted an ID: ``holder``, or ``None`` and why no recorded holder did. ``code`` is one of
+    ``before_history`` (at or below the oldest retained holder's ``after_ms``), ``future`` (above the current
+    fence: not minted yet), ``outside_windows`` (between two holders' windows) or ``no_history``."""
 
-    Correct because windows are disjoint and ordered: holder k minted only in (after_k, after_k+1].
-    ``None`` when the ID predates the retained history.
+    holder: Holder | None
+    code: str | None = None
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``node`` fields of ``/decode`` and ``idgen decode``: ``node``, plus ``node_reason`` when it is null."""
+        if self.holder is not None:
+            return {"node": self.holder.to_json()}
+        return {"node": None, "node_reason": {"code": self.code, "message": self.message}}
+
+
+def windows(holders: Sequence[Holder], fence_ms: int | None) -> list[tuple[Holder, float]]:
+    """Each retained holder (oldest first) with the end of its window: its recorded ``fence_ms``; without one
+    (records of older versions), the next holder's ``after_ms``, which was that fence; for the last holder, the
+    current fence ``fence_ms``, or no end at all if that is unknown. Every end is at or above what its holder
+    minted, so a window never leaves out an ID its holder minted."""
+    ends: list[float] = [h.after_ms for h in holders[1:]] + [math.inf if fence_ms is None else fence_ms]
+    return [(h, end if h.fence_ms is None else h.fence_ms) for h, end in zip(holders, ends, strict=True)]
+
+
+def settled_ms(holders: Sequence[Holder]) -> int:
+    """Up to which timestamp ``trace`` gives the same answer for ever: later holders start above it."""
+    last = holders[-1] if holders else None
+    if last is None:
+        return -1
+    return last.after_ms if last.fence_ms is None else last.fence_ms
+
+
+def trace(holders: Sequence[Holder], unix_ms: int, fence_ms: int | None) -> Traced:
+    """Who minted an ID stamped ``unix_ms`` (the start of its tick), from the retained history of its worker ID
+    (oldest first) and the worker ID's current durable fence ``fence_ms`` (``None``: unknown).
+
+    The holder whose window (:func:`windows`) contains ``unix_ms``; windows are disjoint (DESIGN.md section 2),
+    so there is at most one. Sound when ``fence_ms`` was read after the ID was minted and the history after that.
     """
-    candidates = [h for h in holders if h.after_ms < unix_ms]
-    return max(candidates, key=lambda h: h.after_ms, default=None)
+    if not holders:
+        return Traced(None, "no_history", "no holder of this worker ID is recorded")
+    bounded = windows(holders, fence_ms)
+    for holder, end in reversed(bounded):
+        if holder.after_ms < unix_ms <= end:
+            return Traced(holder)
+    worker, when = holders[0].worker_id, iso_ms(unix_ms)
+    first = holders[0].after_ms
+    if unix_ms <= first:
+        return Traced(
+            None,
+            "before_history",
+            f"stamped {when}, before the oldest retained holder of worker {worker} could mint (after {iso_ms(first)});"
+            " earlier holders, if any, are no longer recorded",
+        )
+    top = max(bounded[-1][1], -math.inf if fence_ms is None else fence_ms)
+    if unix_ms > top:
+        return Traced(
+            None,
+            "future",
+            f"stamped {when}, above the current fence of worker {worker} ({iso_ms(int(top))}): no holder has minted"
+            " it yet",
+        )
+    before = max(end for holder, end in bounded if end < unix_ms)
+    after = min((holder.after_ms for holder, _ in bounded if holder.after_ms >= unix_ms), default=top)
+    return Traced(
+        None,
+        "outside_windows",
+        f"stamped {when}, when no recorded holder of worker {worker} could mint: one window ended at"
+        f" {iso_ms(int(before))}, the next began after {iso_ms(int(after))}",
+    )
 
 
-def remember(holders: list[Holder], holder: Holder, size: int) -> list[Holder]:
-    """``holders`` plus ``holder`` (replacing an entry of the same lease), keeping the newest ``size``."""
-    kept = [h for h in holders if h.lease_id != holder.lease_id] + [holder]
-    return kept[-size:]
+def remember(holders: list[Holder], holder: Holder, size: int, fence_ms: int | None) -> list[Holder]:
+    """``holders`` plus ``holder`` (replacing an entry of the same lease), keeping the newest ``size``.
+    ``fence_ms`` is the fence ``holder`` found: it ends the window of the previous holder if that one did not
+    record its own (it crashed or lost its claim)."""
+    kept = [h for h in holders if h.lease_id != holder.lease_id]
+    if kept and fence_ms is not None and kept[-1].fence_ms is None:
+        kept[-1] = replace(kept[-1], fence_ms=fence_ms)
+    return [*kept, holder][-size:]
+
+
+class _Histories:
+    """The histories :meth:`Lease.trace` has read, by worker ID, for answers that cannot change: at or below
+    :func:`settled_ms` of a history, a fresh read would give the same answer, since every later holder starts
+    above it. Keeps the ``size`` worker IDs read last. Thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._histories: dict[int, list[Holder]] = {}
+        self._lock = threading.Lock()
+
+    def settled(self, worker_id: int, unix_ms: int) -> list[Holder] | None:
+        with self._lock:
+            holders = self._histories.get(worker_id)
+        return holders if holders is not None and unix_ms <= settled_ms(holders) else None
+
+    def keep(self, worker_id: int, holders: list[Holder]) -> None:
+        with self._lock:
+            self._histories.pop(worker_id, None)
+            self._histories[worker_id] = holders
+            while len(self._histories) > self._size:
+                del self._histories[next(iter(self._histories))]
 
 
 class LeaseLost(Exception):
@@ -183,6 +284,11 @@ class Lease(ABC):
     def holders(self, worker_id: int) -> list[Holder]:
         """The retained history of ``worker_id``, oldest first."""
 
+    @abstractmethod
+    def fence_of(self, worker_id: int) -> int | None:
+        """The current durable fence of ``worker_id`` (``None`` if it has none), as of at least the moment of the
+        call: every fence written before it began is seen."""
+
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def start(self, listener: Callable[[Reservation | None], None]) -> Reservation | None:
@@ -237,9 +343,20 @@ class Lease(ABC):
             reason = self._behind_fence(reservation)  # computed now, so it clears the moment the clock passes
         return LeaseStatus(state, reservation, reason)
 
-    def trace(self, worker_id: int, unix_ms: int) -> Holder | None:
-        """The holder of ``worker_id`` that minted an ID stamped ``unix_ms`` (``None`` if not retained)."""
-        return trace(self.holders(worker_id), unix_ms)
+    def trace(self, worker_id: int, unix_ms: int) -> Traced:
+        """Who minted an ID stamped ``unix_ms`` under ``worker_id`` (:func:`trace`). Answered from the history read
+        last for this worker ID when that answer is settled; otherwise the fence is read, then the history."""
+        holders = self._histories.settled(worker_id, unix_ms)
+        if holders is not None:
+            return trace(holders, unix_ms, None)
+        fence_ms = self.fence_of(worker_id)
+        holders = self.holders(worker_id)
+        self._histories.keep(worker_id, holders)
+        return trace(holders, unix_ms, fence_ms)
+
+    @cached_property
+    def _histories(self) -> _Histories:
+        return _Histories(TRACED_HISTORIES)
 
     def describe(self) -> dict[str, Any]:
         """Backend facts for ``/info``; subclasses add theirs."""
@@ -310,6 +427,12 @@ class Lease(ABC):
             after_ms=-1,
         )
 
+    def _claim_after(self, found_ms: int | None) -> int:
+        """The ``after_ms`` of a new holder that found the fence ``found_ms`` (``None``: the worker ID has none): that
+        fence, or a window below the clock if that is higher. The generator mints nothing at or below it, so the
+        holder's window has a real lower bound for tracing, and the clock is a window ahead of it: no wait."""
+        return max(found_ms or 0, self._now_ms() - self.window_ms)
+
     def _first_fence(self, after_ms: int) -> int:
         """The fence a new holder writes: as far above both the clock and the old fence as an extension puts it, so
         that the renewal thread has nothing to write right after the claim."""
@@ -347,7 +470,9 @@ class Lease(ABC):
         return None
 
     def _behind_fence(self, reservation: Reservation) -> str | None:
-        behind = reservation.after_ms - self._now_ms()
+        if reservation.found_ms is None:
+            return None  # no previous holder; a clock behind after_ms is the generator's to report
+        behind = reservation.found_ms - self._now_ms()
         if behind < 0:
             return None
         return (

@@ -95,13 +95,15 @@ class LocalLease(Lease):
                 os.close(fd)
                 continue
             record = self._read(worker_id)
-            after = record.get("fence_ms", 0)
+            found = record.get("fence_ms")
+            after = self._claim_after(found)
             fence = self._first_fence(after)
             me = replace(holder, worker_id=worker_id, lease_id=uuid.uuid4().hex, after_ms=after)
-            self._holders = remember([Holder.from_json(h) for h in record.get("holders", [])], me, self.history_size)
+            holders = [Holder.from_json(h) for h in record.get("holders", [])]
+            self._holders = remember(holders, me, self.history_size, found)
             self._write(worker_id, fence)
             self._claim_fd = fd
-            return Reservation(worker_id, after, fence, me.lease_id)
+            return Reservation(worker_id, after, fence, me.lease_id, found)
         raise LeaseUnavailable(
             f"all {len(self.worker_ids)} worker IDs {_span(self.worker_ids)} in {self.state_dir}"
             " are held by running processes"
@@ -114,7 +116,8 @@ class LocalLease(Lease):
         try:
             ended = self._now_ms()
             self._holders = [
-                replace(h, ended_ms=ended) if h.lease_id == reservation.lease_id else h for h in self._holders
+                replace(h, ended_ms=ended, fence_ms=final_fence_ms) if h.lease_id == reservation.lease_id else h
+                for h in self._holders
             ]
             self._write(reservation.worker_id, final_fence_ms)
         finally:
@@ -124,6 +127,9 @@ class LocalLease(Lease):
 
     def holders(self, worker_id: int) -> list[Holder]:
         return [Holder.from_json(h) for h in self._read(worker_id).get("holders", [])]
+
+    def fence_of(self, worker_id: int) -> int | None:
+        return self._read(worker_id).get("fence_ms")
 
     def describe(self) -> dict[str, Any]:
         return {

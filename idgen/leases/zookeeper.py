@@ -340,6 +340,13 @@ class Namespace:
         data = self._get(path)
         return [] if data is None else parse_history(data, f"the history of worker {worker_id} ({path})")
 
+    def fence(self, worker_id: int) -> int | None:
+        """The fence of ``worker_id`` as of now: ``sync`` first, since this client's server may lag the leader."""
+        path = self.node("fences", worker_id)
+        self.call("sync", path)
+        data = self._get(path)
+        return None if data is None else parse_fence(data, f"the fence {path}")["fence_ms"]
+
     def describe(self) -> dict[str, Any]:
         """Everything ``idgen leases`` shows: live leases, fences, the history of every used worker ID, and the
         worker IDs whose records cannot be read (never claimed)."""
@@ -427,6 +434,13 @@ class ZkLease(Lease):
         self.session_timeout_s = session_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_skew_ms = max_skew_ms
+        if self.insecure:
+            log.warning(
+                "ZooKeeper without credentials: anyone who can reach %s can delete claims and fences, and duplicate"
+                " IDs follow",
+                hosts,
+                extra={"event": "zk_insecure", "hosts": hosts, "namespace": namespace},
+            )
 
     def _init_runtime(self) -> None:
         super()._init_runtime()
@@ -436,13 +450,6 @@ class ZkLease(Lease):
         self._ns: Namespace | None = None
         self._fence_version = -1
         self._lost_worker_id: int | None = None  # lost while the session lived: drop its claim before acquiring anew
-        if self.insecure:
-            log.warning(
-                "ZooKeeper without credentials: anyone who can reach %s can delete claims and fences, and duplicate"
-                " IDs follow",
-                hosts,
-                extra={"event": "zk_insecure", "hosts": hosts, "namespace": namespace},
-            )
 
     # -- connection and clock check -----------------------------------------------------------------
 
@@ -564,10 +571,11 @@ class ZkLease(Lease):
             self._quarantine(worker_id, str(exc))
             namespace.call("delete", lease_path)
             return None
-        after = fence_data["fence_ms"] if fence_data else 0
+        found = fence_data["fence_ms"] if fence_data else None
+        after = self._claim_after(found)
         me = replace(me, after_ms=after)
         fence = self._first_fence(after)
-        history = remember(history_data or [], me, self.history_size)
+        history = remember(history_data or [], me, self.history_size, found)
         transaction = namespace.client.transaction()
         transaction.check(lease_path, 0)
         transaction.set_data(lease_path, _json(me.to_json()), 0)
@@ -580,7 +588,7 @@ class ZkLease(Lease):
             namespace.call("delete", lease_path)  # someone raced us on the records; leave this worker ID alone
             return None
         self._fence_version = results[2].version if isinstance(results[2], ZnodeStat) else 0
-        return Reservation(worker_id, after, fence, me.lease_id)
+        return Reservation(worker_id, after, fence, me.lease_id, found)
 
     def _extend(self, reservation: Reservation, fence_ms: int) -> None:
         try:
@@ -595,13 +603,19 @@ class ZkLease(Lease):
         history_path = self.namespace.node("history", reservation.worker_id)
         history_data, history_stat = self._read(history_path, parse_history)
         ended = self._now_ms()
-        history = [h if h.lease_id != reservation.lease_id else replace(h, ended_ms=ended) for h in history_data or []]
+        history = [
+            h if h.lease_id != reservation.lease_id else replace(h, ended_ms=ended, fence_ms=final_fence_ms)
+            for h in history_data or []
+        ]
         self._write_fence(
             reservation, final_fence_ms, also_history=([h.to_json() for h in history], history_stat), then_delete=True
         )
 
     def holders(self, worker_id: int) -> list[Holder]:
         return self.namespace.holders(worker_id)
+
+    def fence_of(self, worker_id: int) -> int | None:
+        return self.namespace.fence(worker_id)
 
     def close(self, high_water_ms: int | None = None) -> None:
         try:
