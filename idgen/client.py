@@ -63,7 +63,7 @@ import aiohttp
 import urllib3
 
 from idgen import __version__
-from idgen.encoding import FORMS, MAX_ID, format_id
+from idgen.encoding import FORMS, MAX_ID, format_id, format_ids
 from idgen.errors import IdgenError, InvalidInput, Unavailable
 
 DEFAULT_BATCH = 256
@@ -442,7 +442,7 @@ def _check_form(form: str | None) -> None:
 
 
 def _render(ids: list[int], form: str | None) -> list[int] | list[str]:
-    return ids if form is None else [format_id(i, form) for i in ids]
+    return ids if form is None else format_ids(ids, form)  # checked on arrival (_ids_answer)
 
 
 # -- the threaded client ---------------------------------------------------------------------------------------
