@@ -215,6 +215,31 @@ def test_unparseable_requests_are_400_and_one_warning(server: Server, request_li
     assert warning["level"] == "WARNING" and "exc_info" not in warning
 
 
+def test_every_response_says_server_idgen_and_no_version(server: Server) -> None:
+    """The ``Server`` header named aiohttp and its version, a gift to anyone matching servers to known bugs."""
+    replies = [
+        server.get(path, method=method)
+        for method, path in [
+            ("GET", "/id"),
+            ("GET", "/id?count=3&format=base58"),
+            ("GET", "/id?count=0"),
+            ("GET", "/healthz"),
+            ("GET", "/metrics"),
+            ("GET", "/openapi.json"),
+            ("GET", "/"),
+            ("GET", "/nope"),
+            ("POST", "/id"),
+        ]
+    ]
+    headers = [reply.headers.get_all("Server") for reply in replies]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:  # aiohttp's own 400
+        sock.sendall(b"BREW /id HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = b"".join(iter(lambda: sock.recv(65536), b"")).split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert raw[0].split()[1] == b"400"
+    headers.append([line.split(b":", 1)[1].strip().decode() for line in raw if line.lower().startswith(b"server:")])
+    assert headers == [["idgen"]] * len(headers)
+
+
 # -- health, info, metrics, OpenAPI ----------------------------------------------------------------------
 
 
