@@ -459,23 +459,27 @@ def take_ids(client: Any, got: list[int] | None = None) -> list[int]:
     return got
 
 
-async def take_ids_async(client: AsyncClient, got: list[int]) -> None:
+async def take_ids_async(client: AsyncClient, got: list[int]) -> list[ServerStatus]:
     for _ in range(30):
         got.append(await client.next_id())
     got += await client.next_ids(300)
+    status = client.status()
+    await client.close()
+    return status
 
 
 def in_child(client: Any) -> dict[str, Any]:
-    """The child's part: the IDs it got, its client's status, and the error it met if any. A child cannot use the
-    parent's event loop thread, so an :class:`AsyncClient` runs on a loop of the child's own."""
+    """The child's part: the IDs it got, its client's status, and the error it met if any; it closes the client (that
+    must not wait for the parent's refill thread, which does not exist here). A child cannot use the parent's event
+    loop thread, so an :class:`AsyncClient` runs on a loop of the child's own."""
     got: list[int] = []
     try:
         if isinstance(client, AsyncInThread):
-            asyncio.run(take_ids_async(client.client, got))
-            status = client.client.status()
+            status = asyncio.run(take_ids_async(client.client, got))
         else:
             take_ids(client, got)
             status = client.status()
+            client.close()
         return {"ids": got, "fetched": status[0].fetched, "handed_out": status[0].handed_out}
     except BaseException as exc:
         return {"ids": got, "error": repr(exc)}
