@@ -27,7 +27,6 @@ Invariants:
   lie under). Dropping them is about the server's promise to vouch for what it handed over, not about uniqueness.
   For the same reason a server that stops or cannot be reached keeps its buffered IDs: it did not refuse.
 - Order: IDs of one server come out strictly increasing; IDs of different servers are not ordered.
-
 - **Fork.** A client used in a forked child (gunicorn ``--preload``, uWSGI, Celery's prefork pool, multiprocessing's
   ``fork``) starts afresh there: an empty buffer, zero counts, its own refill thread (or task), lock and connections,
   made at its first call in the child. The parent's buffer went to the parent alone, so the child never hands out an
@@ -604,7 +603,10 @@ class _Refiller:
         self.thread = threading.Thread(target=self.run, name="idgen-client-refill", daemon=True)
 
     def shutdown(self) -> None:
-        """Stop the thread and close the pools; it may be called more than once."""
+        """Stop the thread and close the pools; it may be called more than once. In a forked child it does nothing:
+        none of it may be touched there (the client's finalizer, inherited, may still call it)."""
+        if self.pid != _getpid():
+            return
         with self.lock:
             self.core.closed = True
             self.wake.notify_all()
