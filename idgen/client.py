@@ -27,6 +27,13 @@ Invariants:
   lie under). Dropping them is about the server's promise to vouch for what it handed over, not about uniqueness.
   For the same reason a server that stops or cannot be reached keeps its buffered IDs: it did not refuse.
 - Order: IDs of one server come out strictly increasing; IDs of different servers are not ordered.
+- **Fork.** A client used in a forked child (gunicorn ``--preload``, uWSGI, Celery's prefork pool, multiprocessing's
+  ``fork``) starts afresh there: an empty buffer, zero counts, its own refill thread (or task), lock and connections,
+  made at its first call in the child. The parent's buffer went to the parent alone, so the child never hands out an
+  ID the parent may hand out. The child knows it is one by a changed :func:`os.getpid`, checked on every call: that
+  holds for forks made in C that run none of Python's at-fork hooks too (uWSGI's default). It never touches what it
+  inherited: the refill thread does not exist in the child, a lock another thread held at the fork stays held
+  forever, and the connections are the parent's sockets.
 
 With ``idgen serve --processes N`` one URL reaches N workers with their own leases: a 503 from any of them drops
 every ID from that URL (conservative), and a probe sees one of them only.
@@ -40,6 +47,7 @@ import errno
 import itertools
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -54,7 +62,7 @@ import aiohttp
 import urllib3
 
 from idgen import __version__
-from idgen.encoding import FORMS, MAX_ID, format_id
+from idgen.encoding import FORMS, MAX_ID, format_id, format_ids
 from idgen.errors import IdgenError, InvalidInput, Unavailable
 
 DEFAULT_BATCH = 256
@@ -66,6 +74,12 @@ RETRY_COOLDOWN_S = 1.0  # after a failed round, background refills (no caller wa
 
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 _HEADERS = {"Accept": "application/json", "User-Agent": f"idgen-client/{__version__}"}
+
+# What forked children took over from their parents (refillers; cores, sessions and tasks): kept for the life of the
+# process and never used. Dropping them would let the collector finalise them, which takes locks a parent's thread
+# may have held at the fork (urllib3 drains its pools under one) and closes the parent's connections in the child.
+_inherited: list[object] = []
+_getpid = os.getpid
 
 
 class ClientError(IdgenError):
@@ -184,6 +198,19 @@ class _Core:
         self.retry_at = 0.0  # background refills wait until then after a failed round
         self.closed = False
         self.crash: BaseException | None = None
+
+    def fresh(self) -> _Core:
+        """A new core with the same settings: empty buffer, zero counts (the state of a forked child's client)."""
+        return _Core(
+            self.urls,
+            self.batch,
+            self.low_water,
+            self.timeout,
+            self.retries,
+            self.backoff,
+            self.probe_interval,
+            self.max_wait,
+        )
 
     # -- taking IDs ----------------------------------------------------------------------------------
 
@@ -414,7 +441,7 @@ def _check_form(form: str | None) -> None:
 
 
 def _render(ids: list[int], form: str | None) -> list[int] | list[str]:
-    return ids if form is None else [format_id(i, form) for i in ids]
+    return ids if form is None else format_ids(ids, form)  # checked on arrival (_ids_answer)
 
 
 # -- the threaded client ---------------------------------------------------------------------------------------
@@ -442,19 +469,13 @@ class Client:
         probe_interval: float | None = DEFAULT_PROBE_INTERVAL_S,
         max_wait: float | None = None,
     ) -> None:
-        core = _Core(urls, batch, low_water, timeout, retries, backoff, probe_interval, max_wait)
-        self._refiller = refiller = _Refiller(core)
-        self._core, self._lock, self._ids_ready, self._wake = core, refiller.lock, refiller.ids_ready, refiller.wake
-        # The thread holds the refiller, not the client: a client dropped without close() is collected, and this
-        # stops its thread then.
-        self._finalizer = weakref.finalize(self, refiller.shutdown)
-        self._finalizer.atexit = False  # the thread is a daemon: exiting must not wait for a request in flight
-        refiller.thread.start()
+        self._refiller = _Refiller(_Core(urls, batch, low_water, timeout, retries, backoff, probe_interval, max_wait))
+        self._start(self._refiller)
 
     @property
     def max_wait(self) -> float:
         """The longest ``next_id``/``next_ids`` waits before raising :class:`AllServersFailed`."""
-        return self._core.max_wait
+        return self._refiller.core.max_wait
 
     @overload
     def next_id(self, form: None = None) -> int: ...
@@ -463,14 +484,17 @@ class Client:
     def next_id(self, form: str | None = None) -> int | str:
         """One ID: an int, or a string in ``form``."""
         _check_form(form)
-        core = self._core
-        with self._lock:
+        refiller = self._refiller
+        if refiller.pid != _getpid():  # :meth:`_live`, inlined: this is the hot path
+            refiller = self._after_fork(refiller)
+        core = refiller.core
+        with refiller.lock:
             core.check_open()
             if core.level < 1:
-                self._wait_for(1)
+                self._wait_for(refiller, 1)
             value = core.take_one()
             if core.level < core.low_water:
-                self._wake.notify()
+                refiller.wake.notify()
         return value if form is None else format_id(value, form)
 
     @overload
@@ -483,24 +507,26 @@ class Client:
         _check_form(form)
         if n == 0:
             return []
-        core = self._core
-        with self._lock:
+        refiller = self._live()
+        core = refiller.core
+        with refiller.lock:
             core.check_open()
             if core.level < n:
-                self._wait_for(n)
+                self._wait_for(refiller, n)
             ids = core.take(n)
             if core.level < core.low_water:
-                self._wake.notify()
+                refiller.wake.notify()
         return _render(ids, form)
 
     def status(self) -> list[ServerStatus]:
         """A snapshot of every server's counts, in the order given."""
-        with self._lock:
-            return self._core.status()
+        refiller = self._live()
+        with refiller.lock:
+            return refiller.core.status()
 
     def close(self) -> None:
         """Stop the refill thread and close connections; waiting and later calls raise :class:`ClientClosed`."""
-        self._finalizer()
+        self._live().shutdown()
 
     def __enter__(self) -> Client:
         return self
@@ -510,12 +536,38 @@ class Client:
 
     # -- internals (the lock is held where noted) -----------------------------------------------------------
 
-    def _wait_for(self, n: int) -> None:
+    def _start(self, refiller: _Refiller) -> None:
+        # The thread holds the refiller, not the client: a client dropped without close() is collected, and this
+        # stops its thread then.
+        self._finalizer = weakref.finalize(self, refiller.shutdown)
+        self._finalizer.atexit = False  # the thread is a daemon: exiting must not wait for a request in flight
+        refiller.thread.start()
+
+    def _live(self) -> _Refiller:
+        """This process's refiller: the one made here, or after a fork a fresh one (see the module docstring)."""
+        refiller = self._refiller
+        if refiller.pid != _getpid():
+            refiller = self._after_fork(refiller)
+        return refiller
+
+    def _after_fork(self, inherited: _Refiller) -> _Refiller:
+        """Replace the refiller this process inherited with a fresh one, and start it. Threads of the child may race
+        here: ``dict.setdefault`` (atomic) picks one fresh refiller for all of them, made without any inherited lock."""
+        fresh = _Refiller(inherited.core.fresh())
+        chosen = inherited.successors.setdefault(fresh.pid, fresh)
+        if chosen is fresh:
+            _inherited.append(inherited)
+            self._finalizer.detach()  # its shutdown would join a thread that does not exist here
+            self._start(fresh)
+            self._refiller = fresh
+        return chosen
+
+    def _wait_for(self, refiller: _Refiller, n: int) -> None:
         """Lock held: wait until the buffer holds ``n`` IDs; raise if a round fails meanwhile or time runs out."""
-        core = self._core
+        core = refiller.core
         deadline = time.monotonic() + core.max_wait
         rounds = core.wait_started(n)
-        self._wake.notify()
+        refiller.wake.notify()
         try:
             while core.level < n:
                 core.check_open()
@@ -524,16 +576,20 @@ class Client:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise core.failure(f"no idgen server handed over {n} ID(s) within {core.max_wait:g} s", rounds)
-                self._ids_ready.wait(remaining)
+                refiller.ids_ready.wait(remaining)
         finally:
             core.demand -= n
 
 
 class _Refiller:
-    """The sync client's refill thread and what it shares with callers: the lock, its two conditions, the pools."""
+    """The sync client's refill thread and what it shares with callers: the lock, its two conditions, the pools.
+    All of it belongs to the process ``pid`` that made it; ``successors`` maps a forked child's pid to the refiller
+    that replaces this one there (:meth:`Client._after_fork`)."""
 
     def __init__(self, core: _Core) -> None:
         self.core = core
+        self.pid = os.getpid()
+        self.successors: dict[int, _Refiller] = {}
         self.lock = threading.Lock()
         self.ids_ready = threading.Condition(self.lock)  # callers wait on it
         self.wake = threading.Condition(self.lock)  # the thread waits on it
@@ -547,6 +603,10 @@ class _Refiller:
         self.thread = threading.Thread(target=self.run, name="idgen-client-refill", daemon=True)
 
     def shutdown(self) -> None:
+        """Stop the thread and close the pools; it may be called more than once. In a forked child it does nothing:
+        none of it may be touched there (the client's finalizer, inherited, may still call it)."""
+        if self.pid != _getpid():
+            return
         with self.lock:
             self.core.closed = True
             self.wake.notify_all()
@@ -640,16 +700,13 @@ class AsyncClient:
         probe_interval: float | None = DEFAULT_PROBE_INTERVAL_S,
         max_wait: float | None = None,
     ) -> None:
-        self._core = _Core(urls, batch, low_water, timeout, retries, backoff, probe_interval, max_wait)
-        self._ids_ready = asyncio.Condition()
-        self._wake = asyncio.Event()
-        self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
+        core = _Core(urls, batch, low_water, timeout, retries, backoff, probe_interval, max_wait)
+        self._refiller = _AsyncRefiller(core)
 
     @property
     def max_wait(self) -> float:
         """The longest ``next_id``/``next_ids`` waits before raising :class:`AllServersFailed`."""
-        return self._core.max_wait
+        return self._refiller.core.max_wait
 
     @overload
     async def next_id(self, form: None = None) -> int: ...
@@ -658,13 +715,14 @@ class AsyncClient:
     async def next_id(self, form: str | None = None) -> int | str:
         """One ID: an int, or a string in ``form``."""
         _check_form(form)
-        core = self._core
+        refiller = self._live()
+        core = refiller.core
         core.check_open()
         if core.level < 1:
-            await self._wait_for(1)
+            await refiller.wait_for(1)
         value = core.take_one()  # no await since the check: nothing else ran in between
         if core.level < core.low_water:
-            self._wake.set()
+            refiller.wake.set()
         return value if form is None else format_id(value, form)
 
     @overload
@@ -677,42 +735,27 @@ class AsyncClient:
         _check_form(form)
         if n == 0:
             return []
-        core = self._core
+        refiller = self._live()
+        core = refiller.core
         core.check_open()
         if core.level < n:
-            await self._wait_for(n)
+            await refiller.wait_for(n)
         ids = core.take(n)
         if core.level < core.low_water:
-            self._wake.set()
+            refiller.wake.set()
         return _render(ids, form)
 
     def status(self) -> list[ServerStatus]:
         """A snapshot of every server's counts, in the order given."""
-        return self._core.status()
+        return self._live().core.status()
 
     async def start(self) -> None:
         """Start the refill task (the first call does it too)."""
-        self._core.check_open()
-        if self._task is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._core.timeout), headers=_HEADERS
-            )
-            self._task = asyncio.create_task(self._run(), name="idgen-client-refill")
+        self._live().start()
 
     async def close(self) -> None:
         """Stop the refill task and close the session; waiting and later calls raise :class:`ClientClosed`."""
-        core = self._core
-        if core.closed:
-            return
-        core.closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        async with self._ids_ready:
-            self._ids_ready.notify_all()
-        if self._session is not None:
-            await self._session.close()
+        await self._live().close()
 
     async def __aenter__(self) -> AsyncClient:
         await self.start()
@@ -721,16 +764,59 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # -- internals ------------------------------------------------------------------------------------------
+    def _live(self) -> _AsyncRefiller:
+        """This process's refiller: the one made here, or after a fork a fresh one whose task and session come at
+        the first call; the inherited one is kept and never used (see the module docstring). No ``await``: atomic
+        on the loop."""
+        refiller = self._refiller
+        if refiller.pid != os.getpid():
+            _inherited.append(refiller)
+            self._refiller = refiller = _AsyncRefiller(refiller.core.fresh())
+        return refiller
 
-    async def _wait_for(self, n: int) -> None:
-        core = self._core
-        await self.start()
+
+class _AsyncRefiller:
+    """The asyncio client's refill task and what it shares with callers: the conditions and the session, all of
+    them belonging to the process ``pid`` that made it."""
+
+    def __init__(self, core: _Core) -> None:
+        self.core = core
+        self.pid = os.getpid()
+        self.ids_ready = asyncio.Condition()
+        self.wake = asyncio.Event()
+        self.session: aiohttp.ClientSession | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.core.check_open()
+        if self.task is None:
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.core.timeout), headers=_HEADERS
+            )
+            self.task = asyncio.create_task(self.run(), name="idgen-client-refill")
+
+    async def close(self) -> None:
+        core = self.core
+        if core.closed:
+            return
+        core.closed = True
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.notify()
+        if self.session is not None:
+            await self.session.close()
+
+    async def wait_for(self, n: int) -> None:
+        """Wait until the buffer holds ``n`` IDs; raise if a round fails meanwhile or time runs out."""
+        core = self.core
+        self.start()
         deadline = time.monotonic() + core.max_wait
         rounds = core.wait_started(n)
-        self._wake.set()
+        self.wake.set()
         try:
-            async with self._ids_ready:
+            async with self.ids_ready:
                 while core.level < n:
                     core.check_open()
                     if core.failed_rounds != rounds:
@@ -739,62 +825,62 @@ class AsyncClient:
                     if remaining <= 0:
                         raise core.failure(f"no idgen server handed over {n} ID(s) within {core.max_wait:g} s", rounds)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._ids_ready.wait(), remaining)
+                        await asyncio.wait_for(self.ids_ready.wait(), remaining)
         finally:
             core.demand -= n
 
-    async def _notify(self) -> None:
-        async with self._ids_ready:
-            self._ids_ready.notify_all()
+    async def notify(self) -> None:
+        async with self.ids_ready:
+            self.ids_ready.notify_all()
 
-    async def _run(self) -> None:
-        core = self._core
+    async def run(self) -> None:
+        core = self.core
         try:
             while not core.closed:
                 step, server, delay = core.next_step(time.monotonic())
                 if step == "fill":
-                    await self._fill()
+                    await self.fill()
                 elif server is not None:
-                    await self._probe(server)
+                    await self.probe(server)
                 else:
-                    self._wake.clear()  # no await since next_step: nothing it missed can have happened
+                    self.wake.clear()  # no await since next_step: nothing it missed can have happened
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), delay)
+                        await asyncio.wait_for(self.wake.wait(), delay)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug: tell every caller rather than leave them waiting
             core.crash = exc
-            await self._notify()
+            await self.notify()
             raise
 
-    async def _fill(self) -> None:
-        core = self._core
+    async def fill(self) -> None:
+        core = self.core
         for pause, server in core.plan():
             if pause:
                 await asyncio.sleep(pause)
             try:
-                ids = _ids_answer(*await self._get(server, f"/id?count={core.batch}"), core.batch)
+                ids = _ids_answer(*await self.get(server, f"/id?count={core.batch}"), core.batch)
             except (_Refused, _Failed) as failure:
                 core.failed(server, failure, time.monotonic())
                 continue
             core.accepted(server, ids, time.monotonic())
-            await self._notify()
+            await self.notify()
             return
         core.round_failed(time.monotonic())
-        await self._notify()
+        await self.notify()
 
-    async def _probe(self, server: _Server) -> None:
+    async def probe(self, server: _Server) -> None:
         try:
-            _readiness_answer(*await self._get(server, "/readyz"))
+            _readiness_answer(*await self.get(server, "/readyz"))
         except (_Refused, _Failed) as failure:
-            self._core.failed(server, failure, time.monotonic())
+            self.core.failed(server, failure, time.monotonic())
         else:
-            self._core.ready(server, time.monotonic())
+            self.core.ready(server, time.monotonic())
 
-    async def _get(self, server: _Server, path: str) -> tuple[int, Mapping[str, str], bytes]:
-        assert self._session is not None
+    async def get(self, server: _Server, path: str) -> tuple[int, Mapping[str, str], bytes]:
+        assert self.session is not None
         try:
-            async with self._session.get(server.url + path, allow_redirects=False) as response:
+            async with self.session.get(server.url + path, allow_redirects=False) as response:
                 return response.status, response.headers, await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _Failed(_describe(exc, self._core.timeout)) from None
+            raise _Failed(_describe(exc, self.core.timeout)) from None

@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from pythonjsonlogger.json import JsonFormatter
@@ -52,6 +52,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _PR_SET_PDEATHSIG = 1
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SERVER_HEADER = "idgen"  # every response's Server header: no version for anyone matching servers to known bugs
 
 
 # -- logging ----------------------------------------------------------------------------------------
@@ -232,6 +233,9 @@ class _Deadline:
 async def _run(
     app: web.Application, sock: socket.socket, access_log: bool, deadline: _Deadline, worker_id: int | None
 ) -> None:
+    # aiohttp gives every response that has none a Server header naming Python, aiohttp and their versions, its own
+    # error pages (an unparseable request) included, and has no setting for it: its default is replaced.
+    web_response.SERVER_SOFTWARE = SERVER_HEADER
     runner = web.AppRunner(
         app,
         handle_signals=False,

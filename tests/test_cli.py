@@ -90,6 +90,8 @@ def test_layouts_lists_every_preset_with_its_end_date() -> None:
         (["mint", "--layout", "nope"], "unknown layout 'nope'"),
         (["mint", "--worker-ids", "9-2"], "must satisfy 0 <= A <= B"),
         (["mint", "--worker-ids", "0-5000"], "do not fit layout 'idgen'"),
+        # ZooKeeper hands out worker IDs: a local range with --zk was silently ignored (refused before connecting)
+        (["mint", "--zk", "127.0.0.1:1", "--worker-ids", "0-3"], "--worker-ids (IDGEN_WORKER_IDS) is for the local"),
         (["frobnicate"], "invalid choice"),
         ([], "the following arguments are required"),
     ],

@@ -8,9 +8,13 @@ test's thread through :class:`AsyncInThread`, its event loop running in a thread
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import json
+import multiprocessing
+import os
 import random
+import select
 import signal
 import socket
 import threading
@@ -431,3 +435,150 @@ def test_no_id_is_handed_out_after_its_server_refused(
         finally:
             holder.stop()
             holder.close()
+
+
+# -- fork: the child never hands out an ID the parent may hand out ---------------------------------------------------
+
+
+def c_fork() -> int:
+    """fork(2) called from C, as uWSGI's master does: none of Python's at-fork hooks run in the child. ``PyDLL``, not
+    ``CDLL``: it keeps the GIL held across the call, as the forking thread of a C server holds it; ``CDLL`` drops it,
+    and a child forked while another thread had just taken it would hang in the interpreter before reaching idgen."""
+    return int(ctypes.PyDLL(None).fork())
+
+
+FORKS = ["os.fork", "C fork", "multiprocessing"]
+
+
+def take_ids(client: Any, got: list[int] | None = None) -> list[int]:
+    """What parent and child each do: single IDs (the buffer's first), then a batch larger than the whole buffer.
+    They are added to ``got`` as they come, so that a caller that fails half-way still shows what it handed out."""
+    got = [] if got is None else got
+    for _ in range(30):
+        got.append(client.next_id())
+    got += client.next_ids(300)
+    return got
+
+
+async def take_ids_async(client: AsyncClient, got: list[int]) -> list[ServerStatus]:
+    for _ in range(30):
+        got.append(await client.next_id())
+    got += await client.next_ids(300)
+    status = client.status()
+    await client.close()
+    return status
+
+
+def in_child(client: Any) -> dict[str, Any]:
+    """The child's part: the IDs it got, its client's status, and the error it met if any; it closes the client (that
+    must not wait for the parent's refill thread, which does not exist here). A child cannot use the parent's event
+    loop thread, so an :class:`AsyncClient` runs on a loop of the child's own."""
+    got: list[int] = []
+    try:
+        if isinstance(client, AsyncInThread):
+            status = asyncio.run(take_ids_async(client.client, got))
+        else:
+            take_ids(client, got)
+            status = client.status()
+            client.close()
+        return {"ids": got, "fetched": status[0].fetched, "handed_out": status[0].handed_out}
+    except BaseException as exc:
+        return {"ids": got, "error": repr(exc)}
+
+
+class Child:
+    """A child process made by ``how`` that runs ``job`` and sends back its JSON-able result through a pipe."""
+
+    def __init__(self, how: str, job: Callable[[], Any]) -> None:
+        self.how = how
+        self.read_end, write_end = os.pipe()
+
+        def run() -> None:
+            os.close(self.read_end)
+            with os.fdopen(write_end, "w") as out:
+                out.write(json.dumps(job()))
+
+        if how == "multiprocessing":
+            self.proc = multiprocessing.get_context("fork").Process(target=run, daemon=True)
+            self.proc.start()
+            self.pid = self.proc.pid
+        else:
+            self.pid = os.fork() if how == "os.fork" else c_fork()
+            if self.pid == 0:
+                try:
+                    run()
+                finally:
+                    os._exit(0)
+        os.close(write_end)
+
+    def result(self, timeout: float = 30.0) -> Any:
+        """The child's result; fails if none came within ``timeout`` (the child hung) and kills it then."""
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                ready, _, _ = select.select([self.read_end], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    os.kill(self.pid, signal.SIGKILL)
+                    raise AssertionError(f"the child ({self.how}) sent nothing within {timeout} s: it hung")
+                chunk = os.read(self.read_end, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(self.read_end)
+            if self.how == "multiprocessing":
+                self.proc.join(10)
+            else:
+                os.waitpid(self.pid, 0)
+        assert chunks, f"the child ({self.how}) exited without a result"
+        return json.loads(b"".join(chunks))
+
+
+@pytest.mark.parametrize("how", FORKS)
+def test_after_a_fork_parent_and_child_never_hand_out_the_same_id(
+    connect: Callable[..., Any], first: Server, how: str
+) -> None:
+    client = connect([url(first)], batch=100)
+    before = client.next_ids(5)
+    wait_until(lambda: client.status()[0].buffered == 95, what="a full buffer")
+    child = Child(how, lambda: in_child(client))
+    mine = take_ids(client)  # the parent goes on at once, while the child runs
+    theirs = child.result()
+    ids = theirs["ids"]
+    assert not set(ids) & set(before + mine), f"{len(set(ids) & set(before + mine))} IDs went to both"
+    assert "error" not in theirs, theirs["error"]
+    assert len(ids) == len(mine) == 330 and increasing(ids)
+    # The child started with an empty buffer and fetched its own IDs; the parent kept its buffer and its order.
+    assert theirs["handed_out"] == 330 and theirs["fetched"] >= 330
+    assert increasing(before + mine) and client.status()[0].handed_out == 335
+    assert conserved(client.status())
+    assert len(set(client.next_ids(300))) == 300  # and it keeps working
+
+
+def test_a_fork_while_another_thread_holds_the_clients_lock(first: Server) -> None:
+    """A fork at any moment: here while a thread of the parent is inside the client (it holds the client's lock,
+    as ``next_ids`` does while it takes IDs). That thread does not exist in the child, so the lock stays taken
+    there forever; the child must not need it."""
+    with Client([url(first)], batch=100) as client:
+        client.next_id()
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with client._refiller.lock:
+                held.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait()
+        try:
+            child = Child("os.fork", lambda: in_child(client))
+        finally:
+            release.set()
+            holder.join()
+        mine = take_ids(client)
+        theirs = child.result()
+        assert not set(theirs["ids"]) & set(mine)
+        assert "error" not in theirs, theirs["error"]
+        assert len(theirs["ids"]) == 330

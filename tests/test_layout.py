@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 
+import base58
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from idgen import PRESETS, Layout, decode, format_id, parse_id
-from idgen.encoding import FORMS, MAX_ID
+from idgen.encoding import FORMS, MAX_ID, format_ids
 from idgen.errors import InvalidInput
 
 ids = st.integers(min_value=0, max_value=MAX_ID)
@@ -127,6 +128,43 @@ def test_every_form_round_trips(form: str, value: int) -> None:
 @given(a=ids, b=ids)
 def test_fixed_width_forms_sort_like_the_integers(form: str, a: int, b: int) -> None:
     assert (format_id(a, form) < format_id(b, form)) == (a < b)
+
+
+def crockford(value: int) -> str:
+    """Crockford base32 the slow, obvious way: the oracle for the table-driven encoder."""
+    digits = ""
+    for _ in range(13):
+        value, digit = divmod(value, 32)
+        digits = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"[digit] + digits
+    return digits
+
+
+@given(values=st.lists(ids, max_size=50))
+def test_the_fast_encoders_agree_with_the_reference_ones(values: list[int]) -> None:
+    values += [0, 1, 57, 58, 3363, 3364, MAX_ID]
+    assert format_ids(values, "base58") == [base58.b58encode_int(v).decode().rjust(11, "1") for v in values]
+    assert format_ids(values, "base32") == [crockford(v) for v in values]
+    assert format_ids(values, "hex") == [f"0x{v:016x}" for v in values]
+    assert format_ids(values, "decimal") == [str(v) for v in values]
+    for form in FORMS:
+        assert [format_id(v, form) for v in values] == format_ids(values, form)
+
+
+@pytest.mark.parametrize("form", [None, *FORMS])
+@given(value=ids, data=st.data())
+@example(value=MAX_ID, data=None)
+def test_any_non_ascii_input_is_rejected(form: str | None, value: int, data: st.DataObject | None) -> None:
+    """A valid ID with one character replaced by a non-ASCII one; ``None`` stands for the known tricks: U+017F (long
+    s) upper-cases to ``S``, U+212A (Kelvin sign) lower-cases to ``k``, U+0131 (dotless i) upper-cases to ``I``."""
+    text = format_id(value, form or "base32")
+    if data is None:
+        variants = [text[:-1] + "\u017f", text[:-1] + "\u212a", "0x" + "\u212a" * 16, text[:-1] + "\u0131"]
+    else:
+        at = data.draw(st.integers(0, len(text) - 1))
+        variants = [text[:at] + data.draw(st.characters(min_codepoint=128)) + text[at + 1 :]]
+    for variant in variants:
+        with pytest.raises(InvalidInput):
+            parse_id(variant, form)
 
 
 def test_known_forms() -> None:

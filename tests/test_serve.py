@@ -108,6 +108,25 @@ def test_bad_options_exit_2_without_a_traceback(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr and result.stderr.strip(), (args, result.stderr)
 
 
+def test_a_count_limit_beyond_65536_and_worker_ids_with_zookeeper_are_refused_in_one_line(tmp_path: Path) -> None:
+    """``--max-count`` had no upper bound, and ``--worker-ids`` was silently ignored with ``--zk``."""
+    for args, env, words in [
+        (["--max-count", "65537"], {}, "'65537' is not a positive whole number (1 to 65536)"),
+        ([], {"IDGEN_MAX_COUNT": "100000000"}, "'100000000' is not a positive whole number (1 to 65536)"),
+        (["--zk", "127.0.0.1:1", "--worker-ids", "0-3"], {}, "--worker-ids (IDGEN_WORKER_IDS) is for the local"),
+        (["--zk", "127.0.0.1:1"], {"IDGEN_WORKER_IDS": "0-3"}, "--worker-ids (IDGEN_WORKER_IDS) is for the local"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "idgen.cli", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "IDGEN_STATE_DIR": str(tmp_path), **env},
+        )
+        assert result.returncode == 2, (args, env, result.stderr)
+        assert result.stderr.count("\n") == 1 and words in result.stderr, (args, env, result.stderr)
+
+
 # -- not ready --------------------------------------------------------------------------------------------
 
 
