@@ -9,10 +9,8 @@ processes: concurrent starts, clean stops, kill -9, another process taking a cla
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import select
 import socket
 import threading
 import time
@@ -20,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from forks import FORKS, Child
 from holder import HolderProcess
 from lease_backends import BACKENDS, WINDOW_MS, Backend, make_backend
 
@@ -340,11 +339,6 @@ def _wait_for(check: Callable[[], bool], timeout: float) -> bool:
 
 # -- fork -----------------------------------------------------------------------------------------------
 
-FORKS: dict[str, Callable[[], int]] = {
-    "os.fork": os.fork,
-    "C fork without at-fork hooks": ctypes.PyDLL(None).fork,  # as uWSGI does by default; keeps the GIL
-}
-
 
 def _mint_for(gen: Generator, seconds: float) -> list[int]:
     out: list[int] = []
@@ -357,69 +351,30 @@ def _mint_for(gen: Generator, seconds: float) -> list[int]:
     return out
 
 
-def _read_line(fd: int, timeout: float) -> str:
-    buffer = b""
-    deadline = time.monotonic() + timeout
-    while not buffer.endswith(b"\n"):
-        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
-        if not ready:
-            return buffer.decode(errors="replace")
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            break
-        buffer += chunk
-    return buffer.decode()
-
-
 @pytest.mark.parametrize("fork", FORKS.values(), ids=FORKS.keys())
 def test_after_fork_parent_and_child_mint_disjoint_ids(backend: Backend, fork: Callable[[], int]) -> None:
     with Generator(TINY, backend.lease(TINY)) as gen:
         before = gen.next_ids(100)
         held = reservation(gen.lease)
-        ids_r, ids_w = os.pipe()
-        done_r, done_w = os.pipe()
-        pid = fork()
-        if pid == 0:  # the child: mint alongside the parent, report, close its generator, exit
-            code = 1
-            try:
-                os.write(ids_w, (json.dumps(_mint_for(gen, 0.05)) + "\n").encode())
-                gen.close()
-                os.write(done_w, b"closed\n")
-                code = 0
-            except BaseException as exc:
-                os.write(ids_w, (json.dumps(f"{type(exc).__name__}: {exc}") + "\n").encode())
-            finally:
-                os._exit(code)
-        os.close(ids_w)
-        os.close(done_w)
+
+        def in_child(report: Callable[[Any], None]) -> None:
+            report(_mint_for(gen, 0.05))  # alongside the parent
+            gen.close()
+            report("closed")
+
+        child = Child(fork, in_child)
         try:
             mine = _mint_for(gen, 0.05)
-            report = _read_line(ids_r, timeout=15)
-            closed = _read_line(done_r, timeout=15)
+            theirs = child.next()
+            assert theirs and mine
+            shared = set(theirs) & (set(before) | set(mine))
+            assert len(shared) == 0, f"parent and child minted {len(shared)} of the same IDs"
+            assert len(set(theirs)) == len(theirs)
+            assert child.next() == "closed"
         finally:
-            _reap(pid)
-            os.close(ids_r)
-            os.close(done_r)
-        child = json.loads(report) if report.endswith("\n") else f"no report from the child: {report!r}"
-        assert isinstance(child, list), child
-        assert child and mine
-        shared = set(child) & (set(before) | set(mine))
-        assert len(shared) == 0, f"parent and child minted {len(shared)} of the same IDs"
-        assert len(set(child)) == len(child)
-        assert closed == "closed\n", "the child did not close its generator within 15 s"
+            child.close()
         after = gen.next_ids(100)  # the parent is unaffected by the child, its close included
         assert reservation(gen.lease).lease_id == held.lease_id
         assert min(after) > max(mine)
         durable = backend.fence(TINY, held.worker_id)
         assert durable is not None and durable >= stamp(after[-1], TINY)
-
-
-def _reap(pid: int, timeout: float = 10.0) -> None:
-    """Wait for the child to exit; kill -9 it if it has not within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            return
-        time.sleep(0.01)
