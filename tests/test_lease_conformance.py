@@ -337,6 +337,34 @@ def _wait_for(check: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+# -- close under threads --------------------------------------------------------------------------------
+
+
+def test_close_while_threads_mint_leaves_no_id_above_the_final_fence(backend: Backend) -> None:
+    minted: list[list[int]] = [[] for _ in range(3)]
+    gen = Generator(SOLO, backend.lease(SOLO))
+
+    def mint(out: list[int]) -> None:
+        while True:
+            try:
+                out.append(gen.next_id())
+                out.extend(gen.next_ids(8))
+            except Unavailable:
+                return  # closed
+
+    threads = [threading.Thread(target=mint, args=(out,)) for out in minted]
+    for thread in threads:
+        thread.start()
+    poll(lambda: all(len(out) > 1_000 for out in minted), what="all threads to mint")
+    gen.close()
+    for thread in threads:
+        thread.join()
+    fence = backend.fence(SOLO, 0)  # where the successor will start
+    assert fence is not None
+    above = [i for out in minted for i in out if stamp(i, SOLO) > fence]
+    assert len(above) == 0, f"{len(above)} IDs minted above the final fence {fence}, which a successor reuses"
+
+
 # -- fork -----------------------------------------------------------------------------------------------
 
 
