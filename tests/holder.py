@@ -1,7 +1,7 @@
 """A real worker process for lease tests.
 
 Run as a script, it leases a worker ID (local or ZooKeeper, from a JSON config in argv[1]), mints one ID,
-prints ``{"worker_id", "id", "pid"}`` as one JSON line and holds the lease until its stdin closes.
+prints ``{"worker_id", "id", "pid"}`` and its reservation as one JSON line and holds the lease until its stdin closes.
 Imported, :class:`HolderProcess` starts one and reads that line.
 """
 
@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,11 @@ def _run(config: dict[str, Any]) -> None:
     else:
         lease = LocalLease(layout, config["state_dir"], range(*config["worker_ids"]), **options)
     with Generator(layout, lease) as gen:
-        print(json.dumps({"worker_id": gen.worker_id, "id": gen.next_id(), "pid": os.getpid()}), flush=True)
+        first_id = gen.next_id()
+        held = lease.status().reservation
+        assert held is not None
+        report = {"worker_id": gen.worker_id, "id": first_id, "pid": os.getpid(), **asdict(held)}
+        print(json.dumps(report), flush=True)
         sys.stdin.read()
 
 
@@ -53,6 +58,8 @@ class HolderProcess:
         self.worker_id: int = report["worker_id"]
         self.first_id: int = report["id"]
         self.pid: int = report["pid"]
+        self.lease_id: str = report["lease_id"]
+        self.after_ms: int = report["after_ms"]  # the fence it found: it mints only above it
         return self
 
     def stop(self) -> None:

@@ -1,0 +1,203 @@
+"""Lease backends as the conformance suite and the model test see them: one worker-ID space per backend.
+
+A :class:`Backend` makes leases over one shared space (a state directory, a ZooKeeper namespace), starts real
+holder processes in it (tests/holder.py), and reads or damages its records the way an outsider would: from the
+files, or from another ZooKeeper client. Adding a backend means adding one subclass here and one name to
+``BACKENDS``; every test in tests/test_lease_conformance.py then runs on it.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from holder import HolderProcess
+from kazoo.client import KazooClient
+
+from idgen import Layout
+from idgen.clock import ManualClock
+from idgen.leases.base import Holder, Lease
+from idgen.leases.local import LocalLease
+from idgen.leases.zookeeper import ZkLease, connect
+
+WINDOW_MS = 1_000
+ZK_AUTH = "idgen:secret"  # the one place the suite's ZooKeeper credentials (or an insecure opt-out) are set
+ZK_OPTIONS: dict[str, Any] = {"auth": ZK_AUTH, "session_timeout_s": 2.0}
+
+
+class Backend(ABC):
+    """One worker-ID space of one backend. ``options`` given to :meth:`lease` and :meth:`holder` go to the lease."""
+
+    name: str
+
+    @abstractmethod
+    def lease(self, layout: Layout, **options: Any) -> Lease:
+        """A new, unstarted lease over this space (window 1 s unless ``window_ms`` is given)."""
+
+    @abstractmethod
+    def holder_config(self, layout: Layout, **options: Any) -> dict[str, Any]:
+        """The config tests/holder.py needs to lease in this space."""
+
+    @abstractmethod
+    def fence(self, layout: Layout, worker_id: int) -> int | None:
+        """The durable fence of ``worker_id`` as stored, read by an outsider; ``None`` if never written."""
+
+    @abstractmethod
+    def history(self, layout: Layout, worker_id: int) -> list[Holder]:
+        """The stored holder history of ``worker_id``, read by an outsider."""
+
+    @abstractmethod
+    def tamper(self, layout: Layout, worker_id: int, raw: bytes) -> None:
+        """Replace the fence record of ``worker_id`` with ``raw`` (an operator's slip, a disk error, an attacker)."""
+
+    @abstractmethod
+    def take_claim(self, layout: Layout, worker_id: int, spawn_holder: Callable[..., HolderProcess]) -> int:
+        """Take the claim on ``worker_id`` away from its live holder and keep it; return the fence the taker
+        relies on: the new owner mints only above it, so the old holder must never mint above it."""
+
+    def holder(self, spawn_holder: Callable[..., HolderProcess], layout: Layout, **options: Any) -> HolderProcess:
+        """Start a real process that leases in this space and mints one ID (call ``ready()`` on it)."""
+        return spawn_holder(layout, **self.holder_config(layout, **options))
+
+    @abstractmethod
+    def close(self) -> None:
+        """Drop any connection the backend opened for its outsider's view."""
+
+
+def _lease_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {"window_ms": WINDOW_MS, **options}
+
+
+class LocalBackend(Backend):
+    """``LocalLease`` over one state directory per layout, under ``root``; the space is the layout's worker IDs."""
+
+    name = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def state_dir(self, layout: Layout) -> Path:
+        return self.root / layout.name
+
+    def lease(self, layout: Layout, **options: Any) -> LocalLease:
+        return LocalLease(layout, self.state_dir(layout), **_lease_options(options))
+
+    def holder_config(self, layout: Layout, **options: Any) -> dict[str, Any]:
+        return {
+            "state_dir": str(self.state_dir(layout)),
+            "worker_ids": [0, layout.worker_capacity],
+            "options": _lease_options(options),
+        }
+
+    def record_path(self, layout: Layout, worker_id: int) -> Path:
+        return self.lease(layout)._path(worker_id, "json")
+
+    def lock_path(self, layout: Layout, worker_id: int) -> Path:
+        return self.lease(layout)._path(worker_id, "lock")
+
+    def _record(self, layout: Layout, worker_id: int) -> dict[str, Any] | None:
+        path = self.record_path(layout, worker_id)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def fence(self, layout: Layout, worker_id: int) -> int | None:
+        record = self._record(layout, worker_id)
+        return None if record is None else record["fence_ms"]
+
+    def history(self, layout: Layout, worker_id: int) -> list[Holder]:
+        return [Holder.from_json(h) for h in (self._record(layout, worker_id) or {}).get("holders", [])]
+
+    def tamper(self, layout: Layout, worker_id: int, raw: bytes) -> None:
+        path = self.record_path(layout, worker_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(raw)
+
+    def take_claim(self, layout: Layout, worker_id: int, spawn_holder: Callable[..., HolderProcess]) -> int:
+        """A tmp cleaner (or an operator's ``rm``) removes the lock file; then another process leases."""
+        assert layout.worker_capacity == 1, "the taker must land on the holder's worker ID"
+        self.lock_path(layout, worker_id).unlink()
+        taker = self.holder(spawn_holder, layout).ready()
+        assert taker.worker_id == worker_id
+        return taker.after_ms
+
+    def close(self) -> None:
+        """Nothing to close: the outsider reads the files."""
+
+
+class ZooKeeperBackend(Backend):
+    """``ZkLease`` with credentials on the shared test server, one namespace per layout under ``namespace``."""
+
+    name = "zookeeper"
+
+    def __init__(self, hosts: str, namespace: str) -> None:
+        self.hosts = hosts
+        self.namespace = namespace
+        self._admin: KazooClient | None = None
+
+    def path(self, layout: Layout, kind: str, worker_id: int) -> str:
+        return f"{self.namespace}/{layout.name}/{kind}/{worker_id}"
+
+    @property
+    def admin(self) -> KazooClient:
+        """Another client with the same credentials: an operator's shell, or a second deployment's bug."""
+        if self._admin is None:
+            self._admin = connect(self.hosts, ZK_AUTH)
+        return self._admin
+
+    def lease(self, layout: Layout, **options: Any) -> ZkLease:
+        if isinstance(options.get("clock"), ManualClock):
+            options.setdefault("max_skew_ms", 3_600_000)  # a manual clock parts from ZooKeeper's by design
+        return ZkLease(layout, self.hosts, f"{self.namespace}/{layout.name}", **ZK_OPTIONS, **_lease_options(options))
+
+    def holder_config(self, layout: Layout, **options: Any) -> dict[str, Any]:
+        return {
+            "zk": self.hosts,
+            "namespace": f"{self.namespace}/{layout.name}",
+            "options": {**ZK_OPTIONS, **_lease_options(options)},
+        }
+
+    def _get(self, path: str) -> Any:
+        stat = self.admin.exists(path)
+        return None if stat is None else json.loads(self.admin.get(path)[0])
+
+    def fence(self, layout: Layout, worker_id: int) -> int | None:
+        record = self._get(self.path(layout, "fences", worker_id))
+        return None if record is None else record["fence_ms"]
+
+    def history(self, layout: Layout, worker_id: int) -> list[Holder]:
+        return [Holder.from_json(h) for h in self._get(self.path(layout, "history", worker_id)) or []]
+
+    def tamper(self, layout: Layout, worker_id: int, raw: bytes) -> None:
+        path = self.path(layout, "fences", worker_id)
+        if self.admin.exists(path) is None:
+            self.admin.create(path, raw, makepath=True)
+        else:
+            self.admin.set(path, raw)
+
+    def take_claim(self, layout: Layout, worker_id: int, spawn_holder: Callable[..., HolderProcess]) -> int:
+        """Another client deletes the claim node and creates its own in its place."""
+        claim = self.path(layout, "leases", worker_id)
+        self.admin.delete(claim)
+        self.admin.create(claim, b"{}", ephemeral=True)
+        fence = self.fence(layout, worker_id)  # any extension after the delete fails its check on the claim
+        assert fence is not None
+        return fence
+
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.stop()
+            self._admin.close()
+
+
+BACKENDS = ("local", "zookeeper")
+
+
+def make_backend(name: str, tmp_path: Path, fixture: Callable[[str], Any]) -> Backend:
+    """The backend called ``name``; ``fixture`` is ``request.getfixturevalue`` (ZooKeeper starts only if needed)."""
+    if name == "local":
+        return LocalBackend(tmp_path / "state")
+    if name == "zookeeper":
+        return ZooKeeperBackend(fixture("zk_hosts"), fixture("zk_namespace"))
+    raise ValueError(f"unknown lease backend {name!r}")

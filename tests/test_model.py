@@ -1,0 +1,377 @@
+"""Model-based test: random interleavings of everything that happens to the generators of one worker-ID space.
+
+``LeaseModel`` (hypothesis stateful testing) drives several generators, each on its own local lease, over one
+state directory with 3 worker IDs (so IDs are reused all the time) and one manual clock shared by all of them.
+Its rules mint one and many, close, crash, restart, lose the claim (the lock file removed) and regain it, extend,
+step the clock both ways, and tamper with records. After every step it checks that:
+
+1. no ID was issued twice;
+2. IDs are in order: each generator's strictly increase, and on one worker ID every ID of a later holder is
+   above every ID of an earlier holder; each ID lies inside a reservation its generator was given, and at or
+   below the durable fence when it was minted;
+3. every ID traces (``Lease.trace``) to the holder that minted it.
+
+A refusal (:class:`~idgen.errors.Unavailable`, or :class:`~idgen.errors.LeaseUnavailable` at start) is an
+allowed outcome of any rule: it means "not now", never a wrong ID.
+
+A fork copies a whole process, so it gets its own property test with real ``fork()`` calls below.
+
+CI runs a fixed budget (300 examples), derandomized: the same examples every run. To explore others, pass a
+seed: ``pytest tests/test_model.py --hypothesis-seed=N``; ``IDGEN_MODEL_EXAMPLES=3000`` runs a longer hunt. A
+failure prints the seed in use, the shrunk steps, and a ``@reproduce_failure`` blob that replays them exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from forks import FORKS, Child
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+
+from idgen import DEFAULT_LAYOUT, Generator, Layout
+from idgen.clock import ManualClock
+from idgen.errors import FenceReached, LeaseUnavailable, Unavailable
+from idgen.leases.base import LeaseState, Reservation
+from idgen.leases.local import LocalLease
+
+# 16 IDs per 1 ms tick, so batches overflow into the next tick; 4 worker IDs, of which the model leases 3.
+LAYOUT = Layout("model", (("time", 57), ("worker_id", 2), ("sequence", 4)), epoch_ms=DEFAULT_LAYOUT.epoch_ms)
+WORKER_IDS = range(3)
+WINDOW_MS = 10_000  # large next to the clock steps, so most steps stay inside a window
+START_MS = 1_800_000_000_000
+MAX_LIVE = 4  # one more than the worker IDs: the space runs out
+JUNK = (b"", b"\x00\xff", b'{"fence_ms": 17', b'{"fence_ms": "x"}', b"[]", b'{"fence_ms": -5}', b'{"fence_ms": 1e40}')
+EXAMPLES = int(os.environ.get("IDGEN_MODEL_EXAMPLES", "300"))
+
+
+class RecordingLease(LocalLease):
+    """A local lease that also appends every reservation it publishes to ``log`` (shared by all leases, so its
+    order is the order of acquisitions) and to its own ``published``."""
+
+    def __init__(self, log: list[Reservation], *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.log = log
+        self.published: list[Reservation] = []
+
+    def start(self, listener: Callable[[Reservation | None], None]) -> Reservation | None:
+        def record(reservation: Reservation | None) -> None:
+            if reservation is not None:
+                self.log.append(reservation)
+                self.published.append(reservation)
+            listener(reservation)
+
+        return super().start(record)
+
+
+@dataclass
+class Slot:
+    """One running generator, as a process would hold it."""
+
+    name: str
+    gen: Generator
+    lease: RecordingLease
+    ids: list[int] = field(default_factory=list)
+
+
+def stamp(id_: int) -> int:
+    return LAYOUT.decode(id_)["timestamp_ms"]
+
+
+def worker(id_: int) -> int:
+    return LAYOUT.split(id_)["worker"]
+
+
+def poll(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+class LeaseModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="idgen-model-"))
+        self.clock = ManualClock(START_MS)
+        self.log: list[Reservation] = []
+        self.live: list[Slot] = []
+        self.made = 0
+        self.issued: dict[int, str] = {}  # every ID ever returned -> the lease ID it was minted under
+        self.by_holder: dict[str, list[int]] = {}
+        self.tampered: set[int] = set()  # worker IDs whose history an outsider destroyed: not traceable
+        self.fresh: list[int] = []  # IDs minted by the last step
+        self.reader = LocalLease(LAYOUT, self.dir, WORKER_IDS, clock=self.clock)  # never started: reads records
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def slot(self, index: int) -> Slot:
+        return self.live[index % len(self.live)]
+
+    def record(self, slot: Slot, ids: list[int]) -> None:
+        """Check and keep IDs just returned by ``slot``'s generator."""
+        previous = slot.ids[-1] if slot.ids else -1
+        assert ids == sorted(set(ids)) and ids[0] > previous, f"{slot.name} went backwards: {previous} then {ids}"
+        for id_ in ids:
+            lease_id = self.holder_of(slot, id_)
+            assert id_ not in self.issued, f"{id_} issued twice: under {self.issued[id_]} and {lease_id}"
+            self.issued[id_] = lease_id
+            self.by_holder.setdefault(lease_id, []).append(id_)
+        slot.ids += ids
+        self.fresh += ids
+        self.check_durable_fence(ids[-1])
+
+    def holder_of(self, slot: Slot, id_: int) -> str:
+        """The reservation ``slot`` was given that covers ``id_``: the latest on its worker ID with ``after_ms``
+        below its stamp; the stamp must also be at or below the highest fence of that reservation."""
+        w, t = worker(id_), stamp(id_)
+        for reservation in reversed(slot.lease.published):
+            if reservation.worker_id == w and reservation.after_ms < t:
+                fence = max(r.fence_ms for r in slot.lease.published if r.lease_id == reservation.lease_id)
+                assert t <= fence, f"{slot.name} minted {id_} stamped {t}, above its fence {fence}"
+                return reservation.lease_id
+        raise AssertionError(f"{slot.name} minted {id_} (worker {w}, stamp {t}) outside every reservation it had")
+
+    def check_durable_fence(self, id_: int) -> None:
+        w = worker(id_)
+        if w in self.tampered:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            fence = json.loads(self.reader._path(w, "json").read_text())["fence_ms"]
+            assert stamp(id_) <= fence, f"{id_} minted above the durable fence {fence} of worker {w}"
+
+    def mint(self, slot: Slot, how: Callable[[Generator], list[int]]) -> None:
+        try:
+            ids = how(slot.gen)
+        except FenceReached:  # the generator woke its renewal thread: let the extension land before the next step
+            poll(lambda: (held := slot.lease.status().reservation) is None or held.fence_ms >= self.clock.now_ms(), 0.5)
+            return
+        except Unavailable:
+            return  # refused: allowed, it mints nothing
+        self.record(slot, ids)
+
+    # -- rules ------------------------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.live) < MAX_LIVE)
+    @rule()
+    def start(self) -> None:
+        """A process starts (or restarts) and leases a worker ID in the shared directory."""
+        self.made += 1
+        lease = RecordingLease(
+            self.log, LAYOUT, self.dir, WORKER_IDS, clock=self.clock, window_ms=WINDOW_MS, history_size=1_000
+        )
+        try:
+            gen = Generator(LAYOUT, lease, clock=self.clock)
+        except LeaseUnavailable:
+            return  # every worker ID held (or unusable): refused
+        self.live.append(Slot(f"g{self.made}", gen, lease))
+
+    @precondition(lambda self: self.live)
+    @rule(index=st.integers(0, MAX_LIVE))
+    def mint_one(self, index: int) -> None:
+        self.mint(self.slot(index), lambda gen: [gen.next_id()])
+
+    @precondition(lambda self: self.live)
+    @rule(index=st.integers(0, MAX_LIVE), count=st.integers(1, 40))
+    def mint_many(self, index: int, count: int) -> None:
+        self.mint(self.slot(index), lambda gen: gen.next_ids(count))
+
+    @precondition(lambda self: self.live)
+    @rule(index=st.integers(0, MAX_LIVE))
+    def close(self, index: int) -> None:
+        slot = self.slot(index)
+        self.live.remove(slot)
+        slot.gen.close()
+
+    @precondition(lambda self: self.live)
+    @rule(index=st.integers(0, MAX_LIVE))
+    def crash(self, index: int) -> None:
+        """kill -9: the process stops where it is (its renewal thread too) and the OS drops its flock."""
+        slot = self.slot(index)
+        self.live.remove(slot)
+        lease = slot.lease
+        lease._closing.set()
+        lease._wake.set()
+        assert lease._thread is not None
+        lease._thread.join(timeout=10)
+        assert not lease._thread.is_alive(), "the renewal thread did not stop"
+        if lease._claim_fd is not None:
+            os.close(lease._claim_fd)
+            lease._claim_fd = None
+
+    @precondition(lambda self: self.live)
+    @rule(index=st.integers(0, MAX_LIVE))
+    def lose_claim(self, index: int) -> None:
+        """A tmp cleaner (or an operator) removes the lock file of the worker ID this generator holds."""
+        held = self.slot(index).lease.status().reservation
+        if held is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.reader._path(held.worker_id, "lock").unlink()
+
+    @precondition(lambda self: self.live)  # not on lease states: the renewal threads change them in the background
+    @rule()
+    def regain(self) -> None:
+        """Let leases that lost their claim try to acquire afresh now, as their renewal threads do by themselves."""
+        waiting = [s.lease for s in self.live if s.lease.status().state in (LeaseState.LOST, LeaseState.ACQUIRING)]
+        for lease in waiting:
+            lease.renew_soon()
+        poll(lambda: all(lease.status().state is LeaseState.HELD for lease in waiting), timeout=0.5)
+
+    @precondition(lambda self: self.live)
+    @rule(index=st.integers(0, MAX_LIVE))
+    def extend(self, index: int) -> None:
+        """Move the clock past this lease's renewal point, then let its renewal thread extend the fence."""
+        lease = self.slot(index).lease
+        held = lease.status().reservation
+        if held is None:
+            return
+        lag = held.fence_ms - WINDOW_MS + 1 - self.clock.now_ms()
+        if lag > 0:
+            self.clock.advance(lag)
+        lease.renew_soon()
+
+        def extended() -> bool:
+            now = lease.status().reservation
+            return now is None or now.fence_ms >= self.clock.now_ms() + WINDOW_MS
+
+        poll(extended, timeout=0.5)  # an extension that fails is a refusal to come, not a wrong ID
+
+    @rule(ms=st.one_of(st.integers(-20, 20), st.integers(-15_000, 15_000)))
+    def step_clock(self, ms: int) -> None:
+        """An NTP step or an operator's ``date -s``, either way."""
+        self.clock.advance(ms)
+
+    @rule(ms=st.integers(1, 5))
+    def tick(self, ms: int) -> None:
+        """Time passes a little."""
+        self.clock.advance(ms)
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS), junk=st.sampled_from(JUNK))
+    def tamper(self, worker_id: int, junk: bytes) -> None:
+        """Junk replaces a worker ID's record: a torn copy, a bad restore, a hand edit."""
+        self.tampered.add(worker_id)
+        self.reader._path(worker_id, "json").write_bytes(junk)
+
+    # -- invariants -------------------------------------------------------------------------------
+
+    @invariant()
+    def later_holders_of_a_worker_id_mint_above_earlier_ones(self) -> None:
+        seen: set[str] = set()
+        highest: dict[int, tuple[int, str]] = {}  # worker ID -> the highest ID of its holders so far, and whose
+        for reservation in list(self.log):  # acquisition order
+            if reservation.lease_id in seen:
+                continue
+            seen.add(reservation.lease_id)
+            ids = self.by_holder.get(reservation.lease_id)
+            if not ids:
+                continue
+            w = reservation.worker_id
+            if w in highest:
+                top, earlier = highest[w]
+                assert min(ids) > top, (
+                    f"worker {w}: holder {reservation.lease_id} minted {min(ids)}, not above {top} of {earlier}"
+                )
+            highest[w] = (max(ids), reservation.lease_id)
+
+    @invariant()
+    def every_id_traces_to_the_holder_that_minted_it(self) -> None:
+        sample = set(self.fresh)
+        for ids in self.by_holder.values():
+            sample |= {min(ids), max(ids)}
+        self.fresh = []
+        for id_ in sorted(sample):
+            w = worker(id_)
+            if w in self.tampered:
+                continue
+            traced = self.reader.trace(w, stamp(id_))
+            assert traced is not None and traced.lease_id == self.issued[id_], (
+                f"{id_} (worker {w}, stamp {stamp(id_)}) was minted by {self.issued[id_]}"
+                f" but traces to {traced.lease_id if traced else None}"
+            )
+
+    def teardown(self) -> None:
+        for slot in self.live:
+            with contextlib.suppress(Exception):
+                slot.gen.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def model_settings(request: pytest.FixtureRequest, **budget: Any) -> settings:
+    """Derandomized unless ``--hypothesis-seed`` is given; prints what to rerun with."""
+    seed = request.config.getoption("hypothesis_seed", None)
+    print(f"hypothesis seed: {seed}" if seed is not None else "derandomized; explore with --hypothesis-seed=N")
+    return settings(
+        deadline=None,
+        derandomize=seed is None,
+        print_blob=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        **budget,
+    )
+
+
+@pytest.mark.timeout(600)  # a passing run takes well under a minute; shrinking a failure may take longer
+def test_model_of_one_worker_id_space(request: pytest.FixtureRequest) -> None:
+    run_state_machine_as_test(
+        LeaseModel, settings=model_settings(request, max_examples=EXAMPLES, stateful_step_count=60)
+    )
+
+
+# -- fork: a copied process ----------------------------------------------------------------------------
+
+
+def _mint_steps(gen: Generator, clock: ManualClock, steps: list[tuple[int, int]]) -> list[int]:
+    """For each (count, ms): mint ``count`` IDs (refusals allowed), then advance the clock ``ms``."""
+    out: list[int] = []
+    for count, ms in steps:
+        with contextlib.suppress(Unavailable):
+            out += gen.next_ids(count)
+        clock.advance(ms)
+    return out
+
+
+STEPS = st.lists(st.tuples(st.integers(1, 40), st.integers(0, 3)), min_size=1, max_size=6)
+
+
+@pytest.mark.parametrize("fork", FORKS.values(), ids=FORKS.keys())
+def test_model_of_a_fork(request: pytest.FixtureRequest, fork: Callable[[], int]) -> None:
+    """Mint, fork (a real one), mint in both: the two never share an ID and each traces to its own holder."""
+
+    @given(before=STEPS, parent=STEPS, child=STEPS)
+    @model_settings(request, max_examples=8)
+    def run(before: list[tuple[int, int]], parent: list[tuple[int, int]], child: list[tuple[int, int]]) -> None:
+        state = Path(tempfile.mkdtemp(prefix="idgen-fork-"))
+        clock = ManualClock(START_MS)
+        try:
+            lease = LocalLease(LAYOUT, state, WORKER_IDS, clock=clock, window_ms=WINDOW_MS)
+            with Generator(LAYOUT, lease, clock=clock) as gen:
+                earlier = _mint_steps(gen, clock, before)
+                forked = Child(fork, lambda report: report([os.getpid(), _mint_steps(gen, clock, child)]))
+                try:
+                    mine = _mint_steps(gen, clock, parent)
+                    child_pid, theirs = forked.next()
+                finally:
+                    forked.close()
+            shared = set(theirs) & set(earlier + mine)
+            assert not shared, f"parent and child both minted {len(shared)} IDs, such as {min(shared)}"
+            for pid, ids in ((os.getpid(), earlier + mine), (child_pid, theirs)):
+                for id_ in ids:
+                    traced = lease.trace(worker(id_), stamp(id_))
+                    assert traced is not None and traced.pid == pid, f"{id_} minted by pid {pid} traces to {traced}"
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+
+    run()
