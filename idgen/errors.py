@@ -34,6 +34,13 @@ class LeaseUnavailable(IdgenError):
     code = "lease_unavailable"
 
 
+class UnreadableRecord(LeaseUnavailable):
+    """A lease record (a file or a znode) that does not hold what idgen writes there: torn, not JSON, or wrongly
+    typed. Its worker ID may have minted anything, so it is never claimed."""
+
+    code = "unreadable_record"
+
+
 class ClockUntrusted(LeaseUnavailable):
     """The local clock disagrees with the coordinator's by more than the bound; no worker ID is claimed."""
 

@@ -126,7 +126,7 @@ def test_the_first_fence_is_durable_before_it_is_published_and_a_window_ahead(
     assert first == reservation(lease)
     assert durable is not None and durable >= first.fence_ms
     assert first.fence_ms >= before + WINDOW_MS
-    assert first.after_ms == 0  # a never-used worker ID
+    assert first.found_ms is None and first.after_ms < before  # a never-used worker ID: no fence found
 
 
 def test_extension_keeps_the_durable_fence_a_window_ahead_of_the_clock(backend: Backend, leases: list[Lease]) -> None:

@@ -29,8 +29,10 @@ import copy
 import logging
 import math
 import os
+import random
 import socket
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -47,6 +49,10 @@ log = logging.getLogger("idgen.lease")
 DEFAULT_WINDOW_MS = 5_000
 DEFAULT_MAX_WAIT_MS = 10_000
 DEFAULT_HISTORY_SIZE = 100
+RETRY_FIRST_S = 0.1  # the back-off after one failed renewal step; it doubles with each failure in a row
+RETRY_MAX_S = 1.0  # ... up to this, so a lease recovers within about this long once its fault clears
+WAKE_SPACING_S = 0.05  # a healthy lease takes at most one renewal step this often, however often it is woken
+REPEAT_LOG_INTERVAL_S = 30.0  # the same warning is logged at most once this often; the rest are counted
 TRACED_HISTORIES = 256  # worker IDs whose settled history Lease.trace keeps in memory
 
 
@@ -203,6 +209,31 @@ class _Histories:
                 del self._histories[next(iter(self._histories))]
 
 
+def _backoff_s(failures: int) -> float:
+    """The wait after ``failures`` failed steps in a row: exponential, capped, with full jitter in its upper half."""
+    return random.uniform(0.5, 1.0) * min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16))
+
+
+class RepeatLimitedLog:
+    """Logs a warning, then the same warning at most once per ``REPEAT_LOG_INTERVAL_S``, with how many were skipped."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._last: str | None = None
+        self._last_at = 0.0
+        self._skipped = 0
+
+    def warning(self, message: str, *args: object, event: str) -> None:
+        text = message % args
+        now = time.monotonic()
+        if text == self._last and now - self._last_at < REPEAT_LOG_INTERVAL_S:
+            self._skipped += 1
+            return
+        skipped = f" (and {self._skipped} more like it)" if text == self._last and self._skipped else ""
+        self._last, self._last_at, self._skipped = text, now, 0
+        self._logger.warning("%s%s", text, skipped, extra={"event": event})
+
+
 class LeaseLost(Exception):
     """Raised by a backend when the claim is provably gone (another holder, or an expired session)."""
 
@@ -256,6 +287,8 @@ class Lease(ABC):
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+        self.renewal_failures = 0  # renewal steps that failed; each is followed by a back-off
+        self._failure_log = RepeatLimitedLog(log)
 
     def forked(self) -> Self:
         """For a process forked from this one: an unstarted lease of the same configuration. It shares nothing of
@@ -373,6 +406,7 @@ class Lease(ABC):
             "address": self.address,
             "insecure": self.insecure,
             "quarantined": {str(w): why for w, why in sorted(self.quarantined.items())},
+            "renewal_failures": self.renewal_failures,
         }
 
     def __enter__(self) -> Lease:
@@ -412,6 +446,18 @@ class Lease(ABC):
         self._wake.set()
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _quarantine(self, worker_id: int, why: str) -> None:
+        """Never claim ``worker_id``: its records cannot be read, so it may have minted anything. Logged once."""
+        if worker_id in self.quarantined:
+            return
+        self.quarantined = {**self.quarantined, worker_id: why}  # a new dict: describe() may be iterating the old
+        log.error(
+            "worker ID %d quarantined: %s",
+            worker_id,
+            why,
+            extra={"event": "worker_id_quarantined", "worker_id": worker_id, "reason": why},
+        )
 
     def _now_ms(self) -> int:
         return self.clock.now_ns() // 1_000_000
@@ -489,14 +535,28 @@ class Lease(ABC):
             self._listener(reservation)
 
     def _run(self) -> None:
+        """Run :meth:`_step` until closed. A step that fails (an error, or a reason not to mint) is retried after an
+        exponential, jittered back-off, and wake-ups (:meth:`renew_soon`) do not cut a back-off short: a fleet whose
+        writes keep failing, or whose clocks are off, never storms its disk or ZooKeeper. A healthy lease honours a
+        wake-up at once, but takes at most one step per ``WAKE_SPACING_S``."""
+        failures = 0
         while not self._closing.is_set():
             self._wake.clear()
+            started = time.monotonic()
             try:
                 delay = self._step()
-            except Exception as exc:  # a backend fault must never kill renewal; retry soon
-                log.warning("lease renewal step failed: %s", exc, extra={"event": "lease_step_failed"})
-                delay = 0.2
+                failed = self._reason is not None
+            except Exception as exc:  # a backend fault must never kill renewal; retry after a back-off
+                self._failure_log.warning("lease renewal step failed: %s", exc, event="lease_step_failed")
+                delay, failed = 0.0, True
+            if failed:
+                failures += 1
+                self.renewal_failures += 1
+                self._closing.wait(max(delay, _backoff_s(failures)))
+                continue
+            failures = 0
             self._wake.wait(delay)
+            self._closing.wait(started + WAKE_SPACING_S - time.monotonic())
 
     def _step(self) -> float:
         """One pass of the state machine; returns how long (s) to sleep unless woken."""

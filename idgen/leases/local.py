@@ -3,12 +3,23 @@
 Files in the state directory:
 
 - ``layout.json``: the layout this directory belongs to; a generator with another layout is refused.
-- ``worker-NNNN.lock``: the claim, an exclusive ``flock``. The OS drops it when the holder exits or crashes.
-- ``worker-NNNN.json``: the fence and the bounded holder history, replaced atomically (write, fsync,
-  rename, fsync the directory) so a crash leaves either the old record or the new one, never a torn one.
+- ``worker-NNNNN.lock``: the claim, an exclusive ``flock`` on that file. The OS drops it when the holder exits.
+- ``worker-NNNNN.json``: the fence, the lease ID of the holder that wrote it, and the bounded holder history,
+  replaced atomically (write, fsync, rename, fsync the directory) so a crash leaves either the old record or the
+  new one, never a torn one.
+
+Every claim and every record write runs under a ``flock`` on the directory itself, and a write first checks that
+the claim is still this lease's: the lock file at the path is the very file it locked (a lock file removed, by a
+tmp cleaner or by hand, lets another process lock a new file of that name), and the record still carries its lease
+ID. A holder that fails that check has lost the worker ID (:class:`~idgen.leases.base.LeaseLost`): it never extends
+its fence again, so a new holder, which starts above that fence, never meets its IDs. The renewal thread writes
+every half window, so a lost claim is noticed within that.
+
+Each write also touches the lock file, so that cleaners that remove old, untouched files pass it by.
 
 A new holder takes the free worker ID that was never used, else the one whose fence is oldest, so the
-ID a process just released (or crashed with) is the last to be reused.
+ID a process just released (or crashed with) is the last to be reused. A worker ID whose record cannot be read is
+never taken (``quarantined``).
 """
 
 from __future__ import annotations
@@ -17,16 +28,21 @@ import contextlib
 import fcntl
 import json
 import os
+import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Self
 
-from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable
+from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable, UnreadableRecord
 from idgen.layout import Layout
-from idgen.leases.base import Holder, Lease, Reservation, remember
+from idgen.leases.base import Holder, Lease, LeaseLost, Reservation, remember
+from idgen.leases.records import load_record, parse_worker_record
 
+DIRECTORY_LOCK_TIMEOUT_S = 5.0
+_RECORD_NAME = re.compile(r"worker-([0-9]{5})\.json", re.ASCII)
 STATE_DIR_ENV = "IDGEN_STATE_DIR"
 
 
@@ -72,6 +88,7 @@ class LocalLease(Lease):
     def _init_runtime(self) -> None:
         super()._init_runtime()
         self._claim_fd: int | None = None
+        self._claim_file: tuple[int, int] | None = None  # (device, inode) of the lock file locked
         self._holders: list[Holder] = []
 
     def forked(self) -> Self:
@@ -86,50 +103,55 @@ class LocalLease(Lease):
 
     def _acquire(self, holder: Holder) -> Reservation:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._check_layout()
-        for worker_id in self._candidates():
-            fd = os.open(self._path(worker_id, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            record = self._read(worker_id)
-            found = record.get("fence_ms")
-            after = self._claim_after(found)
-            fence = self._first_fence(after)
-            me = replace(holder, worker_id=worker_id, lease_id=uuid.uuid4().hex, after_ms=after)
-            holders = [Holder.from_json(h) for h in record.get("holders", [])]
-            self._holders = remember(holders, me, self.history_size, found)
-            self._write(worker_id, fence)
-            self._claim_fd = fd
-            return Reservation(worker_id, after, fence, me.lease_id, found)
+        with self._directory_locked():
+            self._check_layout()
+            for worker_id in self._candidates():
+                fd = os.open(self._path(worker_id, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    record, holders = self._read(worker_id)
+                except (BlockingIOError, UnreadableRecord) as exc:
+                    os.close(fd)
+                    if isinstance(exc, UnreadableRecord):
+                        self._quarantine(worker_id, str(exc))
+                    continue
+                found = record.get("fence_ms")
+                after = self._claim_after(found)
+                fence = self._first_fence(after)
+                me = replace(holder, worker_id=worker_id, lease_id=uuid.uuid4().hex, after_ms=after)
+                self._holders = remember(holders, me, self.history_size, found)
+                self._claim_fd, self._claim_file = fd, _identity(os.fstat(fd))
+                self._write(worker_id, fence, me.lease_id)
+                return Reservation(worker_id, after, fence, me.lease_id, found)
+        quarantined = f" ({len(self.quarantined)} of them quarantined: unreadable records)" if self.quarantined else ""
         raise LeaseUnavailable(
             f"all {len(self.worker_ids)} worker IDs {_span(self.worker_ids)} in {self.state_dir}"
-            " are held by running processes"
+            f" are held by running processes{quarantined}"
         )
 
     def _extend(self, reservation: Reservation, fence_ms: int) -> None:
-        self._write(reservation.worker_id, fence_ms)  # the flock cannot be lost while this process lives
+        with self._directory_locked():
+            self._check_claim(reservation)
+            self._write(reservation.worker_id, fence_ms, reservation.lease_id)
 
     def _release(self, reservation: Reservation, final_fence_ms: int) -> None:
         try:
-            ended = self._now_ms()
-            self._holders = [
-                replace(h, ended_ms=ended, fence_ms=final_fence_ms) if h.lease_id == reservation.lease_id else h
-                for h in self._holders
-            ]
-            self._write(reservation.worker_id, final_fence_ms)
+            with self._directory_locked():
+                self._check_claim(reservation)
+                ended = self._now_ms()
+                self._holders = [
+                    replace(h, ended_ms=ended, fence_ms=final_fence_ms) if h.lease_id == reservation.lease_id else h
+                    for h in self._holders
+                ]
+                self._write(reservation.worker_id, final_fence_ms, reservation.lease_id)
         finally:
-            if self._claim_fd is not None:
-                os.close(self._claim_fd)  # closing the descriptor drops the flock
-                self._claim_fd = None
+            self._drop_claim()
 
     def holders(self, worker_id: int) -> list[Holder]:
-        return [Holder.from_json(h) for h in self._read(worker_id).get("holders", [])]
+        return self._read(worker_id)[1]
 
     def fence_of(self, worker_id: int) -> int | None:
-        return self._read(worker_id).get("fence_ms")
+        return self._read(worker_id)[0].get("fence_ms")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -144,55 +166,125 @@ class LocalLease(Lease):
     def _path(self, worker_id: int, kind: str) -> Path:
         return self.state_dir / f"worker-{worker_id:05d}.{kind}"
 
-    def _read(self, worker_id: int) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def _directory_locked(self) -> Iterator[None]:
+        """Hold the state directory's ``flock``: claims and record writes of every process are serialised by it.
+        Bounded: a holder stopped while it holds the lock costs others a :class:`LeaseUnavailable`, never a hang."""
+        fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            return json.loads(self._path(worker_id, "json").read_text())
-        except FileNotFoundError:
-            return {}
+            deadline = time.monotonic() + DIRECTORY_LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LeaseUnavailable(
+                            f"state directory {self.state_dir} stayed locked by another process for"
+                            f" {DIRECTORY_LOCK_TIMEOUT_S:g} s"
+                        ) from None
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)  # drops the flock
 
-    def _write(self, worker_id: int, fence_ms: int) -> None:
-        record = {"worker_id": worker_id, "fence_ms": fence_ms, "holders": [h.to_json() for h in self._holders]}
+    def _check_claim(self, reservation: Reservation) -> None:
+        """Raise :class:`LeaseLost` (and let the worker ID go) unless the claim is still ours; under the directory
+        lock, so no other process can claim the worker ID between this check and the write that follows."""
+        worker_id = reservation.worker_id
+        lock_path = self._path(worker_id, "lock")
+        why = None
+        try:
+            if self._claim_fd is None or _identity(os.stat(lock_path)) != self._claim_file:
+                why = f"its lock file {lock_path} was replaced"
+            elif self._read(worker_id)[0].get("lease_id") != reservation.lease_id:
+                why = f"its record {self._path(worker_id, 'json')} names another holder"
+            else:
+                os.utime(lock_path)  # fresh, for cleaners that remove old files
+        except FileNotFoundError:
+            why = f"its lock file {lock_path} was removed"
+        except UnreadableRecord as exc:
+            why = str(exc)
+        if why is not None:
+            self._drop_claim()
+            raise LeaseLost(f"worker {worker_id} is no longer ours: {why}")
+
+    def _drop_claim(self) -> None:
+        if self._claim_fd is not None:
+            os.close(self._claim_fd)  # closing the descriptor drops the flock
+            self._claim_fd = None
+
+    def _read(self, worker_id: int) -> tuple[dict[str, Any], list[Holder]]:
+        """The record of ``worker_id`` (``{}`` and no holders if it has none), or :class:`UnreadableRecord`."""
+        path = self._path(worker_id, "json")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return {}, []
+        return parse_worker_record(data, f"the record {path}")
+
+    def _write(self, worker_id: int, fence_ms: int, lease_id: str) -> None:
+        record = {
+            "worker_id": worker_id,
+            "fence_ms": fence_ms,
+            "lease_id": lease_id,
+            "holders": [h.to_json() for h in self._holders],
+        }
         _write_durably(self._path(worker_id, "json"), json.dumps(record, indent=1))
 
     def _candidates(self) -> Iterator[int]:
-        """Free-looking worker IDs in the order to try: never used first, then oldest fence first."""
+        """Free-looking worker IDs in the order to try: never used first, then oldest fence first. Unreadable
+        records are quarantined, never tried."""
         fences: dict[int, int] = {}
-        for path in self.state_dir.glob("worker-*.json"):
-            with contextlib.suppress(ValueError, KeyError, OSError):
-                worker_id = int(path.name[7:12])
-                if worker_id in self.worker_ids:
-                    fences[worker_id] = json.loads(path.read_text())["fence_ms"]
-        yield from (w for w in self.worker_ids if w not in fences)
-        yield from sorted(fences, key=fences.__getitem__)
+        for path in self.state_dir.iterdir():
+            name = _RECORD_NAME.fullmatch(path.name)
+            worker_id = int(name.group(1)) if name else -1
+            if worker_id not in self.worker_ids:
+                continue
+            try:
+                fences[worker_id] = self._read(worker_id)[0]["fence_ms"]
+            except UnreadableRecord as exc:
+                self._quarantine(worker_id, str(exc))
+        usable = [w for w in self.worker_ids if w not in self.quarantined]
+        yield from (w for w in usable if w not in fences)
+        yield from sorted((w for w in usable if w in fences), key=fences.__getitem__)
 
     def _check_layout(self) -> None:
         path = self.state_dir / "layout.json"
-        with open(self.state_dir / "layout.lock", "a") as guard:
-            fcntl.flock(guard, fcntl.LOCK_EX)
-            if not path.exists():
-                _write_durably(path, json.dumps(self.layout.spec()))
-                return
-            stored = json.loads(path.read_text())
-        if stored != self.layout.spec():
+        if not path.exists():
+            _write_durably(path, json.dumps(self.layout.spec()))
+            return
+        try:
+            stored = Layout.from_spec(load_record(path.read_bytes(), f"the layout file {path}"))
+        except (InvalidInput, TypeError, ValueError, KeyError) as exc:
+            raise UnreadableRecord(f"the layout file {path} is unreadable: not a layout spec ({exc})") from None
+        if stored != self.layout:
             raise LayoutMismatch(
-                f"state directory {self.state_dir} belongs to layout {Layout.from_spec(stored).summary()},"
-                f" not {self.layout.summary()}"
+                f"state directory {self.state_dir} belongs to layout {stored.summary()}, not {self.layout.summary()}"
             )
 
 
 def _write_durably(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so that after a crash it holds either the old or the new content."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave no partial file behind
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
 
 
 def _span(worker_ids: range) -> str:

@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -48,9 +47,10 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 from kazoo.security import ACL, Permissions, make_digest_acl
 
-from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable
+from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable, UnreadableRecord
 from idgen.layout import Layout
 from idgen.leases.base import Holder, Lease, LeaseLost, Reservation, remember
+from idgen.leases.records import WORKER_ID, load_record, parse_fence, parse_history, parse_holder
 
 log = logging.getLogger("idgen.lease")
 
@@ -160,62 +160,7 @@ def connected(hosts: str, auth: str | None = None) -> Iterator[KazooClient]:
         client.close()
 
 
-class UnreadableRecord(LeaseUnavailable):
-    """A znode that does not hold the record idgen writes there: torn, not JSON, or wrongly typed."""
-
-    code = "unreadable_record"
-
-
-_WORKER_ID = re.compile(r"0|[1-9][0-9]*", re.ASCII)
-_HOLDER_TYPES: dict[str, tuple[type, ...]] = {
-    "worker_id": (int,),
-    "lease_id": (str,),
-    "host": (str,),
-    "pid": (int,),
-    "address": (str, type(None)),
-    "started_ms": (int,),
-    "after_ms": (int,),
-    "ended_ms": (int, type(None)),
-}
 _WRITE_PERMS = Permissions.WRITE | Permissions.CREATE | Permissions.DELETE | Permissions.ADMIN
-
-
-def _load(data: bytes, what: str) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:  # also UnicodeDecodeError
-        raise UnreadableRecord(f"{what} is unreadable: not JSON ({len(data)} bytes)") from None
-
-
-def _typed(value: Any, types: tuple[type, ...]) -> bool:
-    return isinstance(value, types) and not isinstance(value, bool)
-
-
-def parse_fence(data: bytes, what: str) -> dict[str, Any]:
-    """A fence record ``{"fence_ms": int >= 0, "lease_id": str}``, or :class:`UnreadableRecord`."""
-    record = _load(data, what)
-    if not (
-        isinstance(record, dict)
-        and _typed(record.get("fence_ms"), (int,))
-        and record["fence_ms"] >= 0
-        and _typed(record.get("lease_id"), (str,))
-    ):
-        raise UnreadableRecord(f"{what} is unreadable: not a fence record")
-    return record
-
-
-def parse_holder(record: Any, what: str) -> Holder:
-    """One holder (a claim, or an entry of a history), every field of its type, or :class:`UnreadableRecord`."""
-    if not (isinstance(record, dict) and all(_typed(record.get(k), t) for k, t in _HOLDER_TYPES.items())):
-        raise UnreadableRecord(f"{what} is unreadable: not a holder record")
-    return Holder.from_json(record)
-
-
-def parse_history(data: bytes, what: str) -> list[Holder]:
-    record = _load(data, what)
-    if not isinstance(record, list):
-        raise UnreadableRecord(f"{what} is unreadable: not a list of holders")
-    return [parse_holder(h, what) for h in record]
 
 
 class Namespace:
@@ -272,7 +217,7 @@ class Namespace:
                 ) from None
             what = f"the layout record {self.node('layout')}"
             try:
-                self._layout = Layout.from_spec(_load(data, what))
+                self._layout = Layout.from_spec(load_record(data, what))
             except InvalidInput:
                 raise UnreadableRecord(f"{what} is unreadable: not a layout spec") from None
         return self._layout
@@ -312,7 +257,7 @@ class Namespace:
             if data is not None:
                 with contextlib.suppress(UnreadableRecord):  # a claim is held whatever it says
                     what = f"the claim {self.node('leases', worker_id)}"
-                    leases[worker_id] = parse_holder(_load(data, what), what)
+                    leases[worker_id] = parse_holder(load_record(data, what), what)
         return leases
 
     def claimed(self) -> set[int]:
@@ -381,7 +326,7 @@ class Namespace:
             children: list[str] = self.call("get_children", self.node(kind))
         except NoNodeError:
             return []
-        return [c for c in children if _WORKER_ID.fullmatch(c)] if strict else children
+        return [c for c in children if WORKER_ID.fullmatch(c)] if strict else children
 
     def _get(self, path: str) -> bytes | None:
         try:
@@ -637,18 +582,6 @@ class ZkLease(Lease):
         }
 
     # -- internals --------------------------------------------------------------------------------
-
-    def _quarantine(self, worker_id: int, why: str) -> None:
-        """Never claim ``worker_id``: its records cannot be read, so it may have minted anything. Logged once."""
-        if worker_id in self.quarantined:
-            return
-        self.quarantined = {**self.quarantined, worker_id: why}  # a new dict: describe() may be iterating the old
-        log.error(
-            "worker ID %d quarantined: %s",
-            worker_id,
-            why,
-            extra={"event": "worker_id_quarantined", "worker_id": worker_id, "reason": why},
-        )
 
     def _drop_lost_claim(self, session_id: int) -> None:
         """Delete the claim of a lease lost while the session lived, if it is still this session's."""
