@@ -122,3 +122,28 @@ def test_mint_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     )
     assert result.stdout.strip().isdigit()
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"\xff\xfe garbage", "is unreadable: not JSON"), (b'{"layout": 3}', "is unreadable: not a layout spec")],
+)
+def test_a_garbage_layout_file_is_one_line_and_exit_1(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "layout.json").write_bytes(content)
+    result = idgen("mint", state_dir=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_corrupt_record_is_never_used_and_the_other_worker_ids_still_mint(tmp_path: Path) -> None:
+    first = idgen("mint", "--worker-ids", "0-1", state_dir=tmp_path)
+    assert decode(first.stdout.strip())["worker_id"] == 0
+    (tmp_path / "worker-00000.json").write_text('{"fence_ms": "soon"')  # torn
+    for _ in range(2):
+        again = idgen("mint", "--worker-ids", "0-1", state_dir=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert decode(again.stdout.strip())["worker_id"] == 1
+        assert "worker ID 0 quarantined" in again.stderr and "Traceback" not in again.stderr
+    only_corrupt = idgen("mint", "--worker-ids", "0-0", state_dir=tmp_path)
+    assert only_corrupt.returncode == 1
+    assert "quarantined" in only_corrupt.stderr.splitlines()[-1] and "Traceback" not in only_corrupt.stderr

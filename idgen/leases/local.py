@@ -123,7 +123,7 @@ class LocalLease(Lease):
                 self._claim_fd, self._claim_file = fd, _identity(os.fstat(fd))
                 self._write(worker_id, fence, me.lease_id)
                 return Reservation(worker_id, after, fence, me.lease_id, found)
-        quarantined = f" ({len(self.quarantined)} of them quarantined: unreadable records)" if self.quarantined else ""
+        quarantined = f" or quarantined ({len(self.quarantined)}: unreadable records)" if self.quarantined else ""
         raise LeaseUnavailable(
             f"all {len(self.worker_ids)} worker IDs {_span(self.worker_ids)} in {self.state_dir}"
             f" are held by running processes{quarantined}"
