@@ -39,18 +39,20 @@ TINY = Layout("tiny", (("time", 41), ("worker_id", 2), ("sequence", 20)), epoch_
 
 class IdgenServer(ServerProcess):
     """A named server of a scenario: :class:`ServerProcess` plus the load client's target, readiness and the
-    signals the scenarios send. It talks to ZooKeeper with :data:`TEST_CREDENTIALS`, as deployments do."""
+    signals the scenarios send. It talks to ZooKeeper with :data:`TEST_CREDENTIALS`, as deployments do. ``command``
+    runs another server that logs ``listening`` and answers ``/id``, ``/readyz`` and ``/info`` alike (gunicorn)."""
 
     def __init__(
         self,
         name: str,
         *args: str,
         host: str = "127.0.0.1",
+        command: list[str] | None = None,
         env: Mapping[str, str] | None = None,
         netns: str | None = None,
     ) -> None:
         env = {ZK_AUTH_ENV: TEST_CREDENTIALS, **(env or {})}
-        super().__init__(*args, name=name, host=host, env=env, netns=netns)
+        super().__init__(*args, name=name, host=host, command=command, env=env, netns=netns)
 
     @property
     def target(self) -> Target:
