@@ -3,21 +3,36 @@
 Scenario 10a: gunicorn ``--preload`` imports an app that made a :class:`~idgen.Generator` and minted with it, then
 forks three workers under load. Each worker copies the master's generator, its live tick and its lease; it must
 lease a worker ID of its own on first use. Before the fork fix every worker minted the master's IDs again.
+
+Scenario 10b: in a real process, threads mint from one generator while the main thread calls ``close()``; a second
+process, polling for the worker ID, takes it the moment it is free. Its clock is a little behind (libfaketime), as a
+successor's may be, so it waits for its clock to pass the final fence and then mints in the very ticks just above it.
+Before the close fix threads went on opening ticks above the final fence ``close()`` wrote, and the successor
+repeated their IDs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
+import os
+import select
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from faultkit import IdgenServer
+import close_race
+from faultkit import Faketime, IdgenServer
 from loadclient import LoadClient, Report, check, ids_of
 
 from idgen import DEFAULT_LAYOUT
 
 HERE = Path(__file__).resolve().parent
 GUNICORN_WORKERS = 3
+CLOSE_TRIALS = 5
+SUCCESSOR_BEHIND_S = 0.2  # the successor's clock behind the closing process's
 
 
 def test_gunicorn_preload_workers_each_mint_under_a_worker_id_of_their_own(
@@ -50,3 +65,67 @@ def test_gunicorn_preload_workers_each_mint_under_a_worker_id_of_their_own(
     report.assert_ok()
     assert len(worker_ids) == GUNICORN_WORKERS and master not in worker_ids, (master, worker_ids)
     assert preloaded not in served
+
+
+def test_close_while_threads_mint_leaves_nothing_for_the_successor_to_repeat(
+    tmp_path: Path, faketime: Faketime, fault_results: list[Report]
+) -> None:
+    report = Report("10b. close() while 4 threads mint; a successor process takes the worker ID at once")
+    fault_results.append(report)
+    faketime.set(-SUCCESSOR_BEHIND_S)
+    shared: list[int] = []  # IDs both processes minted, by trial
+    for trial in range(CLOSE_TRIALS):
+        state, out = tmp_path / f"state-{trial}", tmp_path / f"trial-{trial}"
+        with _script("race", state, out / "race") as racer:
+            _expect_line(racer, "holding")
+            with _script("succeed", state, out / "successor", env=faketime.env()) as successor:
+                _expect_line(successor, "waiting")
+                assert racer.stdin is not None
+                racer.stdin.write("close\n")
+                racer.stdin.close()
+                assert racer.wait(30) == 0 and successor.wait(30) == 0
+        raced, succeeded = (json.loads((out / name).read_text()) for name in ("race", "successor"))
+        before, after = [i for ids in raced for i in ids], succeeded[0]
+        report.ids += len(before) + len(after)
+        shared.append(len(set(before) & set(after)))
+        report.duplicates += shared[-1]
+        report.out_of_order += sum(_disorder(ids) for ids in [*raced, after])
+        assert {DEFAULT_LAYOUT.split(i)["worker"] for i in before + after} == {close_race.WORKER_ID}
+    report.notes.append(
+        f"{CLOSE_TRIALS} trials, each in a new state directory; the successor's clock"
+        f" {SUCCESSOR_BEHIND_S * 1000:.0f} ms behind, so it minted in the ticks just above the final fence;"
+        f" IDs checked: both processes' together; shared by trial: {shared}"
+    )
+    report.assert_ok()
+
+
+@contextlib.contextmanager
+def _script(role: str, state: Path, out: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """``close_race.py role state out`` as a child with pipes (``env`` added); killed if still running at the end."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(HERE / "close_race.py"), role, str(state), str(out)]
+    proc = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+
+
+def _expect_line(proc: subprocess.Popen[str], line: str, timeout: float = 30.0) -> None:
+    """Wait (bounded) for ``proc`` to print ``line``."""
+    assert proc.stdout is not None
+    readable, _, _ = select.select([proc.stdout], [], [], timeout)
+    got = proc.stdout.readline().strip() if readable else f"nothing within {timeout} s"
+    assert got == line, f"expected {line!r} from the script, got {got!r} (exit code {proc.poll()})"
+
+
+def _disorder(ids: Sequence[int]) -> int:
+    """IDs not above the one before: one thread's IDs from one generator must strictly increase."""
+    return sum(b <= a for a, b in itertools.pairwise(ids))
