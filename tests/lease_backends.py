@@ -8,7 +8,10 @@ files, or from another ZooKeeper client. Adding a backend means adding one subcl
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +22,7 @@ from kazoo.client import KazooClient
 
 from idgen import Layout
 from idgen.clock import ManualClock
-from idgen.leases.base import Holder, Lease
+from idgen.leases.base import Holder, Lease, Reservation
 from idgen.leases.local import LocalLease
 from idgen.leases.zookeeper import ZkLease, connect
 
@@ -57,6 +60,15 @@ class Backend(ABC):
     def take_claim(self, layout: Layout, worker_id: int, spawn_holder: Callable[..., HolderProcess]) -> int:
         """Take the claim on ``worker_id`` away from its live holder and keep it; return the fence the taker
         relies on: the new owner mints only above it, so the old holder must never mint above it."""
+
+    @abstractmethod
+    def crash(self, lease: Lease) -> None:
+        """What ``kill -9`` of the process holding ``lease`` does to the claim (the process's threads stop too)."""
+
+    @abstractmethod
+    def lose_claim(self, lease: Lease) -> None:
+        """Take away the claim of a live ``lease`` by the backend's own failure: the lock file removed (local), the
+        session expired (ZooKeeper). Nobody else holds it yet."""
 
     def holder(self, spawn_holder: Callable[..., HolderProcess], layout: Layout, **options: Any) -> HolderProcess:
         """Start a real process that leases in this space and mints one ID (call ``ready()`` on it)."""
@@ -122,6 +134,21 @@ class LocalBackend(Backend):
         assert taker.worker_id == worker_id
         return taker.after_ms
 
+    def crash(self, lease: Lease) -> None:
+        """The OS drops the flock: it closes the descriptor."""
+        assert isinstance(lease, LocalLease)
+        stop_renewal(lease)
+        if lease._claim_fd is not None:
+            os.close(lease._claim_fd)
+            lease._claim_fd = None
+
+    def lose_claim(self, lease: Lease) -> None:
+        """A tmp cleaner or an operator removes the lock file."""
+        held = lease.status().reservation
+        if held is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.lock_path(lease.layout, held.worker_id).unlink()
+
     def close(self) -> None:
         """Nothing to close: the outsider reads the files."""
 
@@ -185,10 +212,68 @@ class ZooKeeperBackend(Backend):
         assert fence is not None
         return fence
 
+    def crash(self, lease: Lease) -> None:
+        """The session expires (the server deletes the claim node), and the dead process's client is gone."""
+        assert isinstance(lease, ZkLease)
+        stop_renewal(lease)
+        self.expire(lease)
+        if lease._client is not None:
+            lease._client.stop()
+            lease._client.close()
+
+    def lose_claim(self, lease: Lease) -> None:
+        """The session expires; returns once the lease has seen it (it then acquires afresh by itself)."""
+        assert isinstance(lease, ZkLease)
+        held = lease.status().reservation
+        if held is None or lease._client is None:
+            return
+        self.expire(lease)
+        deadline = time.monotonic() + 5
+        while (now := lease.status().reservation) is not None and now.lease_id == held.lease_id:
+            assert time.monotonic() < deadline, "the lease did not notice its session expired within 5 s"
+            time.sleep(0.005)
+
+    def expire(self, lease: ZkLease) -> None:
+        """Expire ``lease``'s session for real: another client takes over its session ID and closes it."""
+        assert lease._client is not None
+        session_id, password = lease._client.client_id
+        thief = KazooClient(hosts=self.hosts, client_id=(session_id, password))
+        thief.start(timeout=5)
+        thief.stop()
+        thief.close()
+
     def close(self) -> None:
         if self._admin is not None:
             self._admin.stop()
             self._admin.close()
+
+
+def stop_renewal(lease: Lease) -> None:
+    """Stop ``lease``'s renewal thread where it is, releasing nothing: what a crash does to it."""
+    lease._closing.set()
+    lease._wake.set()
+    assert lease._thread is not None
+    lease._thread.join(timeout=10)
+    assert not lease._thread.is_alive(), "the renewal thread did not stop"
+
+
+def observe(lease: Lease, log: list[Reservation | None] | None = None) -> list[Reservation | None]:
+    """Everything ``lease`` will publish to its listener, in order, also appended to ``log`` if given (one log
+    for many leases orders their acquisitions). The generator's listener still gets it all."""
+    published: list[Reservation | None] = []
+    start = lease.start
+
+    def start_and_record(listener: Callable[[Reservation | None], None]) -> Reservation | None:
+        def record(reservation: Reservation | None) -> None:
+            published.append(reservation)
+            if log is not None:
+                log.append(reservation)
+            listener(reservation)
+
+        return start(record)
+
+    lease.start = start_and_record  # type: ignore[method-assign]
+    return published
 
 
 BACKENDS = ("local", "zookeeper")

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from forks import FORKS, Child
 from holder import HolderProcess
-from lease_backends import BACKENDS, WINDOW_MS, Backend, make_backend
+from lease_backends import BACKENDS, WINDOW_MS, Backend, make_backend, observe
 
 from idgen import DEFAULT_LAYOUT, Generator, Layout, decode
 from idgen.clock import ManualClock
@@ -68,22 +68,6 @@ def poll(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
             pass
         assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
         time.sleep(0.02)
-
-
-def observe(lease: Lease) -> list[Reservation | None]:
-    """Everything ``lease`` will publish to its listener, in order (the generator's listener still gets it all)."""
-    published: list[Reservation | None] = []
-    start = lease.start
-
-    def start_and_record(listener: Callable[[Reservation | None], None]) -> Reservation | None:
-        def record(reservation: Reservation | None) -> None:
-            published.append(reservation)
-            listener(reservation)
-
-        return start(record)
-
-    lease.start = start_and_record  # type: ignore[method-assign]
-    return published
 
 
 def start(leases: list[Lease], lease: Lease, listener: Callable[[Reservation | None], None] = lambda _: None) -> Lease:

@@ -1,9 +1,11 @@
 """Model-based test: random interleavings of everything that happens to the generators of one worker-ID space.
 
-``LeaseModel`` (hypothesis stateful testing) drives several generators, each on its own local lease, over one
-state directory with 3 worker IDs (so IDs are reused all the time) and one manual clock shared by all of them.
-Its rules mint one and many, close, crash, restart, lose the claim (the lock file removed) and regain it, extend,
-step the clock both ways, and tamper with records. After every step it checks that:
+``LeaseModel`` (hypothesis stateful testing) drives several generators, each on its own lease, over one worker-ID
+space of 2 worker IDs (so they are reused all the time) and one manual clock shared by all of them. It runs on
+each backend of tests/lease_backends.py: local leases over one state directory, and ZooKeeper leases (with
+credentials) in one namespace. Its rules mint one and many, close, crash, restart, lose the claim (the lock file
+removed; the session expired) and regain it, extend, step the clock both ways, and tamper with fence records.
+After every step it checks that:
 
 1. no ID was issued twice;
 2. IDs are in order: each generator's strictly increase, and on one worker ID every ID of a later holder is
@@ -16,19 +18,20 @@ allowed outcome of any rule: it means "not now", never a wrong ID.
 
 A fork copies a whole process, so it gets its own property test with real ``fork()`` calls below.
 
-CI runs a fixed budget (300 examples), derandomized: the same examples every run. To explore others, pass a
-seed: ``pytest tests/test_model.py --hypothesis-seed=N``; ``IDGEN_MODEL_EXAMPLES=3000`` runs a longer hunt. A
-failure prints the seed in use, the shrunk steps, and a ``@reproduce_failure`` blob that replays them exactly.
+CI runs a fixed budget (300 examples on local leases, 10 on ZooKeeper), derandomized: the same examples every
+run. To explore others, pass a seed: ``pytest tests/test_model.py --hypothesis-seed=N``;
+``IDGEN_MODEL_EXAMPLES=3000`` runs a longer hunt (a thirtieth of it on ZooKeeper). A failure prints the seed in
+use, the shrunk steps, and a ``@reproduce_failure`` blob that replays them exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,53 +39,40 @@ from typing import Any
 
 import pytest
 from forks import FORKS, Child
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from lease_backends import Backend, LocalBackend, ZooKeeperBackend, observe
 
 from idgen import DEFAULT_LAYOUT, Generator, Layout
 from idgen.clock import ManualClock
 from idgen.errors import FenceReached, LeaseUnavailable, Unavailable
-from idgen.leases.base import LeaseState, Reservation
+from idgen.leases.base import Lease, LeaseState, Reservation
 from idgen.leases.local import LocalLease
 
-# 16 IDs per 1 ms tick, so batches overflow into the next tick; 4 worker IDs, of which the model leases 3.
-LAYOUT = Layout("model", (("time", 57), ("worker_id", 2), ("sequence", 4)), epoch_ms=DEFAULT_LAYOUT.epoch_ms)
-WORKER_IDS = range(3)
-WINDOW_MS = 10_000  # large next to the clock steps, so most steps stay inside a window
+# 16 IDs per 1 ms tick, so batches overflow into the next tick; 2 worker IDs, so they are reused all the time.
+LAYOUT = Layout("model", (("time", 58), ("worker_id", 1), ("sequence", 4)), epoch_ms=DEFAULT_LAYOUT.epoch_ms)
+WORKER_IDS = range(LAYOUT.worker_capacity)
+WINDOW_MS = 10_000  # large next to most clock steps, so most steps stay inside a window
 START_MS = 1_800_000_000_000
-MAX_LIVE = 4  # one more than the worker IDs: the space runs out
+MAX_LIVE = 3  # one more than the worker IDs: the space runs out
 JUNK = (b"", b"\x00\xff", b'{"fence_ms": 17', b'{"fence_ms": "x"}', b"[]", b'{"fence_ms": -5}', b'{"fence_ms": 1e40}')
 EXAMPLES = int(os.environ.get("IDGEN_MODEL_EXAMPLES", "300"))
-
-
-class RecordingLease(LocalLease):
-    """A local lease that also appends every reservation it publishes to ``log`` (shared by all leases, so its
-    order is the order of acquisitions) and to its own ``published``."""
-
-    def __init__(self, log: list[Reservation], *args: Any, **options: Any) -> None:
-        super().__init__(*args, **options)
-        self.log = log
-        self.published: list[Reservation] = []
-
-    def start(self, listener: Callable[[Reservation | None], None]) -> Reservation | None:
-        def record(reservation: Reservation | None) -> None:
-            if reservation is not None:
-                self.log.append(reservation)
-                self.published.append(reservation)
-            listener(reservation)
-
-        return super().start(record)
+ZK_EXAMPLES = max(EXAMPLES // 30, 1)  # a ZooKeeper lease costs a connection and round trips
 
 
 @dataclass
 class Slot:
-    """One running generator, as a process would hold it."""
+    """One running generator, as a process would hold it, and what its lease published."""
 
     name: str
     gen: Generator
-    lease: RecordingLease
+    published: list[Reservation | None]
     ids: list[int] = field(default_factory=list)
+
+    @property
+    def lease(self) -> Lease:
+        return self.gen.lease
 
 
 def stamp(id_: int) -> int:
@@ -103,18 +93,23 @@ def poll(check: Callable[[], bool], timeout: float) -> bool:
 
 
 class LeaseModel(RuleBasedStateMachine):
+    """The machine; a subclass provides the backend (one fresh worker-ID space per example)."""
+
+    def make_backend(self) -> Backend:
+        raise NotImplementedError
+
     def __init__(self) -> None:
         super().__init__()
-        self.dir = Path(tempfile.mkdtemp(prefix="idgen-model-"))
+        self.backend = self.make_backend()
         self.clock = ManualClock(START_MS)
-        self.log: list[Reservation] = []
+        self.log: list[Reservation | None] = []  # every publication of every lease: the order of acquisitions
         self.live: list[Slot] = []
         self.made = 0
         self.issued: dict[int, str] = {}  # every ID ever returned -> the lease ID it was minted under
         self.by_holder: dict[str, list[int]] = {}
         self.tampered: set[int] = set()  # worker IDs whose history an outsider destroyed: not traceable
         self.fresh: list[int] = []  # IDs minted by the last step
-        self.reader = LocalLease(LAYOUT, self.dir, WORKER_IDS, clock=self.clock)  # never started: reads records
+        self.reader = self.backend.lease(LAYOUT, clock=self.clock)  # never started: reads histories for trace()
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -138,9 +133,10 @@ class LeaseModel(RuleBasedStateMachine):
         """The reservation ``slot`` was given that covers ``id_``: the latest on its worker ID with ``after_ms``
         below its stamp; the stamp must also be at or below the highest fence of that reservation."""
         w, t = worker(id_), stamp(id_)
-        for reservation in reversed(slot.lease.published):
+        given = [r for r in slot.published if r is not None]
+        for reservation in reversed(given):
             if reservation.worker_id == w and reservation.after_ms < t:
-                fence = max(r.fence_ms for r in slot.lease.published if r.lease_id == reservation.lease_id)
+                fence = max(r.fence_ms for r in given if r.lease_id == reservation.lease_id)
                 assert t <= fence, f"{slot.name} minted {id_} stamped {t}, above its fence {fence}"
                 return reservation.lease_id
         raise AssertionError(f"{slot.name} minted {id_} (worker {w}, stamp {t}) outside every reservation it had")
@@ -149,9 +145,8 @@ class LeaseModel(RuleBasedStateMachine):
         w = worker(id_)
         if w in self.tampered:
             return
-        with contextlib.suppress(FileNotFoundError):
-            fence = json.loads(self.reader._path(w, "json").read_text())["fence_ms"]
-            assert stamp(id_) <= fence, f"{id_} minted above the durable fence {fence} of worker {w}"
+        fence = self.backend.fence(LAYOUT, w)
+        assert fence is not None and stamp(id_) <= fence, f"{id_} minted above the durable fence {fence} of worker {w}"
 
     def mint(self, slot: Slot, how: Callable[[Generator], list[int]]) -> None:
         try:
@@ -168,16 +163,15 @@ class LeaseModel(RuleBasedStateMachine):
     @precondition(lambda self: len(self.live) < MAX_LIVE)
     @rule()
     def start(self) -> None:
-        """A process starts (or restarts) and leases a worker ID in the shared directory."""
+        """A process starts (or restarts) and leases a worker ID in the shared space."""
         self.made += 1
-        lease = RecordingLease(
-            self.log, LAYOUT, self.dir, WORKER_IDS, clock=self.clock, window_ms=WINDOW_MS, history_size=1_000
-        )
+        lease = self.backend.lease(LAYOUT, clock=self.clock, window_ms=WINDOW_MS, history_size=1_000)
+        published = observe(lease, self.log)
         try:
             gen = Generator(LAYOUT, lease, clock=self.clock)
         except LeaseUnavailable:
             return  # every worker ID held (or unusable): refused
-        self.live.append(Slot(f"g{self.made}", gen, lease))
+        self.live.append(Slot(f"g{self.made}", gen, published))
 
     @precondition(lambda self: self.live)
     @rule(index=st.integers(0, MAX_LIVE))
@@ -199,27 +193,17 @@ class LeaseModel(RuleBasedStateMachine):
     @precondition(lambda self: self.live)
     @rule(index=st.integers(0, MAX_LIVE))
     def crash(self, index: int) -> None:
-        """kill -9: the process stops where it is (its renewal thread too) and the OS drops its flock."""
+        """kill -9: the process stops where it is, its renewal thread too, and the backend frees its claim as the
+        OS (local) or the session timeout (ZooKeeper) would."""
         slot = self.slot(index)
         self.live.remove(slot)
-        lease = slot.lease
-        lease._closing.set()
-        lease._wake.set()
-        assert lease._thread is not None
-        lease._thread.join(timeout=10)
-        assert not lease._thread.is_alive(), "the renewal thread did not stop"
-        if lease._claim_fd is not None:
-            os.close(lease._claim_fd)
-            lease._claim_fd = None
+        self.backend.crash(slot.lease)
 
     @precondition(lambda self: self.live)
     @rule(index=st.integers(0, MAX_LIVE))
     def lose_claim(self, index: int) -> None:
-        """A tmp cleaner (or an operator) removes the lock file of the worker ID this generator holds."""
-        held = self.slot(index).lease.status().reservation
-        if held is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.reader._path(held.worker_id, "lock").unlink()
+        """The claim goes away under a live holder: lock file removed (local), session expired (ZooKeeper)."""
+        self.backend.lose_claim(self.slot(index).lease)
 
     @precondition(lambda self: self.live)  # not on lease states: the renewal threads change them in the background
     @rule()
@@ -261,9 +245,9 @@ class LeaseModel(RuleBasedStateMachine):
 
     @rule(worker_id=st.sampled_from(WORKER_IDS), junk=st.sampled_from(JUNK))
     def tamper(self, worker_id: int, junk: bytes) -> None:
-        """Junk replaces a worker ID's record: a torn copy, a bad restore, a hand edit."""
+        """Junk replaces a worker ID's fence record: a torn copy, a bad restore, a hand edit."""
         self.tampered.add(worker_id)
-        self.reader._path(worker_id, "json").write_bytes(junk)
+        self.backend.tamper(LAYOUT, worker_id, junk)
 
     # -- invariants -------------------------------------------------------------------------------
 
@@ -272,7 +256,7 @@ class LeaseModel(RuleBasedStateMachine):
         seen: set[str] = set()
         highest: dict[int, tuple[int, str]] = {}  # worker ID -> the highest ID of its holders so far, and whose
         for reservation in list(self.log):  # acquisition order
-            if reservation.lease_id in seen:
+            if reservation is None or reservation.lease_id in seen:
                 continue
             seen.add(reservation.lease_id)
             ids = self.by_holder.get(reservation.lease_id)
@@ -306,7 +290,8 @@ class LeaseModel(RuleBasedStateMachine):
         for slot in self.live:
             with contextlib.suppress(Exception):
                 slot.gen.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.reader.close()
+        self.backend.close()
 
 
 def model_settings(request: pytest.FixtureRequest, **budget: Any) -> settings:
@@ -319,15 +304,29 @@ def model_settings(request: pytest.FixtureRequest, **budget: Any) -> settings:
         print_blob=True,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],  # explain: slow on threads
         **budget,
     )
 
 
+def run_model(request: pytest.FixtureRequest, backend: Callable[[], Backend], examples: int, steps: int) -> None:
+    class Model(LeaseModel):
+        def make_backend(self) -> Backend:
+            return backend()
+
+    run_state_machine_as_test(Model, settings=model_settings(request, max_examples=examples, stateful_step_count=steps))
+
+
 @pytest.mark.timeout(600)  # a passing run takes well under a minute; shrinking a failure may take longer
-def test_model_of_one_worker_id_space(request: pytest.FixtureRequest) -> None:
-    run_state_machine_as_test(
-        LeaseModel, settings=model_settings(request, max_examples=EXAMPLES, stateful_step_count=60)
-    )
+def test_model_of_one_worker_id_space_on_local_leases(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    run_model(request, lambda: LocalBackend(Path(tempfile.mkdtemp(dir=tmp_path))), EXAMPLES, 60)
+
+
+@pytest.mark.timeout(600)
+def test_model_of_one_worker_id_space_on_zookeeper_leases(
+    request: pytest.FixtureRequest, zk_hosts: str, zk_namespace: str
+) -> None:
+    run_model(request, lambda: ZooKeeperBackend(zk_hosts, f"{zk_namespace}/{uuid.uuid4().hex}"), ZK_EXAMPLES, 30)
 
 
 # -- fork: a copied process ----------------------------------------------------------------------------
