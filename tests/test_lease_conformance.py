@@ -220,7 +220,7 @@ def test_history_records_each_holder_and_trace_names_the_one_that_minted_an_id(
     ]
     reader = backend.lease(SOLO)
     try:
-        traced = [reader.trace(0, stamp(i, SOLO)) for i in (other.first_id, my_id)]
+        traced = [reader.trace(0, stamp(i, SOLO)).holder for i in (other.first_id, my_id)]
         assert [(t.pid, t.lease_id) if t else None for t in traced] == [
             (other.pid, other.lease_id),
             (os.getpid(), my_lease_id),
@@ -238,12 +238,14 @@ def test_trace_skips_a_holder_that_minted_nothing_and_names_nobody_outside_every
             lease_ids.append(reservation(gen.lease).lease_id)
     reader = backend.lease(SOLO)
     try:
-        assert [(t.lease_id if (t := reader.trace(0, stamp(i, SOLO))) else None) for i in ids] == [
+        assert [(t.lease_id if (t := reader.trace(0, stamp(i, SOLO)).holder) else None) for i in ids] == [
             lease_ids[0],
             lease_ids[2],
         ]
-        assert reader.trace(0, now_ms() + 10 * 365 * 86_400_000) is None  # stamped in the future
-        assert reader.trace(0, EPOCH + 1) is None  # stamped years before the first holder started
+        future = reader.trace(0, now_ms() + 10 * 365 * 86_400_000)
+        assert (future.holder, future.code) == (None, "future")
+        early = reader.trace(0, EPOCH + 1)  # years before the first holder started
+        assert (early.holder, early.code) == (None, "before_history")
     finally:
         reader.close()
 
