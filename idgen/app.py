@@ -59,7 +59,7 @@ from idgen.encoding import FORMS, format_ids, parse_id
 from idgen.errors import ClockBehind, InvalidInput, Unavailable
 from idgen.generator import Generator
 from idgen.layout import iso_ms
-from idgen.leases.base import LeaseState
+from idgen.leases.base import Lease, LeaseState
 from idgen.openapi import document
 
 log = logging.getLogger("idgen.http")
@@ -254,7 +254,6 @@ class Service:
         if max_count < 1:
             raise ValueError(f"max_count must be at least 1, not {max_count}")
         self.generator = generator
-        self.lease = generator.lease
         self.layout = generator.layout
         self.max_count = max_count
         self.tolerance_ms = rollback_tolerance_ms
@@ -271,6 +270,11 @@ class Service:
         self._was_ready: bool | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._fallback_resource: AbstractResource | None = None
+
+    @property
+    def lease(self) -> Lease:
+        """The generator's lease, read each time: in a forked child the generator adopts a lease of its own."""
+        return self.generator.lease
 
     # -- minting ----------------------------------------------------------------------------------
 

@@ -200,8 +200,9 @@ class _Core:
         self.crash: BaseException | None = None
 
     def fresh(self) -> _Core:
-        """A new core with the same settings: empty buffer, zero counts (the state of a forked child's client)."""
-        return _Core(
+        """A new core with the same settings: empty buffer, zero counts (the state of a forked child's client). A
+        client closed before the fork stays closed."""
+        core = _Core(
             self.urls,
             self.batch,
             self.low_water,
@@ -211,6 +212,8 @@ class _Core:
             self.probe_interval,
             self.max_wait,
         )
+        core.closed = self.closed
+        return core
 
     # -- taking IDs ----------------------------------------------------------------------------------
 

@@ -158,8 +158,9 @@ class Generator:
                 return [self._advance() for _ in range(n)]
         out: list[int] = []
         while len(out) < n:
+            marker = self._marker  # before the snapshot: an adoption swaps the snapshot first, then the marker
             snapshot = self._snapshot
-            if snapshot.start_ns <= self._now_ns() < snapshot.end_ns and self._marker[0]:
+            if snapshot.start_ns <= self._now_ns() < snapshot.end_ns and marker[0]:
                 out += itertools.islice(snapshot.ids, n - len(out))
                 if len(out) == n:
                     break
@@ -189,9 +190,9 @@ class Generator:
             if self._lock_free:
                 self.next_id = self._fast_path()  # a caller holding the old closure is still right, only slower
             self.lease = self.lease.forked()
-            self._pid = pid
             if start_lease and not self._closed:
-                self._start_lease()
+                self._start_lease()  # if it raises, the next call adopts afresh
+            self._pid = pid
 
     def _advance(self) -> int:
         """Mint one ID the slow way; the caller holds ``self._lock``."""

@@ -167,7 +167,7 @@ class Layout:
             return cls(
                 spec["name"], tuple(tuple(f) for f in spec["fields"]), int(spec["epoch_ms"]), int(spec["unit_ms"])
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # int(1e999) overflows
             if isinstance(exc, InvalidInput):
                 raise
             raise InvalidInput(f"not a layout spec: {spec!r}") from None

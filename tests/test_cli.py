@@ -126,7 +126,11 @@ def test_mint_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"\xff\xfe garbage", "is unreadable: not JSON"), (b'{"layout": 3}', "is unreadable: not a layout spec")],
+    [
+        (b"\xff\xfe garbage", "is unreadable: not JSON"),
+        (b'{"layout": 3}', "is unreadable: not a layout spec"),
+        (b'{"name": "x", "fields": [["time", 41]], "epoch_ms": 1e999, "unit_ms": 1}', "not a layout spec"),
+    ],
 )
 def test_a_garbage_layout_file_is_one_line_and_exit_1(tmp_path: Path, content: bytes, message: str) -> None:
     (tmp_path / "layout.json").write_bytes(content)

@@ -193,3 +193,29 @@ def test_closing_in_the_child_leaves_the_parents_lease_alone(gen: Generator) -> 
     status_after = gen.lease.status()
     assert status_after.reservation is not None and status_after.reservation.worker_id == gen.worker_id
     assert gen.next_id()
+
+
+def test_a_lease_closed_in_the_child_leaves_the_parents_claim_and_records_alone(gen: Generator) -> None:
+    """A user's ``with lease:`` can unwind in a forked child: its copy of the parent's lease must not release the
+    parent's claim, lower its fence or end its history entry."""
+    gen.next_id()
+    worker = gen.worker_id
+    assert worker is not None
+    fence_before = gen.lease.fence_of(worker)
+    assert fence_before is not None
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            gen.lease.close(high_water_ms=0)  # the inherited lease object, closed directly
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    fence_after = gen.lease.fence_of(worker)
+    assert fence_after is not None and fence_after >= fence_before
+    assert gen.lease.holders(worker)[-1].ended_ms is None
+    assert gen.lease.status().reservation is not None
+    gen.lease.renew_soon()
+    assert gen.next_id()

@@ -37,7 +37,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
-from functools import cached_property
 from typing import Any, Self
 
 from idgen.clock import SYSTEM_CLOCK, Clock
@@ -287,6 +286,8 @@ class Lease(ABC):
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+        self._owner_pid = os.getpid()  # a copy of this lease in a forked child must not act on this process's claim
+        self._histories = _Histories(TRACED_HISTORIES)
         self.renewal_failures = 0  # renewal steps that failed; each is followed by a back-off
         self._failure_log = RepeatLimitedLog(log)
 
@@ -346,7 +347,14 @@ class Lease(ABC):
 
     def close(self, high_water_ms: int | None = None) -> None:
         """Stop renewing and release the claim. ``high_water_ms`` (the highest timestamp minted) lets the
-        fence come down to it, so the next holder need not wait out the unused part of the window."""
+        fence come down to it, so the next holder need not wait out the unused part of the window.
+
+        In a process forked from the one that started it, this does nothing but mark the copy released: the claim,
+        the renewal thread and the connection are the parent's, and the parent still mints under them."""
+        if os.getpid() != self._owner_pid:
+            with self._lock:
+                self._state, self._reservation = LeaseState.RELEASED, None
+            return
         self._closing.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -386,10 +394,6 @@ class Lease(ABC):
         holders = self.holders(worker_id)
         self._histories.keep(worker_id, holders)
         return trace(holders, unix_ms, fence_ms)
-
-    @cached_property
-    def _histories(self) -> _Histories:
-        return _Histories(TRACED_HISTORIES)
 
     def describe(self) -> dict[str, Any]:
         """Backend facts for ``/info``; subclasses add theirs."""

@@ -97,6 +97,7 @@ class LocalLease(Lease):
             # The child's copy of the descriptor shares the parent's flock: closing it here leaves the parent's claim
             # alone, and lets the worker ID go free once the parent lets go of it.
             os.close(self._claim_fd)
+            self._claim_fd = None  # this copy is the parent's lease: it must never close a descriptor reused since
         return clone
 
     # -- storage operations -------------------------------------------------------------------------

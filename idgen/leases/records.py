@@ -14,6 +14,7 @@ from typing import Any
 from idgen.errors import UnreadableRecord
 from idgen.leases.base import Holder
 
+MAX_UNIX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: every time a record holds is at most this
 WORKER_ID = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 """A worker ID as it appears in a znode or file name: canonical ASCII decimal (``"²"`` passes ``str.isdigit``)."""
 
@@ -38,7 +39,10 @@ def load_record(data: bytes | str, what: str) -> Any:
 
 
 def _typed(value: Any, types: tuple[type, ...]) -> bool:
-    return isinstance(value, types) and not isinstance(value, bool)
+    """``value`` is of ``types``, a bool is no int, and an int is a Unix time in ms idgen could have written."""
+    if isinstance(value, bool) or not isinstance(value, types):
+        return False
+    return not isinstance(value, int) or -1 <= value <= MAX_UNIX_MS
 
 
 def _fence_record(record: Any, what: str, lease_id_types: tuple[type, ...] = (str,)) -> dict[str, Any]:

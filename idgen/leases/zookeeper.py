@@ -13,8 +13,9 @@ refuses a namespace whose nodes anyone may write):
 - ``NS/clock``: a scratch node written to read ZooKeeper's own time (its mtime) for the skew check.
 
 Every record is parsed strictly: a worker ID whose fence or history is torn, not JSON or wrongly typed is
-*quarantined* (never claimed, reported), never taken for "never used". Every ZooKeeper call has a time bound
-(``connect_timeout_s``); a timeout is :class:`LeaseUnavailable`.
+*quarantined* (never claimed, reported), never taken for "never used". Every ZooKeeper request has a time bound
+(``connect_timeout_s``); a timeout is :class:`LeaseUnavailable`. Stopping the client at ``close()`` is kazoo's own,
+and may wait up to about 2/3 of the session timeout on a frozen server.
 
 Session states (kazoo) map onto the lease states: SUSPENDED keeps minting up to the reserved fence and
 extends nothing; LOST stops minting at once and acquires afresh; CONNECTED after SUSPENDED resumes.
@@ -566,7 +567,7 @@ class ZkLease(Lease):
         try:
             super().close(high_water_ms)
         finally:
-            if self._client is not None:
+            if self._client is not None and os.getpid() == self._owner_pid:  # a forked copy's client is the parent's
                 self._client.stop()
                 self._client.close()
 
