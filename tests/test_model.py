@@ -30,7 +30,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from lease_backends import Backend, LocalBackend, ZooKeeperBackend, observe
+from polling import eventually
 
 from idgen import DEFAULT_LAYOUT, Generator, Layout
 from idgen.clock import ManualClock
@@ -81,15 +81,6 @@ def stamp(id_: int) -> int:
 
 def worker(id_: int) -> int:
     return LAYOUT.split(id_)["worker"]
-
-
-def poll(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 class LeaseModel(RuleBasedStateMachine):
@@ -152,7 +143,11 @@ class LeaseModel(RuleBasedStateMachine):
         try:
             ids = how(slot.gen)
         except FenceReached:  # the generator woke its renewal thread: let the extension land before the next step
-            poll(lambda: (held := slot.lease.status().reservation) is None or held.fence_ms >= self.clock.now_ms(), 0.5)
+            eventually(
+                lambda: (held := slot.lease.status().reservation) is None or held.fence_ms >= self.clock.now_ms(),
+                0.5,
+                0.002,
+            )
             return
         except Unavailable:
             return  # refused: allowed, it mints nothing
@@ -212,7 +207,9 @@ class LeaseModel(RuleBasedStateMachine):
         waiting = [s.lease for s in self.live if s.lease.status().state in (LeaseState.LOST, LeaseState.ACQUIRING)]
         for lease in waiting:
             lease.renew_soon()
-        poll(lambda: all(lease.status().state is LeaseState.HELD for lease in waiting), timeout=0.2)
+        eventually(
+            lambda: all(lease.status().state is LeaseState.HELD for lease in waiting), timeout=0.2, interval=0.002
+        )
 
     @precondition(lambda self: self.live)
     @rule(index=st.integers(0, MAX_LIVE))
@@ -231,7 +228,9 @@ class LeaseModel(RuleBasedStateMachine):
             now = lease.status().reservation
             return now is None or now.fence_ms >= self.clock.now_ms() + WINDOW_MS
 
-        poll(extended, timeout=0.5)  # an extension that fails is a refusal to come, not a wrong ID
+        eventually(
+            extended, timeout=0.5, interval=0.002
+        )  # an extension that fails is a refusal to come, not a wrong ID
 
     @rule(ms=st.one_of(st.integers(-20, 20), st.integers(-15_000, 15_000)))
     def step_clock(self, ms: int) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from polling import eventually
 from zkharness import TEST_CREDENTIALS
 
 from idgen import DEFAULT_LAYOUT, Generator
@@ -77,7 +78,7 @@ def test_a_write_that_keeps_failing_is_retried_with_back_off_and_logged_once(
             refusals = hammer(gen)
         attempts = gen.lease.renewal_failures
         (full_disk / "filler").unlink()
-        recovered = _poll_for_an_id(gen)
+        recovered = eventually(gen.next_id, timeout=5.0)
     assert refusals > 1_000  # the generator kept asking
     assert 1 <= attempts <= MAX_ATTEMPTS, f"{attempts} failed writes in {HAMMER_S} s"
     failures = [r for r in caplog.records if getattr(r, "event", None) == "lease_step_failed"]
@@ -97,14 +98,3 @@ def test_a_clock_zookeeper_calls_untrusted_is_not_checked_once_per_request(zk_ho
         hammer(gen)
         checks = client.get(clock_node)[1].version - before  # every check writes the clock node once
     assert 1 <= checks <= MAX_ATTEMPTS, f"{checks} clock checks written to ZooKeeper in {HAMMER_S} s"
-
-
-def _poll_for_an_id(gen: Generator, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            gen.next_id()
-            return True
-        except Unavailable:
-            time.sleep(0.02)
-    return False

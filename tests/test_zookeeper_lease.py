@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoAuthError
+from polling import poll
 from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
 
 from idgen import DEFAULT_LAYOUT, PRESETS, Generator, Layout, decode
@@ -27,20 +28,6 @@ EPOCH = DEFAULT_LAYOUT.epoch_ms
 TINY = Layout("tiny", (("time", 41), ("worker_id", 2), ("sequence", 20)), epoch_ms=EPOCH)  # 4 worker IDs
 SOLO = Layout("solo", (("time", 41), ("sequence", 22)), epoch_ms=EPOCH)  # 1 worker ID: every holder reuses it
 FAST = {"window_ms": 1_000, "session_timeout_s": 2.0, "auth": TEST_CREDENTIALS}
-
-
-def poll(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Call ``check`` until it returns something truthy (returned) or raises nothing; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (Unavailable, LeaseUnavailable):
-            pass
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @pytest.fixture
