@@ -286,12 +286,15 @@ class Generator:
 
     @property
     def worker_id(self) -> int | None:
+        """The leased worker ID; ``None`` without a lease, and in a forked child until its first use leases one."""
         reservation = self._reservation
-        return reservation.worker_id if reservation else None
+        return reservation.worker_id if reservation and os.getpid() == self._pid else None
 
     def readiness(self, rollback_tolerance_ms: float | None = None) -> tuple[bool, str | None]:
         """Whether the next ``next_id`` is expected to succeed (or, with a larger ``rollback_tolerance_ms`` than
         the generator's, to succeed after a wait the caller will do), and if not, why."""
+        if os.getpid() != self._pid:
+            return False, "this process was forked from the generator's; it leases a worker ID of its own on first use"
         status = self.lease.status()
         reservation = self._reservation
         if reservation is None:

@@ -219,3 +219,27 @@ def test_a_lease_closed_in_the_child_leaves_the_parents_claim_and_records_alone(
     assert gen.lease.status().reservation is not None
     gen.lease.renew_soon()
     assert gen.next_id()
+
+
+def test_a_child_reports_no_worker_id_until_it_leases_its_own(gen: Generator) -> None:
+    """Before its first use, a child must not report the parent's worker ID or readiness as its own (``/info``,
+    ``/readyz`` of a preloaded app)."""
+    parent_worker = gen.worker_id
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+
+        def report(gen: Generator) -> list[int]:
+            before = [gen.worker_id, gen.readiness()[0]]
+            gen.next_id()
+            return [-1 if w is None else int(w) for w in before] + [gen.worker_id or -1, int(gen.readiness()[0])]
+
+        _child_mints(gen, write, report)
+    os.close(write)
+    text = _read_all(read)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    worker_before, ready_before, worker_after, ready_after = (int(v) for v in text.split())
+    assert (worker_before, ready_before) == (-1, 0)
+    assert worker_after not in (-1, parent_worker) and ready_after == 1
