@@ -3,7 +3,8 @@
 Routes (all GET; the OpenAPI document in :mod:`idgen.openapi` describes each one):
 
 - ``/id``: ``{"id": "..."}``; with ``?count=N`` ``{"ids": [...]}``, strictly increasing; ``?format=`` picks the
-  string form; ``Accept: text/plain`` gives one ID per line. IDs are always strings in JSON.
+  string form; ``Accept: text/plain`` gives one ID per line. IDs are always strings in JSON. With ``?count=N``,
+  an ``Accept`` naming ``application/vnd.idgen.runs+json`` gets the compact runs form (:mod:`idgen.runs`).
 - ``/decode/{id}``: what an ID says (the shape of ``idgen decode --json``) plus ``node``, the lease holder that
   minted it, from the lease history; when that is null, ``node_reason`` says why no recorded holder minted it, or
   ``node_error`` why the history could not be read.
@@ -61,6 +62,7 @@ from idgen.generator import Generator
 from idgen.layout import iso_ms
 from idgen.leases.base import Lease, LeaseState
 from idgen.openapi import document
+from idgen.runs import RUNS_TYPE, runs_body
 
 log = logging.getLogger("idgen.http")
 
@@ -75,6 +77,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.
 
 _JSON = "application/json"
 _ID_HEADERS = CIMultiDict({"Content-Type": _JSON, "Cache-Control": "no-store"})
+_RUNS_HEADERS = CIMultiDict({"Content-Type": RUNS_TYPE, "Cache-Control": "no-store"})
 _TEXT_HEADERS = CIMultiDict({"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"})
 _DIGITS = re.compile(r"-?[0-9]+")
 _UNMATCHED = "(unmatched)"
@@ -329,6 +332,10 @@ class Service:
             count = _parse_count(query["count"], self.max_count)
         if "format" in query:
             form = _parse_form(query["format"])
+        if count is not None and accept is not None and _accepts_runs(",".join(request.headers.getall("Accept"))):
+            if form != "decimal":
+                raise BadRequest("invalid_format", f"the runs form ({RUNS_TYPE}) carries decimal IDs only")
+            return web.Response(body=runs_body(await self.mint(count)), headers=_RUNS_HEADERS)
         texts = await _formatted(await self.mint(count or 1), form)
         if as_text:
             return web.Response(body=("\n".join(texts) + "\n").encode(), headers=_TEXT_HEADERS)
@@ -588,6 +595,27 @@ def _parse_form(text: str) -> str:
     return text
 
 
+def _accepts_runs(accept: str) -> bool:
+    """Whether ``Accept`` names the runs form with a quality above 0."""
+    for part in accept.split(","):
+        media, *params = part.split(";")
+        if media.strip().lower() == RUNS_TYPE:
+            return all(_quality(p) != 0.0 for p in params)
+    return False
+
+
+def _quality(param: str) -> float | None:
+    """The value of a ``q=`` parameter (0 when malformed or out of range), None for any other parameter."""
+    key, _, value = param.partition("=")
+    if key.strip().lower() != "q":
+        return None
+    try:
+        quality = float(value)
+    except ValueError:
+        return 0.0
+    return quality if 0.0 <= quality <= 1.0 else 0.0  # also NaN
+
+
 def _prefers_text(accept: str) -> bool:
     """Whether ``Accept`` ranks ``text/plain`` above ``application/json``: by quality, then by how specifically
     each is named (``text/plain`` > ``text/*`` > ``*/*``). A tie, or neither, means JSON."""
@@ -597,14 +625,9 @@ def _prefers_text(accept: str) -> bool:
         media = media.strip().lower()
         quality = 1.0
         for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-                if not 0.0 <= quality <= 1.0:  # also NaN
-                    quality = 0.0
+            given = _quality(param)
+            if given is not None:
+                quality = given
         for kind, full, family in (("text", "text/plain", "text/*"), ("json", _JSON, "application/*")):
             specificity = 2 if media == full else 1 if media == family else 0 if media == "*/*" else -1
             if specificity > best[kind][0]:

@@ -63,7 +63,10 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                     "summary": "Mint one ID, or a strictly increasing batch",
                     "description": (
                         'Without count the body is {"id": ...}; with count it is {"ids": [...]}, strictly'
-                        " increasing. With Accept: text/plain the body is the IDs, one per line."
+                        " increasing. With Accept: text/plain the body is the IDs, one per line. With count and an"
+                        " Accept naming application/vnd.idgen.runs+json the body is the compact runs form"
+                        ' {"runs": [["<first ID>", count], ...]}: each run is count consecutive IDs from first,'
+                        " the runs strictly increasing (format must then be decimal, else 400)."
                     ),
                     "parameters": [
                         {
@@ -97,6 +100,7 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                                     }
                                 },
                                 "text/plain": {"schema": {"type": "string"}},
+                                "application/vnd.idgen.runs+json": {"schema": {"$ref": "#/components/schemas/IdRuns"}},
                             },
                         },
                         "400": {"$ref": "#/components/responses/BadRequest"},
@@ -185,6 +189,27 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                     "required": ["ids"],
                     "additionalProperties": False,
                     "properties": {"ids": {"type": "array", "items": _ID_STRING, "minItems": 1, "maxItems": max_count}},
+                },
+                "IdRuns": {
+                    "type": "object",
+                    "required": ["runs"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "runs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": max_count,
+                            "description": "Runs of consecutive IDs: [first ID in decimal, how many], increasing.",
+                            "items": {
+                                "type": "array",
+                                "minItems": 2,
+                                "maxItems": 2,
+                                "items": {
+                                    "oneOf": [_ID_STRING, {"type": "integer", "minimum": 1, "maximum": max_count}]
+                                },
+                            },
+                        }
+                    },
                 },
                 "Decoded": {
                     "type": "object",
