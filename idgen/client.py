@@ -5,6 +5,18 @@ whenever fewer than ``low_water`` IDs are left: Baidu uid-generator's ring buffe
 and ``next_ids(n)`` return ints; with ``form="decimal" | "hex" | "base32" | "base58"`` they return strings in that
 form (:func:`idgen.format_id`, the same forms as the server's ``?format=``).
 
+**Fast path.** Batches come in the compact runs form (:mod:`idgen.runs`; JSON from a server that predates it) and
+stay runs: the buffer is a queue of chunks, each a ``range`` of consecutive IDs. ``next_id()`` takes from the head
+chunk's ``range`` iterator with no lock (``next()`` on it is atomic under the GIL, as in :mod:`idgen.generator`);
+only when the head runs out, is too old or a refill is due does it take the lock. ``next_ids(n)`` slices whole
+chunks. The head is cut where the level reaches ``low_water``, so the call that crosses it takes the slow path and
+wakes the refiller. By default (``batch=None``) the batch sizes itself from demand: it starts at ``MIN_BATCH`` and
+doubles (up to ``MAX_BATCH``) while refill rounds come less than ``GROW_S`` apart, halves when they come further
+apart than ``SHRINK_S`` or a quarter of ``max_age``, and ``low_water`` stays two batches: CosId's "safe distance".
+
+**Age.** IDs fetched more than ``max_age`` seconds ago (monotonic clock, default 5 s) are dropped, never handed
+out (``expired`` in :meth:`Client.status`): old IDs sort far behind fresh ones. ``max_age=None`` keeps them.
+
 Several server URLs give **failover**: a refill asks the server that answered last, then the ones after it in the
 list (wrapping around). Every request is bounded by ``timeout``; a refill round makes at most ``retries + 1`` passes
 over the servers, with ``backoff`` (doubling) between passes; a call waits at most :attr:`Client.max_wait` and then
@@ -13,15 +25,18 @@ raises :class:`AllServersFailed`, which names each server's last failure.
 Invariants:
 
 - **No ID is handed out twice.** Each ID enters the buffer once (batches from one server are strictly increasing,
-  checked here) and leaves it once, taken under the client's lock (:class:`Client`) or with no ``await`` between
-  the check and the take (:class:`AsyncClient`). Per server, ``fetched == handed_out + buffered + discarded``
-  (:meth:`Client.status`). Uniqueness *across* servers is the servers' own promise: they must share one ID space
+  checked here) and leaves it once: ``next()`` on a range iterator, atomic under the GIL, or with no ``await``
+  between the check and the take (:class:`AsyncClient`). Per server, ``fetched == handed_out + buffered +
+  discarded`` (:meth:`Client.status`; ``handed_out`` is derived, so a ``next_id`` racing with a refusal may be
+  counted as discarded). Uniqueness *across* servers is the servers' own promise: they must share one ID space
   (one ZooKeeper namespace, or one local state directory).
 - **No ID is handed out after the server that minted it said it cannot vouch for it.** A 503 from server S, to a
   refill or to the readiness probe (``GET /readyz``), drops every ID buffered from S at once (``discarded``), before
-  any further ID is handed out. The probe goes to each server that has IDs in the buffer and has not answered for
-  ``probe_interval`` seconds, so an idle buffer learns of a refusal within ``probe_interval + timeout``; IDs handed
-  out before the client heard of the refusal are not recalled. ``probe_interval=None`` leaves only refills to tell.
+  any further ID is handed out (a lock-free ``next_id`` already under way in another thread may still take one).
+  IDs ``next_ids`` took before it waited for more are dropped too if their server refused meanwhile. The probe
+  goes to each server that has IDs in the buffer and has not answered for ``probe_interval`` seconds, so an idle
+  buffer learns of a refusal within ``probe_interval + timeout``; IDs handed out before the client heard of the
+  refusal are not recalled. ``probe_interval=None`` leaves only refills to tell.
 - Why a lost lease is handled by this rule and no other: IDs minted under a lease before it was lost are still
   unique (docs/DESIGN.md, section 2: every later holder of that worker ID mints strictly above the fence those IDs
   lie under). Dropping them is about the server's promise to vouch for what it handed over, not about uniqueness.
@@ -47,6 +62,7 @@ import errno
 import itertools
 import json
 import math
+import operator
 import os
 import re
 import threading
@@ -64,8 +80,13 @@ import urllib3
 from idgen import __version__
 from idgen.encoding import FORMS, MAX_ID, format_id, format_ids
 from idgen.errors import IdgenError, InvalidInput, Unavailable
+from idgen.runs import RUNS_TYPE, parse_runs, runs_body
 
-DEFAULT_BATCH = 256
+MIN_BATCH = 256  # an adaptive batch starts here and never goes below
+MAX_BATCH = 4096  # nor above: the servers' default --max-count
+GROW_S = 0.25  # refill rounds closer than this double an adaptive batch
+SHRINK_S = 2.0  # rounds further apart than this (or a quarter of max_age) halve it
+DEFAULT_MAX_AGE_S = 5.0
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_RETRIES = 1
 DEFAULT_BACKOFF_S = 0.1
@@ -73,13 +94,14 @@ DEFAULT_PROBE_INTERVAL_S = 1.0
 RETRY_COOLDOWN_S = 1.0  # after a failed round, background refills (no caller waiting) pause this long
 
 _DECIMAL = re.compile(r"[0-9]{1,19}")
-_HEADERS = {"Accept": "application/json", "User-Agent": f"idgen-client/{__version__}"}
+_HEADERS = {"Accept": f"{RUNS_TYPE}, application/json;q=0.5", "User-Agent": f"idgen-client/{__version__}"}
 
 # What forked children took over from their parents (refillers; cores, sessions and tasks): kept for the life of the
 # process and never used. Dropping them would let the collector finalise them, which takes locks a parent's thread
 # may have held at the fork (urllib3 drains its pools under one) and closes the parent's connections in the child.
 _inherited: list[object] = []
 _getpid = os.getpid
+_monotonic = time.monotonic
 
 
 class ClientError(IdgenError):
@@ -113,7 +135,8 @@ class ServerStatus:
     buffered: int  # IDs from it in the buffer now
     fetched: int  # IDs it handed over, in total
     handed_out: int  # of those, returned by next_id/next_ids
-    discarded: int  # of those, dropped because it refused (503) while they were buffered
+    discarded: int  # of those, dropped: it refused (503) while they were buffered, they grew too old, or closed
+    expired: int  # of the discarded, those dropped for being older than max_age
     refusals: int  # 503 answers seen
     last_error: str | None  # its last failure; None once it answered well again
 
@@ -135,30 +158,41 @@ class _Failed(Exception):
 
 class _Server:
     __slots__ = (
-        "buffered",
         "checked_at",
         "discarded",
+        "expired",
         "fetched",
-        "handed_out",
         "index",
         "last_error",
         "path",
+        "queued",
         "refusals",
         "url",
     )
 
     def __init__(self, index: int, url: str) -> None:
         self.index, self.url, self.path = index, url, urlsplit(url).path
-        self.buffered = self.fetched = self.handed_out = self.discarded = self.refusals = 0
+        self.queued = self.fetched = self.discarded = self.expired = self.refusals = 0  # queued: not in the head
         self.last_error: str | None = None
         self.checked_at = -math.inf  # monotonic time of its last answer, or of the last probe sent to it
 
 
 class _Chunk:
-    __slots__ = ("ids", "pos", "server")
+    """A run of consecutive IDs from one server, usable until ``expires`` (monotonic). ``ids`` iterates ``run``:
+    ``next()`` on a ``range`` iterator is atomic under the GIL, so the head chunk is taken from without a lock."""
 
-    def __init__(self, server: _Server, ids: list[int]) -> None:
-        self.server, self.ids, self.pos = server, ids, 0
+    __slots__ = ("expires", "ids", "run", "server")
+
+    def __init__(self, server: _Server, run: range, expires: float) -> None:
+        self.server, self.run, self.expires = server, run, expires
+        self.ids = iter(run)
+
+    def left(self) -> int:
+        return operator.length_hint(self.ids)
+
+
+_Taken = tuple[_Server, int, float, list[int]]  # IDs taken from one chunk: server, its refusals then, expiry, IDs
+_NOTHING = _Chunk(_Server(-1, "http://nothing"), range(0), -math.inf)  # the head of an empty buffer
 
 
 class _Core:
@@ -167,17 +201,23 @@ class _Core:
     def __init__(
         self,
         urls: str | Sequence[str],
-        batch: int,
+        batch: int | None,
         low_water: int | None,
         timeout: float,
         retries: int,
         backoff: float,
         probe_interval: float | None,
         max_wait: float | None,
+        max_age: float | None,
     ) -> None:
         self.urls = _check_urls(urls)
-        self.batch = _check_int("batch", batch, 1)
-        self.low_water = batch // 2 if low_water is None else _check_int("low_water", low_water, 0)
+        self.given = (batch, low_water, max_age)  # as given, for :meth:`fresh`
+        self.adaptive = batch is None
+        self.batch = MIN_BATCH if batch is None else _check_int("batch", batch, 1)
+        self.fixed_low_water = None if low_water is None else _check_int("low_water", low_water, 0)
+        self.low_water = self._low_water()
+        self.max_age = math.inf if max_age is None else _check_seconds("max_age", max_age)
+        self.last_fill = -math.inf  # monotonic time the last refill round started
         self.timeout = _check_seconds("timeout", timeout)
         self.retries = _check_int("retries", retries, 0)
         self.backoff = _check_seconds("backoff", backoff, zero=True)
@@ -187,8 +227,9 @@ class _Core:
         # a caller may arrive while a probe (one request) is under way, then waits for one whole round
         self.max_wait = round_s + self.timeout if max_wait is None else _check_seconds("max_wait", max_wait)
         self.servers = [_Server(i, url) for i, url in enumerate(self.urls)]
-        self.chunks: deque[_Chunk] = deque()
-        self.level = 0  # IDs in the buffer
+        self.head = _NOTHING  # the chunk IDs are taken from, lock-free
+        self.chunks: deque[_Chunk] = deque()  # the chunks after it
+        self.queued = 0  # IDs in ``chunks``
         self.demand = 0  # IDs that waiting callers want
         self.preferred = 0  # the server that answered last
         self.asked = False  # a caller started waiting since the last failed round
@@ -202,69 +243,137 @@ class _Core:
     def fresh(self) -> _Core:
         """A new core with the same settings: empty buffer, zero counts (the state of a forked child's client). A
         client closed before the fork stays closed."""
+        batch, low_water, max_age = self.given
         core = _Core(
             self.urls,
-            self.batch,
-            self.low_water,
+            batch,
+            low_water,
             self.timeout,
             self.retries,
             self.backoff,
             self.probe_interval,
             self.max_wait,
+            max_age,
         )
         core.closed = self.closed
         return core
 
+    def _low_water(self) -> int:
+        if self.fixed_low_water is not None:
+            return self.fixed_low_water
+        return 2 * self.batch if self.adaptive else self.batch // 2
+
+    @property
+    def level(self) -> int:
+        """IDs in the buffer (expired ones included until :meth:`expire` drops them)."""
+        return self.head.left() + self.queued
+
+    def buffered(self, server: _Server) -> int:
+        return server.queued + (self.head.left() if self.head.server is server else 0)
+
     # -- taking IDs ----------------------------------------------------------------------------------
 
-    def take(self, n: int) -> list[int]:
-        """The next ``n`` IDs, removed from the buffer. Requires ``self.level >= n``."""
-        out: list[int] = []
-        chunks = self.chunks
-        while len(out) < n:
-            chunk = chunks[0]
-            end = min(len(chunk.ids), chunk.pos + n - len(out))
-            out += chunk.ids[chunk.pos : end]
-            taken = end - chunk.pos
-            chunk.server.buffered -= taken
-            chunk.server.handed_out += taken
-            if end == len(chunk.ids):
-                chunks.popleft()
-            else:
-                chunk.pos = end
-        self.level -= n
-        return out
+    def take(self, n: int, now: float) -> list[_Taken]:
+        """Up to ``n`` IDs, removed from the buffer, as parts (one per chunk); fewer only if it runs out (a lock-free
+        ``next_id`` may take IDs while a caller holds the lock)."""
+        self.expire(now)
+        parts: list[_Taken] = []
+        while True:
+            head = self.head
+            ids = list(itertools.islice(head.ids, n))
+            if ids:
+                parts.append((head.server, head.server.refusals, head.expires, ids))
+                n -= len(ids)
+            if not n or not self._promote():
+                return parts
 
-    def take_one(self) -> int:
-        """The next ID, removed from the buffer. Requires ``self.level >= 1``."""
-        chunk = self.chunks[0]
-        value = chunk.ids[chunk.pos]
-        chunk.pos += 1
-        if chunk.pos == len(chunk.ids):
-            self.chunks.popleft()
-        chunk.server.buffered -= 1
-        chunk.server.handed_out += 1
-        self.level -= 1
-        return value
+    def take_one(self, now: float) -> int | None:
+        """The next ID, removed from the buffer; None if it is empty."""
+        self.expire(now)
+        while True:
+            value = next(self.head.ids, None)
+            if value is not None or not self._promote():
+                return value
+
+    def expire(self, now: float) -> None:
+        """Drop the chunks fetched more than ``max_age`` ago (they expire in the order they came)."""
+        head = self.head
+        if head.expires <= now:
+            self._drop(head.server, head.left(), expired=True)
+            self.head = _NOTHING
+        chunks = self.chunks
+        while chunks and chunks[0].expires <= now:
+            chunk = chunks.popleft()
+            self.queued -= len(chunk.run)
+            chunk.server.queued -= len(chunk.run)
+            self._drop(chunk.server, len(chunk.run), expired=True)
+
+    def _promote(self) -> bool:
+        """Make the next chunk the head (the old one is used up); False if there is none. The head is cut where the
+        level reaches ``low_water``: the call after it takes the slow path, which wakes the refiller."""
+        if not self.chunks:
+            self.head = _NOTHING
+            return False
+        chunk = self.chunks.popleft()
+        size = len(chunk.run)
+        self.queued -= size
+        cut = size + self.queued - self.low_water
+        if 0 < cut < size:
+            self.chunks.appendleft(_Chunk(chunk.server, chunk.run[cut:], chunk.expires))
+            self.queued += size - cut
+            chunk = _Chunk(chunk.server, chunk.run[:cut], chunk.expires)
+            size = cut
+        chunk.server.queued -= size
+        self.head = chunk
+        return True
+
+    def _drop(self, server: _Server, n: int, expired: bool = False) -> None:
+        server.discarded += n
+        if expired:
+            server.expired += n
+
+    def still_good(self, parts: list[_Taken], now: float) -> list[_Taken]:
+        """Of the parts a caller took before it waited, those it may still hand out; the others (their server
+        refused since, or they grew too old) count as discarded."""
+        good = []
+        for part in parts:
+            server, refusals, expires, ids = part
+            if server.refusals == refusals and now < expires:
+                good.append(part)
+            else:
+                self._drop(server, len(ids), expired=now >= expires)
+        return good
 
     # -- what the refiller does next -------------------------------------------------------------------
 
     def next_step(self, now: float) -> tuple[str, _Server | None, float | None]:
         """``("fill", None, None)``, ``("probe", server, None)`` or ``("wait", None, seconds or None)``."""
-        if (self.asked and self.demand > self.level) or (self.level < self.low_water and now >= self.retry_at):
+        self.expire(now)
+        level = self.level
+        if (self.asked and self.demand > level) or (level < self.low_water and now >= self.retry_at):
             return "fill", None, None
-        delay = self.retry_at - now if self.level < self.low_water else None
+        delay = self.retry_at - now if level < self.low_water else None
         if self.probe_interval is not None:
             for server in self.servers:
-                if server.buffered:
+                if self.buffered(server):
                     due = server.checked_at + self.probe_interval - now
                     if due <= 0:
                         return "probe", server, None
                     delay = due if delay is None else min(delay, due)
         return "wait", None, delay
 
-    def plan(self) -> list[tuple[float, _Server]]:
-        """One refill round: ``(seconds to wait first, server to ask)``, preferred server first in every pass."""
+    def plan(self, now: float) -> list[tuple[float, _Server]]:
+        """One refill round: ``(seconds to wait first, server to ask)``, preferred server first in every pass. An
+        adaptive batch doubles when rounds come faster than ``GROW_S`` apart and halves when slower than a quarter
+        of ``max_age`` (or ``SHRINK_S``), within ``MIN_BATCH..MAX_BATCH``; ``low_water`` stays two batches."""
+        if self.adaptive:
+            since = now - self.last_fill
+            if since < GROW_S:
+                self.batch = min(MAX_BATCH, self.batch * 2)
+            elif since > min(SHRINK_S, self.max_age / 4):
+                self.batch = max(MIN_BATCH, self.batch // 2)
+            self.low_water = self._low_water()
+        self.last_fill = now
         self.retry_after = None
         order = self.servers[self.preferred :] + self.servers[: self.preferred]
         return [
@@ -275,11 +384,13 @@ class _Core:
 
     # -- what servers said -----------------------------------------------------------------------------
 
-    def accepted(self, server: _Server, ids: list[int], now: float) -> None:
-        self.chunks.append(_Chunk(server, ids))
-        self.level += len(ids)
-        server.buffered += len(ids)
-        server.fetched += len(ids)
+    def accepted(self, server: _Server, runs: list[range], now: float) -> None:
+        expires = now + self.max_age
+        for run in runs:
+            self.chunks.append(_Chunk(server, run, expires))
+            self.queued += len(run)
+            server.queued += len(run)
+            server.fetched += len(run)
         server.last_error, server.checked_at = None, now
         self.preferred = server.index
         self.retry_at = 0.0
@@ -290,11 +401,12 @@ class _Core:
         if isinstance(failure, _Refused):
             server.refusals += 1
             self.retry_after = min(self.retry_after or math.inf, failure.retry_after)
-            if server.buffered:
+            self._discard_head(server)
+            if server.queued:
                 self.chunks = deque(c for c in self.chunks if c.server is not server)
-                self.level -= server.buffered
-                server.discarded += server.buffered
-                server.buffered = 0
+                self.queued -= server.queued
+                self._drop(server, server.queued)
+                server.queued = 0
 
     def ready(self, server: _Server, now: float) -> None:
         server.last_error, server.checked_at = None, now
@@ -323,6 +435,19 @@ class _Core:
         listed = "; ".join(f"{url}: {text}" for url, text in failures.items())
         return AllServersFailed(f"{what}: {listed}", failures, self.retry_after or 1.0)
 
+    def close(self) -> None:
+        """Closed: no ID is handed out any more, the head's left ones count as discarded."""
+        self.closed = True
+        self._discard_head(self.head.server)
+
+    def _discard_head(self, server: _Server) -> None:
+        """If the head is ``server``'s: no ID is taken from it any more (the lock-free path checks ``expires``)."""
+        head = self.head
+        if head.server is server:
+            head.expires = -math.inf
+            self.head = _NOTHING
+            self._drop(server, head.left())
+
     def check_open(self) -> None:
         if self.crash is not None:
             raise ClientError(f"the refill loop failed: {self.crash!r}") from self.crash
@@ -330,19 +455,30 @@ class _Core:
             raise ClientClosed("the idgen client is closed")
 
     def status(self) -> list[ServerStatus]:
-        return [
-            ServerStatus(s.url, s.buffered, s.fetched, s.handed_out, s.discarded, s.refusals, s.last_error)
-            for s in self.servers
-        ]
+        self.expire(time.monotonic())
+        out = []
+        for s in self.servers:
+            buffered = self.buffered(s)
+            handed_out = s.fetched - buffered - s.discarded
+            out.append(
+                ServerStatus(s.url, buffered, s.fetched, handed_out, s.discarded, s.expired, s.refusals, s.last_error)
+            )
+        return out
 
 
 # -- answers and failures --------------------------------------------------------------------------------------
 
 
-def _ids_answer(status: int, headers: Mapping[str, str], body: bytes, count: int) -> list[int]:
-    """The IDs of a ``GET /id?count=count`` answer; raises :class:`_Refused` or :class:`_Failed`."""
+def _ids_answer(status: int, headers: Mapping[str, str], body: bytes, count: int) -> list[range]:
+    """The IDs of a ``GET /id?count=count`` answer, as runs; raises :class:`_Refused` or :class:`_Failed`. The runs
+    form is asked for; a server that predates it answers JSON."""
     if status != 200:
         raise _http_failure(status, headers, body)
+    if headers.get("Content-Type", "").startswith(RUNS_TYPE):
+        try:
+            return parse_runs(body, count)
+        except ValueError as exc:
+            raise _Failed(f"malformed answer: {exc}") from None
     try:
         texts = json.loads(body)["ids"]
     except (ValueError, KeyError, TypeError):
@@ -352,7 +488,7 @@ def _ids_answer(status: int, headers: Mapping[str, str], body: bytes, count: int
     ids = list(map(int, texts))
     if ids[-1] > MAX_ID or any(a >= b for a, b in itertools.pairwise(ids)):
         raise _Failed("malformed answer: the IDs are not strictly increasing 63-bit integers")
-    return ids
+    return parse_runs(runs_body(ids), count)
 
 
 def _readiness_answer(status: int, headers: Mapping[str, str], body: bytes) -> None:
@@ -443,6 +579,14 @@ def _check_form(form: str | None) -> None:
         raise InvalidInput(f"form must be None (ints) or one of {', '.join(FORMS)}, not {form!r}")
 
 
+def _count(parts: list[_Taken]) -> int:
+    return sum(len(part[3]) for part in parts)
+
+
+def _joined(parts: list[_Taken]) -> list[int]:
+    return parts[0][3] if len(parts) == 1 else [i for part in parts for i in part[3]]
+
+
 def _render(ids: list[int], form: str | None) -> list[int] | list[str]:
     return ids if form is None else format_ids(ids, form)  # checked on arrival (_ids_answer)
 
@@ -454,25 +598,29 @@ class Client:
     """A thread-safe client of one or more idgen servers, with a prefetch buffer refilled by a daemon thread.
 
     ``urls``: one base URL or several (``http://host:8080``, a path prefix allowed). ``batch``: IDs per request
-    (at most the servers' ``--max-count``). ``low_water``: refill below this many buffered IDs (default
-    ``batch // 2``; 0 fetches only when a caller needs IDs). ``timeout``: seconds per request. ``retries``: extra
-    passes over all servers in a refill round. ``probe_interval``: see the module docstring. ``max_wait``: the
-    longest a call waits (default: one round's worst case, :attr:`max_wait`). The buffer starts filling at once.
+    (at most the servers' ``--max-count``; default None: sized from demand, up to 4096, see the module docstring).
+    ``low_water``: refill below this many buffered IDs (default ``batch // 2``, or two batches when sized from
+    demand; 0 fetches only when a caller needs IDs). ``timeout``: seconds per request. ``retries``: extra passes
+    over all servers in a refill round. ``probe_interval``: see the module docstring. ``max_wait``: the longest a
+    call waits (default: one round's worst case, :attr:`max_wait`). ``max_age``: seconds a fetched ID may stay
+    buffered (default 5; None: no limit). The buffer starts filling at once.
     """
 
     def __init__(
         self,
         urls: str | Sequence[str],
         *,
-        batch: int = DEFAULT_BATCH,
+        batch: int | None = None,
         low_water: int | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF_S,
         probe_interval: float | None = DEFAULT_PROBE_INTERVAL_S,
         max_wait: float | None = None,
+        max_age: float | None = DEFAULT_MAX_AGE_S,
     ) -> None:
-        self._refiller = _Refiller(_Core(urls, batch, low_water, timeout, retries, backoff, probe_interval, max_wait))
+        core = _Core(urls, batch, low_water, timeout, retries, backoff, probe_interval, max_wait, max_age)
+        self._refiller = _Refiller(core)
         self._start(self._refiller)
 
     @property
@@ -485,19 +633,22 @@ class Client:
     @overload
     def next_id(self, form: str) -> str: ...
     def next_id(self, form: str | None = None) -> int | str:
-        """One ID: an int, or a string in ``form``."""
-        _check_form(form)
+        """One ID: an int, or a string in ``form``. The fast path takes it from the head chunk with no lock."""
+        if form is not None:
+            _check_form(form)
         refiller = self._refiller
         if refiller.pid != _getpid():  # :meth:`_live`, inlined: this is the hot path
             refiller = self._after_fork(refiller)
-        core = refiller.core
-        with refiller.lock:
-            core.check_open()
-            if core.level < 1:
-                self._wait_for(refiller, 1)
-            value = core.take_one()
-            if core.level < core.low_water:
-                refiller.wake.notify()
+        head = refiller.core.head
+        value = next(head.ids, None) if _monotonic() < head.expires else None
+        if value is None:
+            core = refiller.core
+            with refiller.lock:
+                core.check_open()
+                while (value := core.take_one(_monotonic())) is None:
+                    self._wait_for(refiller, 1)
+                if core.level < core.low_water:
+                    refiller.wake.notify()
         return value if form is None else format_id(value, form)
 
     @overload
@@ -514,12 +665,12 @@ class Client:
         core = refiller.core
         with refiller.lock:
             core.check_open()
-            if core.level < n:
-                self._wait_for(refiller, n)
-            ids = core.take(n)
+            parts = core.take(n, _monotonic())
+            if _count(parts) < n:
+                parts = self._complete(refiller, parts, n)
             if core.level < core.low_water:
                 refiller.wake.notify()
-        return _render(ids, form)
+        return _render(_joined(parts), form)
 
     def status(self) -> list[ServerStatus]:
         """A snapshot of every server's counts, in the order given."""
@@ -564,6 +715,17 @@ class Client:
             self._start(fresh)
             self._refiller = fresh
         return chosen
+
+    def _complete(self, refiller: _Refiller, parts: list[_Taken], n: int) -> list[_Taken]:
+        """Lock held: ``parts`` (taken from the buffer) made up to ``n`` IDs, waiting for refills; what was taken
+        before a wait is dropped if its server refused meanwhile or it grew too old (:meth:`_Core.still_good`)."""
+        core = refiller.core
+        while (have := _count(parts)) < n:
+            self._wait_for(refiller, n - have)
+            now = _monotonic()
+            parts = core.still_good(parts, now)
+            parts += core.take(n - _count(parts), now)
+        return parts
 
     def _wait_for(self, refiller: _Refiller, n: int) -> None:
         """Lock held: wait until the buffer holds ``n`` IDs; raise if a round fails meanwhile or time runs out."""
@@ -611,7 +773,7 @@ class _Refiller:
         if self.pid != _getpid():
             return
         with self.lock:
-            self.core.closed = True
+            self.core.close()
             self.wake.notify_all()
             self.ids_ready.notify_all()
         self.stop.set()
@@ -645,12 +807,12 @@ class _Refiller:
     def fill(self) -> None:
         core = self.core
         with self.lock:
-            plan = core.plan()
+            plan, batch = core.plan(time.monotonic()), core.batch
         for pause, server in plan:
             if (pause and self.stop.wait(pause)) or self.stop.is_set():
                 return
             try:
-                ids = _ids_answer(*self.get(server, f"/id?count={core.batch}"), core.batch)
+                ids = _ids_answer(*self.get(server, f"/id?count={batch}"), batch)
             except (_Refused, _Failed) as failure:
                 with self.lock:
                     core.failed(server, failure, time.monotonic())
@@ -695,15 +857,16 @@ class AsyncClient:
         self,
         urls: str | Sequence[str],
         *,
-        batch: int = DEFAULT_BATCH,
+        batch: int | None = None,
         low_water: int | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF_S,
         probe_interval: float | None = DEFAULT_PROBE_INTERVAL_S,
         max_wait: float | None = None,
+        max_age: float | None = DEFAULT_MAX_AGE_S,
     ) -> None:
-        core = _Core(urls, batch, low_water, timeout, retries, backoff, probe_interval, max_wait)
+        core = _Core(urls, batch, low_water, timeout, retries, backoff, probe_interval, max_wait, max_age)
         self._refiller = _AsyncRefiller(core)
 
     @property
@@ -716,16 +879,21 @@ class AsyncClient:
     @overload
     async def next_id(self, form: str) -> str: ...
     async def next_id(self, form: str | None = None) -> int | str:
-        """One ID: an int, or a string in ``form``."""
-        _check_form(form)
-        refiller = self._live()
-        core = refiller.core
-        core.check_open()
-        if core.level < 1:
-            await refiller.wait_for(1)
-        value = core.take_one()  # no await since the check: nothing else ran in between
-        if core.level < core.low_water:
-            refiller.wake.set()
+        """One ID: an int, or a string in ``form``. The fast path takes it from the head chunk."""
+        if form is not None:
+            _check_form(form)
+        refiller = self._refiller
+        if refiller.pid != _getpid():  # :meth:`_live`, inlined: this is the hot path
+            refiller = self._live()
+        head = refiller.core.head
+        value = next(head.ids, None) if _monotonic() < head.expires else None
+        if value is None:
+            core = refiller.core
+            core.check_open()
+            while (value := core.take_one(_monotonic())) is None:
+                await refiller.wait_for(1)
+            if core.level < core.low_water:
+                refiller.wake.set()
         return value if form is None else format_id(value, form)
 
     @overload
@@ -741,12 +909,15 @@ class AsyncClient:
         refiller = self._live()
         core = refiller.core
         core.check_open()
-        if core.level < n:
-            await refiller.wait_for(n)
-        ids = core.take(n)
+        parts = core.take(n, _monotonic())
+        while (have := _count(parts)) < n:
+            await refiller.wait_for(n - have)
+            now = _monotonic()
+            parts = core.still_good(parts, now)
+            parts += core.take(n - _count(parts), now)
         if core.level < core.low_water:
             refiller.wake.set()
-        return _render(ids, form)
+        return _render(_joined(parts), form)
 
     def status(self) -> list[ServerStatus]:
         """A snapshot of every server's counts, in the order given."""
@@ -802,7 +973,7 @@ class _AsyncRefiller:
         core = self.core
         if core.closed:
             return
-        core.closed = True
+        core.close()
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -858,11 +1029,12 @@ class _AsyncRefiller:
 
     async def fill(self) -> None:
         core = self.core
-        for pause, server in core.plan():
+        plan, batch = core.plan(time.monotonic()), core.batch
+        for pause, server in plan:
             if pause:
                 await asyncio.sleep(pause)
             try:
-                ids = _ids_answer(*await self.get(server, f"/id?count={core.batch}"), core.batch)
+                ids = _ids_answer(*await self.get(server, f"/id?count={batch}"), batch)
             except (_Refused, _Failed) as failure:
                 core.failed(server, failure, time.monotonic())
                 continue

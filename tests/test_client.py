@@ -247,6 +247,27 @@ def test_the_buffer_is_refilled_in_the_background_before_it_runs_dry(
     assert len(rest) == 139 and increasing(taken + rest)
 
 
+def test_ids_older_than_max_age_are_dropped_never_handed_out(connect: Callable[..., Any], first: Server) -> None:
+    client = connect([url(first)], batch=100, low_water=0, probe_interval=None, max_age=0.3)
+    taken = [client.next_id()]
+    wait_until(lambda: client.status()[0].expired == 99, what="the other 99 IDs to expire")
+    taken.append(client.next_id())  # from a new batch: none of the expired 99 (IDs of an older tick)
+    status = client.status()[0]
+    assert (status.fetched, status.handed_out, status.buffered, status.discarded) == (200, 2, 99, 99)
+    assert taken[1] > taken[0] + 99 and decode(taken[1])["timestamp_ms"] >= decode(taken[0])["timestamp_ms"] + 300
+    assert increasing(taken + client.next_ids(99))
+
+
+def test_the_default_batch_grows_with_demand(connect: Callable[..., Any], first: Server) -> None:
+    client = connect([url(first)], probe_interval=None)
+    requests = id_requests(first)
+    ids = [client.next_id() for _ in range(20_000)] + client.next_ids(30_000)
+    assert increasing(ids)
+    status = client.status()[0]
+    # 256 IDs per request at the start; far more once the client sees the demand
+    assert status.fetched / (id_requests(first) - requests) > 1024 and conserved([status])
+
+
 # -- failover ----------------------------------------------------------------------------------------------------
 
 
