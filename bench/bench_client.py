@@ -33,38 +33,20 @@ import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the server-process helpers
 from serverproc import ServerProcess
+from timing import CALLS_PER_READ, per_batch, per_call
 
 from idgen import DEFAULT_LAYOUT, Generator
 from idgen.client import AsyncClient, Client
 from idgen.leases.local import LocalLease
 from idgen.runs import RUNS_TYPE
 
-INNER = 1000  # calls between clock reads
 BATCH = 4096
 
 
-def per_call(fn: Callable[[], object], seconds: float) -> float:
-    """IDs/s of ``fn()`` called for about ``seconds``."""
-    calls = 0
-    start = time.perf_counter()
-    while True:
-        for _ in itertools.repeat(None, INNER):
-            fn()
-        calls += INNER
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return calls / elapsed
-
-
-def per_batch(fn: Callable[[int], list[int]], n: int, seconds: float) -> float:
-    ids = 0
-    start = time.perf_counter()
-    while True:
-        for _ in range(100):
-            ids += len(fn(n))
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return ids / elapsed
+def ids_per_second(run: Callable[[float], tuple[int, int, float]], seconds: float) -> float:
+    """IDs/s of one of :mod:`timing`'s loops run for about ``seconds``."""
+    ids, _, elapsed = run(seconds)
+    return ids / elapsed
 
 
 def raw_endpoint(pool: urllib3.HTTPConnectionPool, accept: str, seconds: float) -> float:
@@ -87,9 +69,9 @@ async def async_rates(client: AsyncClient, seconds: float) -> tuple[float, float
     calls = 0
     start = time.perf_counter()
     while True:
-        for _ in itertools.repeat(None, INNER):
+        for _ in itertools.repeat(None, CALLS_PER_READ):
             await client.next_id()
-        calls += INNER
+        calls += CALLS_PER_READ
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             break
@@ -126,13 +108,13 @@ def main() -> None:
         pool = urllib3.HTTPConnectionPool("127.0.0.1", server.port, maxsize=1, retries=False)
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}/{args.rounds}", file=sys.stderr)
-            record("embedded Generator.next_id()", per_call(generator.next_id, args.seconds))
+            record("embedded Generator.next_id()", ids_per_second(per_call(generator.next_id), args.seconds))
             record("GET /id?count=4096, JSON", raw_endpoint(pool, "application/json", args.seconds))
             record("GET /id?count=4096, runs", raw_endpoint(pool, RUNS_TYPE, args.seconds))
             with Client(url) as client:  # a fresh client each round: its batch sizes itself again
                 client.next_id()
-                record("Client.next_id()", per_call(client.next_id, args.seconds))
-                record("Client.next_ids(1000)", per_batch(client.next_ids, 1000, args.seconds))
+                record("Client.next_id()", ids_per_second(per_call(client.next_id), args.seconds))
+                record("Client.next_ids(1000)", ids_per_second(per_batch(client.next_ids, 1000), args.seconds))
 
             async def run_async() -> tuple[float, float]:
                 async with AsyncClient(url) as client:

@@ -36,6 +36,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import snowflake
 import sonyflake_turbo
+from timing import per_batch, per_call
 
 from idgen import Generator, Layout, get_layout
 from idgen.leases.local import LocalLease
@@ -43,7 +44,6 @@ from idgen.leases.local import LocalLease
 LAYOUT = get_layout("idgen")
 LIMIT = LAYOUT.sequence_capacity * 1000 // LAYOUT.unit_ms  # 4,096 per ms = 4.096M IDs/s
 SONYFLAKE_LIMIT = 256 * 100  # 8-bit sequence per 10 ms unit, per machine ID
-BATCH = 1_000  # calls between two reads of the benchmark's own timer
 BATCH_N = 4_096
 THREADS = 4
 IDS_PER_THREAD = 500_000
@@ -99,38 +99,6 @@ class Candidate:
     @property
     def best(self) -> float:
         return max(self.rates)
-
-
-def per_call(fn: Callable[[], object]) -> Callable[[float], tuple[int, int, float]]:
-    """Call ``fn`` for about ``seconds``; the same loop for every candidate, a ``None`` result is not an ID."""
-
-    def run(seconds: float) -> tuple[int, int, float]:
-        calls = nones = 0
-        start = time.perf_counter()
-        while True:
-            for _ in itertools.repeat(None, BATCH):
-                if fn() is None:
-                    nones += 1
-            calls += BATCH
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                return calls - nones, nones, elapsed
-
-    return run
-
-
-def per_batch(fn: Callable[[int], list[int]], n: int) -> Callable[[float], tuple[int, int, float]]:
-    def run(seconds: float) -> tuple[int, int, float]:
-        ids = 0
-        start = time.perf_counter()
-        while True:
-            for _ in range(100):
-                ids += len(fn(n))
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                return ids, 0, elapsed
-
-    return run
 
 
 @dataclass
