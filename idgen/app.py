@@ -71,6 +71,8 @@ DEFAULT_ROLLBACK_TOLERANCE_MS = 5
 DEFAULT_TRACE_TIMEOUT_S = 2.0
 TRACE_LOOKUPS = 4  # lease history lookups at once, each on its own thread; /decode answers further ones at once
 WATCH_INTERVAL_S = 0.5  # readiness log events, lease gauges and batched counters are refreshed this often
+# The generator's counters carried into the metrics, each under the same attribute name on Metrics.
+GENERATOR_COUNTERS = ("minted", "overflow_waits", "clock_rollbacks", "clock_rides", "worker_switches")
 FORMAT_SLICE = 512  # IDs formatted per turn of the event loop: about 0.3 ms in base32 or base58 (bench/bench_format.py)
 ID_LATENCY_SAMPLE = 16  # GET /id's fast path times one request in this many (Service._id_endpoint)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -129,6 +131,22 @@ class Metrics:
             "idgen_overflow_waits",
             "Times a tick's sequence ran out and minting waited for the next.",
             registry=registry,
+        )
+        self.clock_rides = Counter(
+            "idgen_clock_rides",
+            "Times a clock step back was ridden through: IDs ran ahead of the clock, inside the reserved fence.",
+            registry=registry,
+        )
+        self.worker_switches = Counter(
+            "idgen_worker_id_switches",
+            "Times the generator moved to another worker ID, its clock behind its fence by more than the max lead.",
+            registry=registry,
+        )
+        self.clock_lead = Gauge(
+            "idgen_clock_lead_seconds",
+            "How far ahead of the clock IDs are stamped now: 0 unless riding a clock step.",
+            registry=registry,
+            **_PER_PROCESS,
         )
         self.lease_state = Gauge(
             "idgen_lease_state", "1 for the lease's current state.", ["state"], registry=registry, **_PER_PROCESS
@@ -267,9 +285,7 @@ class Service:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="idgen-metrics-io")
         self._trace_executor = ThreadPoolExecutor(max_workers=TRACE_LOOKUPS, thread_name_prefix="idgen-trace")
         self._trace_slots = threading.BoundedSemaphore(TRACE_LOOKUPS)  # taken per lookup until its thread is done
-        self._minted_seen = generator.minted
-        self._overflow_seen = generator.overflow_waits
-        self._rollbacks_seen = generator.clock_rollbacks
+        self._seen = {name: getattr(generator, name) for name in GENERATOR_COUNTERS}
         self._was_ready: bool | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._fallback_resource: AbstractResource | None = None
@@ -285,11 +301,15 @@ class Service:
         """``n`` strictly increasing IDs; raises :class:`Unavailable` (nothing is returned then)."""
         if n <= self.chunk:
             return await self._mint_chunk(n)
-        ids: list[int] = []
-        while len(ids) < n:
-            ids += await self._mint_chunk(min(self.chunk, n - len(ids)))
-            await asyncio.sleep(0)  # let other requests in between ticks' worth of IDs
-        return ids
+        while True:
+            switches = self.generator.worker_switches
+            ids: list[int] = []
+            while len(ids) < n:
+                ids += await self._mint_chunk(min(self.chunk, n - len(ids)))
+                await asyncio.sleep(0)  # let other requests in between ticks' worth of IDs
+            if self.generator.worker_switches == switches:
+                return ids
+            # a switch of worker IDs came between two chunks, so ``ids`` is out of order: never return it
 
     async def _mint_chunk(self, n: int) -> list[int]:
         generator = self.generator
@@ -306,19 +326,16 @@ class Service:
 
     def _sync_counters(self, behind_ms: float | None = None) -> None:
         """Carry the generator's counters into the metrics; log each new clock rollback."""
-        generator = self.generator
-        minted, overflow, rollbacks = generator.minted, generator.overflow_waits, generator.clock_rollbacks
-        if minted > self._minted_seen:
-            self.metrics.minted.inc(minted - self._minted_seen)
-        if overflow > self._overflow_seen:
-            self.metrics.overflow_waits.inc(overflow - self._overflow_seen)
-        if rollbacks > self._rollbacks_seen:
-            self.metrics.clock_rollbacks.inc(rollbacks - self._rollbacks_seen)
-            log.warning(
-                "clock rollback: the clock is behind the last timestamp used",
-                extra={"event": "clock_rollback", "behind_ms": behind_ms, "tolerance_ms": self.tolerance_ms},
-            )
-        self._minted_seen, self._overflow_seen, self._rollbacks_seen = minted, overflow, rollbacks
+        for name, seen in self._seen.items():
+            value = getattr(self.generator, name)
+            if value > seen:
+                getattr(self.metrics, name).inc(value - seen)
+                self._seen[name] = value
+                if name == "clock_rollbacks":
+                    log.warning(
+                        "clock rollback: the clock is behind the last timestamp used",
+                        extra={"event": "clock_rollback", "behind_ms": behind_ms, "tolerance_ms": self.tolerance_ms},
+                    )
 
     # -- handlers ---------------------------------------------------------------------------------
 
@@ -382,7 +399,12 @@ class Service:
                 "lease": self.lease.describe(),
                 "max_count": self.max_count,
                 "rollback_tolerance_ms": self.tolerance_ms,
+                "max_lead_ms": self.generator.max_lead_ms,
+                "clock_lead_ms": self.generator.lead_ms,
+                "clock_lead_max_ms": self.generator.lead_max_ms,
                 "clock_rollbacks": self.generator.clock_rollbacks,
+                "clock_rides": self.generator.clock_rides,
+                "worker_id_switches": self.generator.worker_switches,
                 "overflow_waits": self.generator.overflow_waits,
             }
         )
@@ -483,6 +505,7 @@ class Service:
         reservation = status.reservation
         metrics.worker_id.set(reservation.worker_id if reservation else -1)
         metrics.fence_headroom.set((reservation.fence_ms - time.time() * 1000) / 1000 if reservation else 0)
+        metrics.clock_lead.set(self.generator.lead_ms / 1000)
         metrics.ready.set(1 if ready else 0)
         metrics.zk_insecure.set(1 if self.lease.insecure else 0)
         metrics.quarantined.set(len(self.lease.quarantined))

@@ -70,14 +70,17 @@ class FenceReached(Unavailable):
 
 
 class ClockBehind(Unavailable):
-    """The clock is behind the last timestamp used (or a previous holder's fence) by more than the tolerance."""
+    """The clock is behind the last timestamp used (or a previous holder's fence) by more than IDs may run ahead of
+    it (``max_lead_ms``, or the rollback tolerance without riding)."""
 
     code = "clock_behind"
 
-    def __init__(self, behind_ms: float, what: str) -> None:
+    def __init__(
+        self, behind_ms: float, what: str, until: str = "it catches up", retry_after: float | None = None
+    ) -> None:
         super().__init__(
-            f"clock is {behind_ms:.1f} ms behind {what}; refusing to mint until it catches up",
-            retry_after=behind_ms / 1000,
+            f"clock is {behind_ms:.1f} ms behind {what}; refusing to mint until {until}",
+            retry_after=behind_ms / 1000 if retry_after is None else retry_after,
         )
         self.behind_ms = behind_ms
 

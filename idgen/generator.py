@@ -19,28 +19,43 @@ a fork made in C by uWSGI) holds a copy of the current tick. The fast path also 
 generator: it drops the parent's ticks, locks and lease (whose threads, connections and claim stay the parent's) and
 leases a worker ID of its own, on first use. The parent is unaffected.
 
+Clock steps. When the wall clock is behind the last tick used (stepped back, or behind the fence a previous holder
+of the worker ID left), the generator *rides* the step: it keeps minting in ticks above the last one, inside its
+reservation, instead of refusing. A ridden tick's snapshot is served from the moment it is opened until the wall
+clock reaches the tick's end; the next tick opens only when its IDs run out, so the lead (how far IDs run ahead of
+the clock) shrinks as the clock advances and never exceeds ``max_lead_ms``. Further behind than that, it refuses
+(:class:`~idgen.errors.ClockBehind`) and leases, in the background, another worker ID whose fence is below the clock
+(a *switch*), then mints there; the old lease is released with its fence at the last tick used.
+
 Invariants:
 
-- ticks only move forward: a snapshot is published only for a tick above every tick published before;
+- under one reservation ticks only move forward: a snapshot is published only for a tick above every tick published
+  under it before; a switch starts above the new reservation's ``after`` instead;
 - a snapshot is published only for a tick ``t`` with ``after < t <= fence`` of the current reservation
-  (in Unix ms, the tick's start), and only while a reservation is held;
-- so IDs from one generator are unique and strictly increasing, and IDs from holders of one worker ID
-  never meet, because their reservations' windows are disjoint (see docs/DESIGN.md);
+  (in Unix ms, the tick's start), and only while a reservation is held; a ridden tick also has ``t`` at most
+  ``max_lead_ms`` above the clock when it opens;
+- so IDs minted under one reservation are unique and strictly increasing, and IDs from holders of one worker ID
+  never meet, because their reservations' windows are disjoint (see docs/DESIGN.md); a generator's IDs strictly
+  increase except across a switch, which happens only after the clock stepped back beyond ``max_lead_ms``;
 - a process mints only from snapshots it published itself, under a lease it started itself;
 - after ``close()`` no new tick is opened: the final fence it hands the lease covers every ID minted.
 
-Waits are bounded: an exhausted sequence waits for the next tick (one time unit) and a clock behind by
-at most ``rollback_tolerance_ms`` is waited out. Anything longer raises an :class:`~idgen.errors.Unavailable`.
+Waits are bounded: an exhausted sequence waits for the next tick (one time unit; while riding, for the bound to
+allow the next tick) and, with ``max_lead_ms=0`` (no riding), a clock behind by at most ``rollback_tolerance_ms``
+is waited out. Anything longer raises an :class:`~idgen.errors.Unavailable`.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
 import operator
 import os
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -48,32 +63,38 @@ from idgen.clock import SYSTEM_CLOCK, Clock
 from idgen.errors import ClockBehind, FenceReached, InvalidInput, LayoutMismatch, NoLease, TimeExhausted
 from idgen.forking import process_marker
 from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout, iso_ms
-from idgen.leases.base import Lease, Reservation
+from idgen.leases.base import Lease, RepeatLimitedLog, Reservation
+
+log = logging.getLogger("idgen.generator")
 
 DEFAULT_ROLLBACK_TOLERANCE_MS = 5
+DEFAULT_MAX_LEAD_MS = 15_000  # how far IDs may run ahead of a clock that stepped back (Hazelcast's Flake IDs: 15 s)
+SWITCH_RETRY_S = 1.0  # a switch of worker IDs that found none free is tried again no sooner than this
 
 
 class _Tick:
-    """The ``size`` IDs of one tick, in order: ``ids`` yields each of them once, then stops."""
+    """The IDs of tick ``tick`` left when the snapshot was made (``size`` of them), in order, served while the wall
+    clock is in ``[start_ns, end_ns)``: ``ids`` yields each of them once, then stops. ``start_ns`` is the tick's own
+    start, or earlier for a tick ahead of the clock (ridden); ``end_ns`` is always the tick's end."""
 
-    __slots__ = ("end_ns", "ids", "size", "start_ns")
+    __slots__ = ("end_ns", "ids", "size", "start_ns", "tick")
 
-    def __init__(self, start_ns: int, end_ns: int, first: int, step: int, size: int) -> None:
-        self.start_ns, self.end_ns, self.size = start_ns, end_ns, size
-        self.ids = iter(range(first, first + step * size, step))
+    def __init__(self, tick: int, start_ns: int, end_ns: int, ids: Iterator[int], size: int) -> None:
+        self.tick, self.start_ns, self.end_ns, self.ids, self.size = tick, start_ns, end_ns, ids, size
 
-    def taken(self) -> int:
-        """How many of its IDs have been handed out so far."""
-        return self.size - operator.length_hint(self.ids)
+    def left(self) -> int:
+        return operator.length_hint(self.ids)
 
 
-_NO_TICK = _Tick(0, 0, 0, 1, 0)  # matches no clock reading: every call takes the slow path
+_NO_TICK = _Tick(-1, 0, 0, iter(()), 0)  # matches no clock reading: every call takes the slow path
 
 
 class Generator:
     """Mints 63-bit IDs of ``layout`` under the worker ID that ``lease`` holds. Thread-safe.
 
     With no ``lease`` it takes a :class:`~idgen.leases.local.LocalLease` (``lease_options`` go to it).
+    ``max_lead_ms``: how far ahead of a clock that stepped back IDs may run (see the module docstring); 0 refuses
+    as soon as the clock is behind the last tick used by more than ``rollback_tolerance_ms``, and never switches.
     """
 
     def __init__(
@@ -83,8 +104,11 @@ class Generator:
         *,
         clock: Clock = SYSTEM_CLOCK,
         rollback_tolerance_ms: int = DEFAULT_ROLLBACK_TOLERANCE_MS,
+        max_lead_ms: int = DEFAULT_MAX_LEAD_MS,
         **lease_options: Any,
     ) -> None:
+        if isinstance(max_lead_ms, bool) or not isinstance(max_lead_ms, int) or max_lead_ms < 0:
+            raise InvalidInput(f"max_lead_ms must be a whole number of milliseconds, 0 or more, not {max_lead_ms!r}")
         self.layout = get_layout(layout)
         if lease is None:
             from idgen.leases.local import LocalLease
@@ -97,8 +121,13 @@ class Generator:
         self.lease = lease
         self.clock = clock
         self.rollback_tolerance_ns = rollback_tolerance_ms * 1_000_000
+        self.max_lead_ms = max_lead_ms
+        self.max_lead_ns = max_lead_ms * 1_000_000
         self.overflow_waits = 0
-        self.clock_rollbacks = 0
+        self.clock_rollbacks = 0  # times the clock was seen behind the last tick used (each episode once)
+        self.clock_rides = 0  # ... and ridden through
+        self.worker_switches = 0  # times it moved to another worker ID, the clock beyond max_lead_ms behind
+        self.lead_max_ms = 0.0  # the furthest ahead of the clock a tick was served
         self._now_ns = clock.now_ns
         self._lock = threading.Lock()
         self._snapshot = _NO_TICK
@@ -107,7 +136,8 @@ class Generator:
         self._reservation: Reservation | None = None
         self._node = 0
         self._fence_tick = -1
-        self._behind = False
+        self._behind = False  # the clock is behind the last tick used (one rollback episode)
+        self._riding = False  # ... and the generator mints ahead of it
         self._closed = False
         self._unit_ns = self.layout.unit_ms * 1_000_000
         self._time_shift = self.layout.shifts["time"]
@@ -116,21 +146,32 @@ class Generator:
         self._pid = os.getpid()
         self._adopting: dict[int, threading.Lock] = {}  # pid -> the lock under which that process adopts a fork
         self._marker = process_marker()
+        self._init_switching()
         self.next_id = self._fast_path() if self._lock_free else self._next_id_locked
         self._start_lease()
 
+    def _init_switching(self) -> None:
+        self._switcher: threading.Thread | None = None  # the thread leasing a worker ID to switch to, if any
+        self._candidate: Lease | None = None  # the lease it is starting
+        self._retired: tuple[Lease, int] | None = None  # the lease switched away from, and its last tick used (ms)
+        self._next_switch_at = 0.0  # monotonic
+        self._switch_failure: str | None = None  # why the last switch found no worker ID
+        self._switch_log = RepeatLimitedLog(log)
+
     def _start_lease(self) -> None:
+        lease = self.lease
         try:
-            self.lease.start(self._on_reservation)
+            lease.start(functools.partial(self._on_reservation, lease))
         except BaseException:
-            self.lease.close()  # e.g. a ZooKeeper client connected before every worker ID turned out to be taken
+            lease.close()  # e.g. a ZooKeeper client connected before every worker ID turned out to be taken
             raise
 
     # -- minting ----------------------------------------------------------------------------------
 
     next_id: Callable[[], int]
-    """``next_id()``: the next ID, unique and greater than every ID this generator returned before.
-    An instance attribute: the lock-free closure from :meth:`_fast_path` (or the locked path without a GIL)."""
+    """``next_id()``: the next ID, unique and greater than every ID this generator returned before (see the module
+    docstring for the one exception, a switch). An instance attribute: the lock-free closure from :meth:`_fast_path`
+    (or the locked path without a GIL)."""
 
     def _fast_path(self) -> Callable[[], int]:
         """``next_id`` as a closure. The clock as a cell variable saves ~15% of a ~200 ns call over a
@@ -156,16 +197,21 @@ class Generator:
             self._check_fork()
             with self._lock:
                 return [self._advance() for _ in range(n)]
-        out: list[int] = []
-        while len(out) < n:
-            marker = self._marker  # before the snapshot: an adoption swaps the snapshot first, then the marker
-            snapshot = self._snapshot
-            if snapshot.start_ns <= self._now_ns() < snapshot.end_ns and marker[0]:
-                out += itertools.islice(snapshot.ids, n - len(out))
-                if len(out) == n:
-                    break
-            out.append(self._next_id_locked())  # a new tick, or the wait for one
-        return out
+        while True:
+            switches = self.worker_switches
+            out: list[int] = []
+            while len(out) < n:
+                marker = self._marker  # before the snapshot: an adoption swaps the snapshot first, then the marker
+                snapshot = self._snapshot
+                if snapshot.start_ns <= self._now_ns() < snapshot.end_ns and marker[0]:
+                    out += itertools.islice(snapshot.ids, n - len(out))
+                    if len(out) == n:
+                        break
+                out.append(self._next_id_locked())  # a new tick, or the wait for one
+            if self.worker_switches == switches:
+                return out
+            # A switch of worker IDs came between two ticks, so ``out`` is not in order: drop it (never returned,
+            # so never a duplicate) and mint the batch afresh under the new worker ID.
 
     def _next_id_locked(self) -> int:
         self._check_fork()
@@ -186,6 +232,7 @@ class Generator:
             self._snapshot = _NO_TICK
             self._taken_before = 0
             self._reservation, self._fence_tick = None, -1
+            self._init_switching()  # the parent's switch, if one runs, is the parent's
             self._marker = process_marker()
             if self._lock_free:
                 self.next_id = self._fast_path()  # a caller holding the old closure is still right, only slower
@@ -202,30 +249,72 @@ class Generator:
             if snapshot.start_ns <= now < snapshot.end_ns:
                 for id_ in snapshot.ids:
                     return id_
-                self.overflow_waits += 1
-                self.clock.sleep((snapshot.end_ns - now) / 1e9)
-                continue
+                if self._tick_start_ns(self._tick) <= now:  # a tick of the clock, used up: wait for the next one
+                    self.overflow_waits += 1
+                    self.clock.sleep((snapshot.end_ns - now) / 1e9)
+                    continue
+                # a tick ahead of the clock, used up: ride on into the next one, below
             if self._reservation is None:
                 raise NoLease("the generator is closed" if self._closed else self._why_no_lease())
             tick = self.layout.tick_of(now // 1_000_000)
             if tick > self._tick:
-                return self._open_tick(tick)
-            # The clock is at or behind the last tick used: wait for the next tick, if that is soon.
+                return self._open_tick(tick, self._tick_start_ns(tick))
             behind_ns = self._tick_start_ns(self._tick) - now
-            if behind_ns > 0 and not self._behind:
+            if behind_ns <= 0:  # in the last tick used, none of its IDs left for us: the next tick is soon
+                self.clock.sleep((self._tick_start_ns(self._tick + 1) - now) / 1e9)
+                continue
+            if not self._behind:
                 self._behind = True
                 self.clock_rollbacks += 1
-            if behind_ns > self.rollback_tolerance_ns:
-                raise ClockBehind(
-                    behind_ns / 1e6, f"the last timestamp used or reserved ({iso_ms(self.layout.tick_ms(self._tick))})"
-                )
-            self.clock.sleep((self._tick_start_ns(self._tick + 1) - now) / 1e9)
+            if behind_ns <= self.max_lead_ns:
+                ridden = self._ride(now, behind_ns)
+                if ridden is not None:
+                    return ridden
+                continue
+            if behind_ns <= self.rollback_tolerance_ns:
+                self.clock.sleep((self._tick_start_ns(self._tick + 1) - now) / 1e9)
+                continue
+            self._switch_soon(now)
+            raise self._refusal(behind_ns)
 
-    def _open_tick(self, tick: int) -> int:
+    def _ride(self, now: int, behind_ns: int) -> int | None:
+        """The clock is ``behind_ns`` behind the last tick used, within ``max_lead_ms``: an ID from the rest of that
+        tick, else from the next tick if the bound allows it; ``None`` after waiting (at most a unit) for the bound."""
+        if not self._riding:
+            self._riding = True
+            self.clock_rides += 1
+            log.warning(
+                "clock is %.0f ms behind the last timestamp used; riding through: IDs run ahead of it, inside the"
+                " reserved fence",
+                behind_ns / 1e6,
+                extra={"event": "clock_ride", "behind_ms": behind_ns / 1e6, "worker_id": self.worker_id},
+            )
+        snapshot = self._snapshot
+        left = snapshot.left() if snapshot.tick == self._tick else 0
+        if left:  # the rest of the last tick's IDs, served until the clock reaches its end
+            resumed = _Tick(self._tick, now, snapshot.end_ns, snapshot.ids, left)
+            self.lead_max_ms = max(self.lead_max_ms, behind_ns / 1e6)
+            self._publish(resumed)
+            for id_ in resumed.ids:
+                return id_
+        wait_ns = self._tick_start_ns(self._tick + 1) - now - self.max_lead_ns
+        if wait_ns <= 0:
+            return self._open_tick(self._tick + 1, now)
+        self.overflow_waits += 1
+        self.clock.sleep(wait_ns / 1e9)
+        return None
+
+    def _open_tick(self, tick: int, start_ns: int) -> int:
+        """Publish ``tick`` and mint its first ID. ``start_ns``: from when it is served, its own start, or the clock
+        now for a tick ahead of the clock."""
+        tick_ms = self.layout.tick_ms(tick)
+        ahead_ns = tick_ms * 1_000_000 - start_ns
+        if ahead_ns > 0:
+            self.lease.minting_at(tick_ms)  # so the lease keeps its fence a window above the lead
         if tick > self._fence_tick:
             self.lease.renew_soon()
             raise FenceReached(
-                f"the clock ({iso_ms(self.layout.tick_ms(tick))}) has passed the reserved fence"
+                f"the next timestamp ({iso_ms(tick_ms)}) is past the reserved fence"
                 f" ({iso_ms(self.layout.tick_ms(self._fence_tick))}); waiting for the lease to extend it",
                 retry_after=0.1,
             )
@@ -234,10 +323,16 @@ class Generator:
                 f"layout {self.layout.name!r} cannot encode the current time: its time bits cover "
                 f"{iso_ms(self.layout.epoch_ms)} to {iso_ms(self.layout.expires_ms)}"
             )
-        start_ns = self._tick_start_ns(tick)
+        size = self.layout.sequence_capacity
         first = tick << self._time_shift | self._node
-        snapshot = _Tick(start_ns, start_ns + self._unit_ns, first, self._step, self.layout.sequence_capacity)
-        self._tick, self._behind = tick, False
+        ids = iter(range(first, first + self._step * size, self._step))
+        snapshot = _Tick(tick, start_ns, self._tick_start_ns(tick + 1), ids, size)
+        if ahead_ns > 0:
+            self.lead_max_ms = max(self.lead_max_ms, ahead_ns / 1e6)
+        else:  # the clock has reached the ticks it stamps: any step back is over
+            self._behind = self._riding = False
+            self._switch_failure = None
+        self._tick = tick
         self._publish(snapshot)
         return next(snapshot.ids)
 
@@ -245,19 +340,98 @@ class Generator:
         """Make ``snapshot`` the one ``next_id`` takes from; the caller holds ``self._lock``."""
         previous, self._snapshot = self._snapshot, snapshot
         # A thread that read ``previous`` just before the swap may still take one of its IDs (valid: its tick is
-        # inside the reservation); only the count below can miss it.
-        self._taken_before += previous.taken()
+        # inside the reservation); only the count below can miss it. A resumed tick carries on previous's IDs.
+        carried = snapshot.size if snapshot.ids is previous.ids else previous.left()
+        self._taken_before += previous.size - carried
 
     def _tick_start_ns(self, tick: int) -> int:
         return self.layout.tick_ms(tick) * 1_000_000
 
+    def _refusal(self, behind_ns: int) -> ClockBehind:
+        """Why the clock, ``behind_ns`` behind the last tick used and beyond every allowance, gets no ID."""
+        what = f"the last timestamp used or reserved ({iso_ms(self.layout.tick_ms(self._tick))})"
+        if not self.max_lead_ns:
+            return ClockBehind(behind_ns / 1e6, what)
+        beyond_s = (behind_ns - self.max_lead_ns) / 1e9
+        return ClockBehind(
+            behind_ns / 1e6,
+            f"{what}, more than the {self.max_lead_ms} ms IDs may run ahead of it",
+            until=self._switch_state(),
+            retry_after=beyond_s if self._switch_failure else min(SWITCH_RETRY_S, beyond_s),
+        )
+
+    # -- switching worker IDs -----------------------------------------------------------------------
+
+    def _switch_soon(self, now_ns: int) -> None:
+        """Start leasing, in the background, a worker ID whose fence is below the clock; the caller holds the lock.
+        One attempt at a time, and after one that found none, the next no sooner than ``SWITCH_RETRY_S``. Never with
+        ``max_lead_ms=0``."""
+        if (
+            not self.max_lead_ns
+            or self._switcher is not None
+            or self._closed
+            or time.monotonic() < self._next_switch_at
+        ):
+            return
+        self._switcher = threading.Thread(
+            target=self._switch, args=(now_ns // 1_000_000,), name="idgen-switch", daemon=True
+        )
+        self._switcher.start()
+
+    def _switch(self, below_ms: int) -> None:
+        """On its own thread: start a new lease that claims only a worker ID whose fence is below ``below_ms``. Its
+        first reservation makes it current (:meth:`_on_reservation`); then the old lease is released, its fence
+        brought down to the last tick used under it. Without a switch the new lease is closed and the reason kept."""
+        candidate = self.lease.fresh(fence_below_ms=below_ms)
+        with self._lock:
+            self._candidate = candidate
+        failure = None
+        try:
+            if candidate.start(functools.partial(self._on_reservation, candidate)) is None:
+                failure = candidate.status().reason or "the clock is not trusted"  # e.g. ZooKeeper's clock check
+        except Exception as exc:  # LeaseUnavailable above all: no worker ID is free below the clock
+            failure = str(exc)
+        with self._lock:
+            switched = self.lease is candidate
+            retired, self._retired, self._candidate = self._retired, None, None
+            self._switch_failure = None if switched else failure or "the generator was closed"
+            self._next_switch_at = time.monotonic() + SWITCH_RETRY_S
+            self._switcher = None
+        if not switched:
+            candidate.close()
+            self._switch_log.warning(
+                "no switch of worker IDs: %s", self._switch_failure, event="worker_id_switch_failed"
+            )
+        elif retired is not None:
+            retired_lease, high_water_ms = retired
+            retired_lease.close(high_water_ms)
+
+    def _switch_state(self) -> str:
+        if self._switch_failure:
+            return f"it is within that (no other worker ID could be leased: {self._switch_failure})"
+        return "it is within that, or another worker ID, whose fence is below the clock, is leased"
+
     # -- the lease feeds the generator --------------------------------------------------------------
 
-    def _on_reservation(self, reservation: Reservation | None) -> None:
-        """Called by the lease on acquisition, extension, loss and release."""
+    def _on_reservation(self, lease: Lease, reservation: Reservation | None) -> None:
+        """Called by ``lease`` on acquisition, extension, loss and release. Only the current lease is heard, and the
+        first reservation of a switch's candidate, which makes that lease current."""
         with self._lock:
             if self._closed and reservation is not None:
                 return  # an extension racing close(): the final fence is computed already; never mint again
+            if lease is not self.lease:
+                if lease is not self._candidate or reservation is None:
+                    return  # a lease switched away from, or a candidate that failed
+                self._retired = (self.lease, self.layout.tick_ms(self._tick))
+                self.lease, self._reservation = lease, None
+                self._tick, self._behind, self._riding = -1, False, False  # the old worker ID's ticks stay behind
+                self.worker_switches += 1
+                log.warning(
+                    "switched to worker ID %d: the clock is beyond %d ms behind the fence of the one before",
+                    reservation.worker_id,
+                    self.max_lead_ms,
+                    extra={"event": "worker_id_switched", "worker_id": reservation.worker_id},
+                )
             previous, self._reservation = self._reservation, reservation
             if reservation is None:
                 self._publish(_NO_TICK)  # stop at once
@@ -282,7 +456,7 @@ class Generator:
         ``next_ids`` that fails part-way counts the IDs it took. Another thread taking an ID just as the tick
         changes may go uncounted."""
         with self._lock:
-            return self._taken_before + self._snapshot.taken()
+            return self._taken_before + self._snapshot.size - self._snapshot.left()
 
     @property
     def worker_id(self) -> int | None:
@@ -290,9 +464,16 @@ class Generator:
         reservation = self._reservation
         return reservation.worker_id if reservation and os.getpid() == self._pid else None
 
+    @property
+    def lead_ms(self) -> int:
+        """How far the last tick used is ahead of the clock now: 0 unless riding a clock step."""
+        if self._reservation is None:
+            return 0
+        return max(0, self.layout.tick_ms(self._tick) - self._now_ns() // 1_000_000)
+
     def readiness(self, rollback_tolerance_ms: float | None = None) -> tuple[bool, str | None]:
         """Whether the next ``next_id`` is expected to succeed (or, with a larger ``rollback_tolerance_ms`` than
-        the generator's, to succeed after a wait the caller will do), and if not, why."""
+        the generator's, to succeed after a wait the caller will do), and if not, why. Riding a clock step is ready."""
         if os.getpid() != self._pid:
             return False, "this process was forked from the generator's; it leases a worker ID of its own on first use"
         status = self.lease.status()
@@ -306,8 +487,12 @@ class Generator:
             return False, "the clock has passed the reserved fence; the lease has not extended it yet"
         behind_ms = self.layout.tick_ms(self._tick) - now_ms
         tolerance_ns = self.rollback_tolerance_ns if rollback_tolerance_ms is None else rollback_tolerance_ms * 1e6
-        if behind_ms * 1_000_000 > tolerance_ns:
-            return False, f"clock is {behind_ms} ms behind the last timestamp used or reserved"
+        if behind_ms * 1_000_000 > max(tolerance_ns, self.max_lead_ns):
+            reason = f"clock is {behind_ms} ms behind the last timestamp used or reserved"
+            if self.max_lead_ns:
+                reason += f", more than the {self.max_lead_ms} ms IDs may run ahead of it; minting resumes when"
+                reason += f" {self._switch_state()}"
+            return False, reason
         return True, None
 
     def close(self) -> None:
@@ -323,6 +508,9 @@ class Generator:
             self._reservation, self._fence_tick = None, -1
             self._publish(_NO_TICK)
             high_water_ms = self.layout.tick_ms(self._tick)  # nothing was minted above it, even if nothing was
+            switcher = self._switcher
+        if switcher is not None:
+            switcher.join()  # it closes its candidate, or the lease it switched away from
         self.lease.close(high_water_ms)
 
     def __enter__(self) -> Generator:

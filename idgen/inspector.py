@@ -102,7 +102,10 @@ async function refreshState() {
     set("clock-skew", skew === undefined || skew === null
       ? "n/a (" + (lease.backend || "this") + " lease: no coordinator clock to compare with)"
       : (skew >= 0 ? "+" : "") + skew.toFixed(1) + " ms vs ZooKeeper");
-    set("rollbacks", String(info.clock_rollbacks) + " clock rollbacks, " + info.overflow_waits + " overflow waits");
+    set("rollbacks", String(info.clock_rollbacks) + " clock rollbacks (" + info.clock_rides + " ridden, "
+        + info.worker_id_switches + " worker ID switches), " + info.overflow_waits + " overflow waits");
+    set("lead", info.clock_lead_ms ? info.clock_lead_ms + " ms ahead of the clock (riding a step back; at most "
+        + info.max_lead_ms + " ms)" : "none");
     const minted = metric(metrics, "idgen_ids_minted_total"), now = performance.now();
     if (minted !== null && lastCount !== null && now > lastAt) {
       set("rate", ((minted - lastCount) / ((now - lastAt) / 1000)).toFixed(1) + " IDs/s (whole server)");
@@ -170,6 +173,7 @@ _STATE_ROWS = (
     ("fence (headroom)", "fence"),
     ("clock skew", "clock-skew"),
     ("clock", "rollbacks"),
+    ("IDs ahead of the clock", "lead"),
     ("rate", "rate"),
     ("layout", "layout"),
     ("version", "version"),

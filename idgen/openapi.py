@@ -300,7 +300,21 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                         },
                         "max_count": {"type": "integer"},
                         "rollback_tolerance_ms": {"type": "integer"},
+                        "max_lead_ms": {
+                            "type": "integer",
+                            "description": "How far ahead of a clock that stepped back IDs may run (0: never).",
+                        },
+                        "clock_lead_ms": {
+                            "type": "integer",
+                            "description": "How far ahead of the clock IDs are stamped now (riding a clock step).",
+                        },
+                        "clock_lead_max_ms": {"type": "number", "description": "The largest lead since start."},
                         "clock_rollbacks": {"type": "integer"},
+                        "clock_rides": {"type": "integer", "description": "Clock steps back ridden through."},
+                        "worker_id_switches": {
+                            "type": "integer",
+                            "description": "Moves to another worker ID, the clock beyond max_lead_ms behind.",
+                        },
                         "overflow_waits": {"type": "integer"},
                     },
                 },

@@ -257,11 +257,14 @@ def stop_renewal(lease: Lease) -> None:
     assert not lease._thread.is_alive(), "the renewal thread did not stop"
 
 
-def observe(lease: Lease, log: list[Reservation | None] | None = None) -> list[Reservation | None]:
+def observe(
+    lease: Lease, log: list[Reservation | None] | None = None, published: list[Reservation | None] | None = None
+) -> list[Reservation | None]:
     """Everything ``lease`` will publish to its listener, in order, also appended to ``log`` if given (one log
-    for many leases orders their acquisitions). The generator's listener still gets it all."""
-    published: list[Reservation | None] = []
-    start = lease.start
+    for many leases orders their acquisitions). The generator's listener still gets it all. Leases made from it
+    (:meth:`Lease.fresh`: a generator's switch of worker IDs, a fork) are observed into the same list."""
+    published = [] if published is None else published
+    start, fresh = lease.start, lease.fresh
 
     def start_and_record(listener: Callable[[Reservation | None], None]) -> Reservation | None:
         def record(reservation: Reservation | None) -> None:
@@ -272,7 +275,15 @@ def observe(lease: Lease, log: list[Reservation | None] | None = None) -> list[R
 
         return start(record)
 
+    def fresh_and_observe(fence_below_ms: int | None = None) -> Lease:
+        clone = fresh(fence_below_ms)
+        for patched in ("start", "fresh"):  # copied from this lease's instance dict: they would act on this lease
+            clone.__dict__.pop(patched, None)
+        observe(clone, log, published)
+        return clone
+
     lease.start = start_and_record  # type: ignore[method-assign]
+    lease.fresh = fresh_and_observe  # type: ignore[method-assign]
     return published
 
 

@@ -380,10 +380,11 @@ def test_fuzzed_requests_never_get_a_5xx_and_match_the_document(api_schema: Any,
 # -- the event loop waits out small clock rollbacks without blocking ------------------------------------------
 
 
-def test_a_small_rollback_is_awaited_while_other_requests_are_served(tmp_path: Path) -> None:
-    """In-process, because the clock must be stepped back: a manual clock drives the generator and its lease."""
+def test_without_riding_a_small_rollback_is_awaited_while_other_requests_are_served(tmp_path: Path) -> None:
+    """In-process, because the clock must be stepped back: a manual clock drives the generator and its lease.
+    ``max_lead_ms=0``: the generator refuses instead of riding the step, so the app's own wait is what is tested."""
     clock = ManualClock()
-    generator = Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, clock=clock), clock=clock)
+    generator = Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, clock=clock), clock=clock, max_lead_ms=0)
 
     async def scenario() -> None:
         app = make_app(generator, rollback_tolerance_ms=5_000)

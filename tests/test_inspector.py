@@ -165,7 +165,7 @@ def test_a_worker_that_cannot_mint_is_shown_as_such(browser: webdriver.Chrome, t
     with Server("--state-dir", str(tmp_path), "--worker-ids", "0-0") as unready:
         browser.get(base(unready) + "/")
         state = wait_for_text(browser, "ready", lambda t: t.startswith("not ready"))
-        assert "behind the fence" in state
+        assert "behind the last timestamp used or reserved, more than the 15000 ms" in state
         assert browser.find_element(By.ID, "ready").get_attribute("class") == "bad"
         assert text_of(browser, "worker-id") == "0"
 

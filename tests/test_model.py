@@ -4,13 +4,16 @@
 space of 2 worker IDs (so they are reused all the time) and one manual clock shared by all of them. It runs on
 each backend of tests/lease_backends.py: local leases over one state directory, and ZooKeeper leases (with
 credentials) in one namespace. Its rules mint one and many, close, crash, restart, lose the claim (the lock file
-removed; the session expired) and regain it, extend, step the clock both ways, and tamper with fence records.
+removed; the session expired) and regain it, extend, step the clock both ways (by up to an hour), and tamper with
+fence records. Each generator gets its own ``max_lead_ms`` (0: never rides a clock step; 50 ms: rides small steps
+and switches worker IDs on larger ones; the 15 s default), so riding and switching meet every other rule.
 After every step it checks that:
 
 1. no ID was issued twice;
-2. IDs are in order: each generator's strictly increase, and on one worker ID every ID of a later holder is
-   above every ID of an earlier holder; each ID lies inside a reservation its generator was given, and at or
-   below the durable fence when it was minted;
+2. IDs are in order: each generator's strictly increase (except across a switch of worker IDs), and on one worker
+   ID every ID of a later holder is above every ID of an earlier holder; each ID lies inside a reservation its
+   generator was given, at or below the durable fence when it was minted, and at most ``max_lead_ms`` ahead of the
+   clock;
 3. every ID traces (``Lease.trace``) to the holder that minted it.
 
 A refusal (:class:`~idgen.errors.Unavailable`, or :class:`~idgen.errors.LeaseUnavailable` at start) is an
@@ -44,7 +47,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from lease_backends import Backend, LocalBackend, ZooKeeperBackend, observe
 from polling import eventually
 
-from idgen import DEFAULT_LAYOUT, Generator, Layout
+from idgen import DEFAULT_LAYOUT, Generator, Layout, generator
 from idgen.clock import ManualClock
 from idgen.errors import FenceReached, LeaseUnavailable, Unavailable
 from idgen.leases.base import Lease, LeaseState, Reservation
@@ -69,6 +72,7 @@ class Slot:
     gen: Generator
     published: list[Reservation | None]
     ids: list[int] = field(default_factory=list)
+    switches: int = 0  # the generator's worker-ID switches when its last IDs were recorded
 
     @property
     def lease(self) -> Lease:
@@ -109,8 +113,12 @@ class LeaseModel(RuleBasedStateMachine):
 
     def record(self, slot: Slot, ids: list[int]) -> None:
         """Check and keep IDs just returned by ``slot``'s generator."""
-        previous = slot.ids[-1] if slot.ids else -1
+        switched = slot.gen.worker_switches != slot.switches  # a switch may start lower: only its own IDs increase
+        previous = slot.ids[-1] if slot.ids and not switched else -1
+        slot.switches = slot.gen.worker_switches
         assert ids == sorted(set(ids)) and ids[0] > previous, f"{slot.name} went backwards: {previous} then {ids}"
+        lead = stamp(ids[-1]) - self.clock.now_ms()
+        assert lead <= slot.gen.max_lead_ms, f"{slot.name} minted {lead} ms ahead of the clock"
         for id_ in ids:
             lease_id = self.holder_of(slot, id_)
             assert id_ not in self.issued, f"{id_} issued twice: under {self.issued[id_]} and {lease_id}"
@@ -156,14 +164,14 @@ class LeaseModel(RuleBasedStateMachine):
     # -- rules ------------------------------------------------------------------------------------
 
     @precondition(lambda self: len(self.live) < MAX_LIVE)
-    @rule()
-    def start(self) -> None:
+    @rule(max_lead_ms=st.sampled_from([15_000, 50, 0]))
+    def start(self, max_lead_ms: int) -> None:
         """A process starts (or restarts) and leases a worker ID in the shared space."""
         self.made += 1
         lease = self.backend.lease(LAYOUT, clock=self.clock, window_ms=WINDOW_MS, history_size=1_000)
         published = observe(lease, self.log)
         try:
-            gen = Generator(LAYOUT, lease, clock=self.clock)
+            gen = Generator(LAYOUT, lease, clock=self.clock, max_lead_ms=max_lead_ms)
         except LeaseUnavailable:
             return  # every worker ID held (or unusable): refused
         self.live.append(Slot(f"g{self.made}", gen, published))
@@ -203,12 +211,18 @@ class LeaseModel(RuleBasedStateMachine):
     @precondition(lambda self: self.live)  # not on lease states: the renewal threads change them in the background
     @rule()
     def regain(self) -> None:
-        """Let leases that lost their claim try to acquire afresh now, as their renewal threads do by themselves."""
+        """Let leases that lost their claim try to acquire afresh now, as their renewal threads do by themselves, and
+        let switches of worker IDs under way finish."""
         waiting = [s.lease for s in self.live if s.lease.status().state in (LeaseState.LOST, LeaseState.ACQUIRING)]
         for lease in waiting:
             lease.renew_soon()
         eventually(
-            lambda: all(lease.status().state is LeaseState.HELD for lease in waiting), timeout=0.2, interval=0.002
+            lambda: (
+                all(lease.status().state is LeaseState.HELD for lease in waiting)
+                and all(s.gen._switcher is None for s in self.live)
+            ),
+            timeout=0.2,
+            interval=0.002,
         )
 
     @precondition(lambda self: self.live)
@@ -232,10 +246,35 @@ class LeaseModel(RuleBasedStateMachine):
             extended, timeout=0.5, interval=0.002
         )  # an extension that fails is a refusal to come, not a wrong ID
 
-    @rule(ms=st.one_of(st.integers(-20, 20), st.integers(-15_000, 15_000)))
+    @rule(ms=st.one_of(st.integers(-20, 20), st.integers(-15_000, 15_000), st.sampled_from([-3_600_000, 3_600_000])))
     def step_clock(self, ms: int) -> None:
-        """An NTP step or an operator's ``date -s``, either way."""
+        """An NTP step or an operator's ``date -s``, either way; an hour: a clock that visits the future."""
         self.clock.advance(ms)
+
+    @precondition(lambda self: self.live)
+    @rule(
+        index=st.integers(0, MAX_LIVE), ms=st.one_of(st.integers(1, 100), st.integers(100, 20_000), st.just(3_600_000))
+    )
+    def step_back_then_mint(self, index: int, ms: int) -> None:
+        """The clock steps back under a generator that mints at once: a ride, or beyond its ``max_lead_ms`` a
+        refusal that starts a switch of worker IDs."""
+        self.clock.advance(-ms)
+        self.mint(self.slot(index), lambda gen: gen.next_ids(20))
+
+    @precondition(lambda self: self.live)
+    @rule(index=st.integers(0, MAX_LIVE))
+    def visit_the_future(self, index: int) -> None:
+        """The clock jumps an hour ahead, a generator's fence is extended there and it mints, and the clock comes
+        back: its worker ID is fenced an hour ahead of the clock. Beyond its ``max_lead_ms`` it refuses and switches
+        to a worker ID whose fence is below the clock, if one is free."""
+        slot = self.slot(index)
+        self.clock.advance(3_600_000)
+        self.extend(index)
+        self.mint(slot, lambda gen: gen.next_ids(5))
+        self.clock.advance(-3_600_000)
+        self.mint(slot, lambda gen: gen.next_ids(5))
+        eventually(lambda: slot.gen._switcher is None, timeout=0.5, interval=0.002)
+        self.mint(slot, lambda gen: gen.next_ids(5))
 
     @rule(ms=st.integers(1, 5))
     def tick(self, ms: int) -> None:
@@ -313,7 +352,13 @@ def run_model(request: pytest.FixtureRequest, backend: Callable[[], Backend], ex
         def make_backend(self) -> Backend:
             return backend()
 
-    run_state_machine_as_test(Model, settings=model_settings(request, max_examples=examples, stateful_step_count=steps))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            generator, "SWITCH_RETRY_S", 0.0
+        )  # the model's steps take microseconds, not the seconds it spaces
+        run_state_machine_as_test(
+            Model, settings=model_settings(request, max_examples=examples, stateful_step_count=steps)
+        )
 
 
 @pytest.mark.timeout(600)  # a passing run takes well under a minute; shrinking a failure may take longer

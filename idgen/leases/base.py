@@ -19,7 +19,8 @@ A lease grants a :class:`Reservation`: mint under ``worker_id`` only timestamps 
 Invariants:
 
 - the reservation published to the listener never has a fence above the durable fence;
-- in HELD the fence is kept at least ``window_ms`` ahead of the clock; SUSPENDED never extends it;
+- in HELD the fence is kept at least ``window_ms`` ahead of the clock, and of the last timestamp the holder said it
+  mints at (:meth:`Lease.minting_at`, a generator riding a clock step); SUSPENDED never extends it;
 - on LOST the listener gets ``None`` before anything else happens, then the lease is acquired afresh.
 """
 
@@ -46,7 +47,6 @@ from idgen.layout import Layout, iso_ms
 log = logging.getLogger("idgen.lease")
 
 DEFAULT_WINDOW_MS = 5_000
-DEFAULT_MAX_WAIT_MS = 10_000
 DEFAULT_HISTORY_SIZE = 100
 RETRY_FIRST_S = 0.1  # the back-off after one failed renewal step; it doubles with each failure in a row
 RETRY_MAX_S = 1.0  # ... up to this, so a lease recovers within about this long once its fault clears
@@ -247,9 +247,9 @@ class LeaseStatus:
 class Lease(ABC):
     """Base of the backends. Subclasses implement the four storage operations; this class runs the lifecycle.
 
-    ``window_ms``: the fence is kept between ``window_ms`` and ``1.5 * window_ms`` ahead of the clock.
-    ``max_wait_ms``: at acquisition, a clock behind the previous holder's fence by up to this much is waited
-    out; further behind, the lease is held but reports not ready (minting then refuses with the reason).
+    ``window_ms``: the fence is kept between ``window_ms`` and ``1.5 * window_ms`` ahead of the clock (or of where
+    the holder mints, if that is ahead). A clock behind the previous holder's fence is the generator's to handle:
+    the lease never waits for it.
     """
 
     def __init__(
@@ -257,7 +257,6 @@ class Lease(ABC):
         layout: Layout,
         *,
         window_ms: int = DEFAULT_WINDOW_MS,
-        max_wait_ms: int = DEFAULT_MAX_WAIT_MS,
         history_size: int = DEFAULT_HISTORY_SIZE,
         address: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
@@ -266,7 +265,6 @@ class Lease(ABC):
             raise ValueError(f"lease window {window_ms} ms is too short (at least 10 ms)")
         self.layout = layout
         self.window_ms = window_ms
-        self.max_wait_ms = max_wait_ms
         self.history_size = max(history_size, 1)
         self.address = address
         self.clock = clock
@@ -290,13 +288,21 @@ class Lease(ABC):
         self._histories = _Histories(TRACED_HISTORIES)
         self.renewal_failures = 0  # renewal steps that failed; each is followed by a back-off
         self._failure_log = RepeatLimitedLog(log)
+        self._minting_ms = -1  # the last timestamp the holder said it mints at (minting_at)
+        self._fence_below_ms: int | None = None  # a switch's first claim takes only a fence below this
 
-    def forked(self) -> Self:
-        """For a process forked from this one: an unstarted lease of the same configuration. It shares nothing of
-        this lease's run (claim, threads, locks, connections all stay the parent's) and claims afresh when started."""
+    def fresh(self, fence_below_ms: int | None = None) -> Self:
+        """An unstarted lease of the same configuration that shares nothing of this one's run (claim, threads, locks,
+        connections) and claims afresh when started. With ``fence_below_ms`` (a generator switching away from a clock
+        step) its first claim takes only a worker ID whose fence is below that; later claims take any."""
         clone = copy.copy(self)
         clone._init_runtime()
+        clone._fence_below_ms = fence_below_ms
         return clone
+
+    def forked(self) -> Self:
+        """For a process forked from this one: a :meth:`fresh` lease; the parent's claim stays the parent's."""
+        return self.fresh()
 
     # -- storage operations, one set per backend ----------------------------------------------------
 
@@ -335,7 +341,7 @@ class Lease(ABC):
         self._listener = listener
         reservation = None
         try:
-            reservation = self._acquire_and_wait()
+            reservation = self._acquire_checked()
         except ClockUntrusted as exc:
             with self._lock:
                 self._reason = str(exc)
@@ -377,11 +383,16 @@ class Lease(ABC):
         """Ask the renewal thread to check the fence now (the generator calls this when it reaches the fence)."""
         self._wake.set()
 
+    def minting_at(self, unix_ms: int) -> None:
+        """The holder mints at ``unix_ms``, ahead of the clock (a generator riding a clock step): from now on the
+        fence is kept a window above that, not above the clock alone. Cheap; the renewal thread does the writing."""
+        if unix_ms > self._minting_ms:
+            self._minting_ms = unix_ms
+            self._wake.set()
+
     def status(self) -> LeaseStatus:
         with self._lock:
             state, reservation, reason = self._state, self._reservation, self._reason
-        if reason is None and reservation is not None:
-            reason = self._behind_fence(reservation)  # computed now, so it clears the moment the clock passes
         return LeaseStatus(state, reservation, reason)
 
     def trace(self, worker_id: int, unix_ms: int) -> Traced:
@@ -466,6 +477,15 @@ class Lease(ABC):
     def _now_ms(self) -> int:
         return self.clock.now_ns() // 1_000_000
 
+    def _claim_order(self, free: Sequence[int], fences: dict[int, int]) -> list[int]:
+        """The worker IDs of ``free`` in the order to try to claim them: never used first, then oldest fence first,
+        so the ID a process just released (or crashed with) is the last to be reused. For a switch (see
+        :meth:`fresh`), only those whose fence is below the bound."""
+        below = self._fence_below_ms
+        never_used = [w for w in free if w not in fences]
+        used = sorted((w for w in free if w in fences and (below is None or fences[w] < below)), key=fences.__getitem__)
+        return never_used + used
+
     def _new_holder(self) -> Holder:
         return Holder(
             worker_id=-1,
@@ -486,25 +506,27 @@ class Lease(ABC):
     def _first_fence(self, after_ms: int) -> int:
         """The fence a new holder writes: as far above both the clock and the old fence as an extension puts it, so
         that the renewal thread has nothing to write right after the claim."""
-        return max(self._now_ms(), after_ms) + self._lead_ms()
+        return max(self._now_ms(), after_ms) + self._fence_ahead_ms()
 
-    def _lead_ms(self) -> int:
+    def _fence_ahead_ms(self) -> int:
         """How far above the clock a fence is written: 1.5 windows, so it is extended every half window."""
         return self.window_ms + self.window_ms // 2
 
-    def _acquire_and_wait(self) -> Reservation:
+    def _none_claimable(self, all_held: str) -> LeaseUnavailable:
+        """What a claim that found no worker ID raises: ``all_held`` (the backend's account), or for a switch, that
+        none is free with a fence below its bound."""
+        if self._fence_below_ms is not None:
+            return LeaseUnavailable(f"no free worker ID has a fence below {iso_ms(self._fence_below_ms)}")
+        return LeaseUnavailable(all_held)
+
+    def _acquire_checked(self) -> Reservation:
+        """Claim a worker ID if the clock is trusted. A clock behind the fence found is not waited out here: the
+        generator mints above that fence, riding ahead of the clock or refusing (DESIGN.md)."""
         problem = self._clock_problem()
         if problem:
             raise ClockUntrusted(problem)
         reservation = self._acquire(self._new_holder())
-        behind = reservation.after_ms - self._now_ms()
-        if 0 <= behind <= self.max_wait_ms:
-            log.warning(
-                "clock is %d ms behind the previous holder's fence; waiting",
-                behind,
-                extra={"event": "clock_behind_fence", "worker_id": reservation.worker_id, "behind_ms": behind},
-            )
-            self.clock.sleep((behind + 1) / 1000)
+        self._fence_below_ms, self._minting_ms = None, -1  # a new claim: the holder has minted nothing under it
         with self._lock:
             closing = self._closing.is_set()
             if not closing:
@@ -518,17 +540,6 @@ class Lease(ABC):
     def _clock_problem(self) -> str | None:
         """Why the local clock cannot be trusted now, or ``None``. Backends with a reference clock override it."""
         return None
-
-    def _behind_fence(self, reservation: Reservation) -> str | None:
-        if reservation.found_ms is None:
-            return None  # no previous holder; a clock behind after_ms is the generator's to report
-        behind = reservation.found_ms - self._now_ms()
-        if behind < 0:
-            return None
-        return (
-            f"clock is {behind} ms behind the fence the previous holder of worker {reservation.worker_id} left"
-            f" (more than the {self.max_wait_ms} ms this lease waits); minting refuses until it catches up"
-        )
 
     def _publish(self, reservation: Reservation) -> None:
         with self._publishing:
@@ -568,7 +579,7 @@ class Lease(ABC):
             state, reservation = self._state, self._reservation
         if state in (LeaseState.ACQUIRING, LeaseState.LOST):
             try:
-                self._publish(self._acquire_and_wait())
+                self._publish(self._acquire_checked())
             except LeaseUnavailable as exc:
                 with self._lock:
                     self._reason = f"no lease yet: {exc}" if state is LeaseState.ACQUIRING else f"lease lost: {exc}"
@@ -581,9 +592,9 @@ class Lease(ABC):
             self._reason = problem
         if problem:
             return 1.0  # do not push the fence ahead on a clock we do not trust
-        now = self._now_ms()
+        now = max(self._now_ms(), self._minting_ms)  # the clock, or where the holder mints if that is ahead
         if reservation.fence_ms - now < self.window_ms:
-            fence = now + self._lead_ms()
+            fence = now + self._fence_ahead_ms()
             try:
                 self._extend(reservation, fence)
             except LeaseLost as exc:

@@ -17,9 +17,8 @@ every half window, so a lost claim is noticed within that.
 
 Each write also touches the lock file, so that cleaners that remove old, untouched files pass it by.
 
-A new holder takes the free worker ID that was never used, else the one whose fence is oldest, so the
-ID a process just released (or crashed with) is the last to be reused. A worker ID whose record cannot be read is
-never taken (``quarantined``).
+A new holder takes the free worker ID that was never used, else the one whose fence is oldest (``_claim_order``).
+A worker ID whose record cannot be read is never taken (``quarantined``).
 """
 
 from __future__ import annotations
@@ -125,7 +124,7 @@ class LocalLease(Lease):
                 self._write(worker_id, fence, me.lease_id)
                 return Reservation(worker_id, after, fence, me.lease_id, found)
         quarantined = f" or quarantined ({len(self.quarantined)}: unreadable records)" if self.quarantined else ""
-        raise LeaseUnavailable(
+        raise self._none_claimable(
             f"all {len(self.worker_ids)} worker IDs {_span(self.worker_ids)} in {self.state_dir}"
             f" are held by running processes{quarantined}"
         )
@@ -234,8 +233,8 @@ class LocalLease(Lease):
         _write_durably(self._path(worker_id, "json"), json.dumps(record, indent=1))
 
     def _candidates(self) -> Iterator[int]:
-        """Free-looking worker IDs in the order to try: never used first, then oldest fence first. Unreadable
-        records are quarantined, never tried."""
+        """Free-looking worker IDs in the order to try (:meth:`_claim_order`). Unreadable records are quarantined,
+        never tried."""
         fences: dict[int, int] = {}
         for path in self.state_dir.iterdir():
             name = _RECORD_NAME.fullmatch(path.name)
@@ -246,9 +245,7 @@ class LocalLease(Lease):
                 fences[worker_id] = self._read(worker_id)[0]["fence_ms"]
             except UnreadableRecord as exc:
                 self._quarantine(worker_id, str(exc))
-        usable = [w for w in self.worker_ids if w not in self.quarantined]
-        yield from (w for w in usable if w not in fences)
-        yield from sorted((w for w in usable if w in fences), key=fences.__getitem__)
+        yield from self._claim_order([w for w in self.worker_ids if w not in self.quarantined], fences)
 
     def _check_layout(self) -> None:
         path = self.state_dir / "layout.json"

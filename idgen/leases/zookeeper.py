@@ -481,16 +481,14 @@ class ZkLease(Lease):
             for worker_id, why in unreadable.items():
                 self._quarantine(worker_id, why)
             usable = [w for w in range(self.layout.worker_capacity) if w not in live and w not in self.quarantined]
-            never_used = (w for w in usable if w not in fences)
-            oldest_first = sorted((w for w in usable if w in fences), key=fences.__getitem__)
-            for worker_id in (*never_used, *oldest_first):
+            for worker_id in self._claim_order(usable, fences):
                 claimed = self._claim(worker_id, holder, session_id)
                 if claimed:
                     return claimed
         except KazooException as exc:
             raise LeaseUnavailable(explain(exc)) from None
         quarantined = f" ({len(self.quarantined)} of them quarantined: unreadable records)" if self.quarantined else ""
-        raise LeaseUnavailable(
+        raise self._none_claimable(
             f"all {self.layout.worker_capacity} worker IDs of layout {self.layout.name!r} in ZooKeeper namespace"
             f" {namespace.path} are held by live workers{quarantined}"
         )

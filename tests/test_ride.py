@@ -1,0 +1,250 @@
+"""Clock steps without outage (DESIGN.md section 3): a generator rides a step back inside its reservation, within
+``max_lead_ms``; beyond it, it switches to a worker ID whose fence is below the clock. Driven by a manual clock over
+real local leases; the fault suite (tests/faults/test_fault_clock.py) does the same to real servers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from polling import poll
+
+from idgen import DEFAULT_LAYOUT, Generator, Layout
+from idgen.clock import ManualClock
+from idgen.errors import ClockBehind, FenceReached, InvalidInput
+from idgen.leases.local import LocalLease
+
+WINDOW_MS = 1_000
+# 16 IDs per 1 ms tick, so riding runs through ticks quickly.
+SMALL = Layout("small", (("time", 41), ("worker_id", 18), ("sequence", 4)), epoch_ms=DEFAULT_LAYOUT.epoch_ms)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+def make(tmp_path: Path, clock: ManualClock, workers: range = range(3, 4), **options: Any) -> Generator:
+    layout = options.pop("layout", DEFAULT_LAYOUT)
+    lease = LocalLease(layout, tmp_path, clock=clock, window_ms=WINDOW_MS, worker_ids=workers)
+    return Generator(layout, lease, clock=clock, **options)
+
+
+@pytest.fixture
+def gen(tmp_path: Path, clock: ManualClock) -> Iterator[Generator]:
+    with make(tmp_path, clock) as g:
+        yield g
+
+
+def stamp(id_: int, layout: Layout = DEFAULT_LAYOUT) -> int:
+    return layout.decode(id_)["timestamp_ms"]
+
+
+def record(tmp_path: Path, worker_id: int) -> dict[str, Any]:
+    return json.loads((tmp_path / f"worker-{worker_id:05d}.json").read_text())
+
+
+# -- riding -----------------------------------------------------------------------------------------------------
+
+
+def test_a_step_back_within_the_bound_is_ridden_through_ready_and_in_order(gen: Generator, clock: ManualClock) -> None:
+    before = gen.next_ids(10)
+    clock.advance(-2_000)
+    ridden = []
+    for _ in range(200):  # 0.2 s of traffic on the stepped-back clock: never a refusal, never a wait
+        ridden += gen.next_ids(30)
+        clock.advance(1)
+    assert clock.slept_s == 0
+    assert before + ridden == sorted(set(before + ridden))
+    assert gen.readiness() == (True, None)
+    assert gen.clock_rides == 1 and gen.clock_rollbacks == 1
+    assert 1_790 <= gen.lead_ms <= 2_000 and gen.lead_max_ms == pytest.approx(2_000, abs=1)
+    fence = gen.lease.status().reservation.fence_ms
+    assert max(stamp(i) for i in ridden) <= fence  # inside the reservation
+    assert stamp(ridden[0]) == stamp(before[-1])  # the rest of the last tick first
+
+
+def test_a_ride_drains_as_the_clock_catches_up(gen: Generator, clock: ManualClock) -> None:
+    last = gen.next_id()
+    clock.advance(-500)
+    gen.next_id()
+    clock.advance(501)  # the clock is past the tick it rode
+    after = gen.next_id()
+    assert gen.lead_ms == 0
+    assert stamp(after) == clock.now_ms() and after > last
+    clock.advance(-700)  # a new step is a new ride
+    gen.next_id()
+    assert gen.clock_rides == 2
+
+
+def test_riding_ticks_open_only_as_the_last_runs_out_and_never_beyond_the_bound(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    with make(tmp_path, clock, layout=SMALL, max_lead_ms=50) as gen:
+        gen.next_id()
+        clock.advance(-40)
+        ids = gen.next_ids(16 * 30)  # 30 ticks' worth with the clock standing still: the bound stops the lead
+        assert ids == sorted(set(ids))
+        leads = [stamp(i, SMALL) - (clock.now_ms()) for i in ids]
+        assert max(leads) <= 50  # the clock moved only by the waits the bound imposed
+        assert clock.slept_s > 0
+        assert gen.lead_max_ms <= 50
+
+
+def test_riding_past_the_fence_gets_it_extended_above_the_lead(tmp_path: Path, clock: ManualClock) -> None:
+    with make(tmp_path, clock, layout=SMALL, max_lead_ms=10_000) as gen:
+        gen.next_id()
+        fence = gen.lease.status().reservation.fence_ms
+        clock.advance(-3_000)  # the fence is at most 1.5 s ahead: riding reaches it long before the clock does
+        ids: list[int] = []
+
+        def more() -> bool:
+            try:
+                ids.extend(gen.next_ids(16 * 100))
+            except FenceReached:
+                return False
+            return stamp(ids[-1], SMALL) > fence
+
+        poll(more, "riding past the first fence", 10)
+        durable = record(tmp_path, 3)["fence_ms"]
+    assert max(stamp(i, SMALL) for i in ids) <= durable
+    assert durable >= stamp(ids[-1], SMALL) + WINDOW_MS  # extended from the lead, not from the clock alone
+
+
+def test_max_lead_0_refuses_as_before(tmp_path: Path, clock: ManualClock) -> None:
+    with make(tmp_path, clock, max_lead_ms=0) as gen:
+        gen.next_id()
+        clock.advance(-2_000)
+        with pytest.raises(ClockBehind, match=r"2000\.0 ms behind .*until it catches up") as caught:
+            gen.next_id()
+        assert caught.value.retry_after == pytest.approx(2.0)
+        assert gen.clock_rides == 0 and gen.worker_switches == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "15", True, None])
+def test_max_lead_must_be_a_whole_number_of_ms(tmp_path: Path, clock: ManualClock, bad: object) -> None:
+    with pytest.raises(InvalidInput, match="max_lead_ms"):
+        make(tmp_path, clock, max_lead_ms=bad)
+
+
+def test_close_while_riding_leaves_the_fence_at_the_ridden_tick(tmp_path: Path, clock: ManualClock) -> None:
+    with make(tmp_path, clock) as first:
+        first.next_id()
+        clock.advance(-1_000)
+        last = first.next_ids(5_000)[-1]  # into the next tick, a second ahead of the clock
+    assert record(tmp_path, 3)["fence_ms"] == stamp(last)
+    with make(tmp_path, clock) as second:  # the successor starts above it, at once, riding too
+        assert second.next_id() > last
+    assert clock.slept_s == 0
+
+
+# -- a restart behind the fence ------------------------------------------------------------------------------------
+
+
+def test_a_restart_behind_the_old_fence_starts_right_above_it_without_waiting(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    with make(tmp_path, clock) as first:
+        old = first.next_ids(3)
+    clock.advance(-3_000)  # the host's clock went back while nobody held worker 3
+    with make(tmp_path, clock) as second:
+        assert second.readiness() == (True, None)
+        new = second.next_id()
+        assert second.clock_rides == 1
+    assert clock.slept_s == 0
+    assert stamp(new) == stamp(old[-1]) + 1 and new > old[-1]
+
+
+def test_a_crash_leaves_a_fence_ahead_and_the_restart_rides_above_it(tmp_path: Path, clock: ManualClock) -> None:
+    first = make(tmp_path, clock)
+    first.next_id()
+    fence = first.lease.status().reservation.fence_ms
+    first.lease._drop_claim()  # the process dies: its flock goes, its fence stays up to 1.5 windows ahead
+    with make(tmp_path, clock) as second:
+        new = second.next_id()
+    assert stamp(new) == fence + 1 and clock.slept_s == 0
+
+
+# -- switching worker IDs --------------------------------------------------------------------------------------
+
+
+def test_beyond_the_bound_it_switches_to_a_worker_id_whose_fence_is_below_the_clock(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    with make(tmp_path, clock, range(3, 5)) as gen:
+        before = gen.next_ids(10)
+        old_worker, old_lease = gen.worker_id, gen.lease
+        old_lease_id = old_lease.status().reservation.lease_id
+        clock.advance(-3_600_000)
+        with pytest.raises(ClockBehind, match="more than the 15000 ms") as caught:
+            gen.next_id()
+        assert caught.value.retry_after <= 1.0  # a switch is under way: come back soon, not in an hour
+        after = poll(gen.next_id, "the switch", 5)
+        assert gen.worker_id != old_worker and gen.worker_switches == 1
+        assert stamp(after) == clock.now_ms()  # on the clock again: no lead
+        assert gen.readiness() == (True, None)
+        more = gen.next_ids(5)
+        assert [after, *more] == sorted({after, *more})
+        poll(lambda: old_lease.status().state.value == "released", "the old lease's release")
+        old = record(tmp_path, old_worker)
+        assert old["fence_ms"] == stamp(before[-1])  # brought down to the last tick used
+        assert old["holders"][-1]["ended_ms"] is not None
+        new_lease_id = gen.lease.status().reservation.lease_id
+        for id_, minter in ((before[0], old_lease_id), (after, new_lease_id)):  # trace names each ID's minter
+            fields = DEFAULT_LAYOUT.decode(id_)
+            traced = gen.lease.trace(fields["worker_id"], fields["timestamp_ms"])
+            assert traced.holder is not None and traced.holder.lease_id == minter
+
+
+def test_without_a_worker_id_below_the_clock_it_refuses_with_the_reason_and_recovers_when_the_clock_does(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    with make(tmp_path, clock) as gen:  # worker 3 only
+        gen.next_id()
+        clock.advance(-60_000)
+        with pytest.raises(ClockBehind):
+            gen.next_id()
+
+        def refused_with_the_reason() -> bool:
+            try:
+                gen.next_id()
+            except ClockBehind as exc:
+                return "no other worker ID could be leased" in str(exc) and exc.retry_after > 40
+            return False
+
+        poll(refused_with_the_reason, "the failed switch's reason", 5)
+        ready, reason = gen.readiness()
+        assert not ready and "60000 ms behind" in reason and "no free worker ID" in reason
+        assert gen.worker_switches == 0 and gen.worker_id == 3
+        clock.advance(60_000)
+        assert gen.next_id() and gen.readiness() == (True, None)
+
+
+def test_a_restart_far_behind_the_old_fence_switches_to_another_worker_id(tmp_path: Path, clock: ManualClock) -> None:
+    ahead = ManualClock(clock.now_ms() + 3_600_000)  # a host whose clock visited the future
+    with make(tmp_path, ahead, range(3, 4)) as first:
+        first.next_id()
+    with make(tmp_path, clock, range(3, 5)) as second:  # worker 4 was never used: claimed first, no switch needed
+        assert second.worker_id == 4
+    with make(tmp_path, clock, range(3, 5)) as third, make(tmp_path, clock, range(3, 5)) as fourth:
+        # 4 is now the oldest fence: third takes it; fourth gets only worker 3, an hour ahead, and nothing else
+        assert (third.worker_id, fourth.worker_id) == (4, 3)
+        with pytest.raises(ClockBehind):
+            fourth.next_id()
+        third.close()  # worker 4 frees up, its fence below the clock: fourth switches to it
+        poll(fourth.next_id, "the switch after worker 4 is free", 5)
+        assert fourth.worker_id == 4 and fourth.worker_switches == 1
+
+
+def test_close_during_a_switch_releases_both_leases(tmp_path: Path, clock: ManualClock) -> None:
+    gen = make(tmp_path, clock, range(3, 5))
+    gen.next_id()
+    clock.advance(-3_600_000)
+    with pytest.raises(ClockBehind):
+        gen.next_id()
+    gen.close()  # whatever the switch had reached: no claim is left behind
+    with make(tmp_path, clock, range(3, 5)) as a, make(tmp_path, clock, range(3, 5)) as b:
+        assert {a.worker_id, b.worker_id} == {3, 4}
