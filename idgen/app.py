@@ -55,7 +55,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from idgen import __version__, inspector
+from idgen import inspector
 from idgen.encoding import FORMS, format_ids, parse_id
 from idgen.errors import ClockBehind, InvalidInput, Unavailable
 from idgen.generator import Generator
@@ -63,6 +63,7 @@ from idgen.layout import iso_ms
 from idgen.leases.base import Lease, LeaseState
 from idgen.openapi import document
 from idgen.runs import RUNS_TYPE, runs_body
+from idgen.version import __version__
 
 log = logging.getLogger("idgen.http")
 
