@@ -548,7 +548,8 @@ class Service:
             ("/openapi.json", self.openapi_json),
         ):
             app.router.add_get(path, self._endpoint(path, handler), allow_head=False)
-        inspector.install(app, self)  # GET /: the ID inspector page; before the catch-all, which would take it
+        # GET /: the ID inspector page; before the catch-all, which would take it
+        app.router.add_get("/", self._endpoint("/", inspector.serve), allow_head=False)
         fallback = app.router.add_route("*", "/{path:.*}", self._endpoint(_UNMATCHED, self.fallback))
         self._fallback_resource = fallback.resource
         app.on_startup.append(self._start)

@@ -199,6 +199,7 @@ def namespace_of(settings: Settings, auth: str | None = None) -> Iterator[Namesp
     """The ZooKeeper namespace of the settings, connected with ``auth`` or the credentials in the environment."""
     from idgen.leases.zookeeper import DEFAULT_NAMESPACE, Namespace, connected, required_credentials
 
-    assert settings.zk, "namespace_of needs ZooKeeper hosts"
+    if not settings.zk:
+        raise InvalidInput(f"ZooKeeper hosts are required: --zk HOSTS or {env_name('zk')}=HOSTS")
     with connected(settings.zk, auth or required_credentials(settings.zk_insecure_no_auth)) as client:
         yield Namespace(client, settings.namespace or DEFAULT_NAMESPACE)

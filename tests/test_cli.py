@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,18 @@ import pytest
 from idgen import decode, format_id
 
 
-def idgen(*args: str, state_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+def idgen(
+    *args: str, state_dir: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``idgen ARGS`` with no inherited ``IDGEN_*`` variable, plus ``env``."""
     env_args = ["--state-dir", str(state_dir)] if state_dir else []
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("IDGEN_")}
     return subprocess.run(
-        [sys.executable, "-m", "idgen.cli", *args, *env_args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "idgen.cli", *args, *env_args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, **(env or {})},
     )
 
 
@@ -94,6 +103,7 @@ def test_layouts_lists_every_preset_with_its_end_date() -> None:
         (["mint", "--zk", "127.0.0.1:1", "--worker-ids", "0-3"], "--worker-ids (IDGEN_WORKER_IDS) is for the local"),
         (["frobnicate"], "invalid choice"),
         ([], "the following arguments are required"),
+        (["leases"], "ZooKeeper hosts are required: --zk HOSTS or IDGEN_ZK=HOSTS"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -102,6 +112,32 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "variable", "value"),
+    [
+        (["mint"], "IDGEN_LAYOUT", "nope"),
+        (["mint"], "IDGEN_WORKER_IDS", "seven"),
+        (["decode", "123"], "IDGEN_LAYOUT", "time:41"),
+        (["serve"], "IDGEN_PORT", "eighty"),
+        (["serve"], "IDGEN_MAX_COUNT", "0"),
+        (["serve"], "IDGEN_PROCESSES", "-2"),
+        (["serve"], "IDGEN_ACCESS_LOG", "maybe"),
+        (["serve"], "IDGEN_ZK_SESSION_TIMEOUT", "soon"),
+    ],
+)
+def test_a_bad_variable_is_one_line_that_names_it(tmp_path: Path, args: list[str], variable: str, value: str) -> None:
+    result = idgen(*args, env={"IDGEN_STATE_DIR": str(tmp_path), variable: value})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and f"{variable}: " in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_option_wins_over_its_variable(tmp_path: Path) -> None:
+    result = idgen("mint", "--layout", "twitter", env={"IDGEN_LAYOUT": "nope", "IDGEN_STATE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert decode(result.stdout.strip(), layout="twitter")["layout"] == "twitter"
 
 
 def test_a_state_dir_it_cannot_write_is_a_one_line_error(tmp_path: Path) -> None:
