@@ -73,18 +73,40 @@ def test_decode_plain_text_is_readable() -> None:
     assert "time          2016-04-30T11:18:25.796Z" in result.stdout
 
 
-def test_layouts_lists_every_preset_with_its_end_date() -> None:
+def test_layouts_lists_every_preset_with_its_end_date_and_explains_specs() -> None:
     result = idgen("layouts")
-    assert [line.split()[0] for line in result.stdout.splitlines()] == [
+    presets, _, explained = result.stdout.partition("\n\n")
+    assert [line.split()[0] for line in presets.splitlines()] == [
         "idgen",
         "twitter",
         "discord",
         "sonyflake",
         "instagram",
+        "js53",
     ]
-    assert "runs out 2094-09-07" in result.stdout
+    assert "runs out 2094-09-07" in presets
+    assert "time:41,worker_id:10,sequence:12;epoch=2025-01-01;unit=1ms" in explained  # the grammar, by example
+    assert "js53" in explained and "2**53" in explained and "64 workers" in explained  # its trade-offs
     described = json.loads(idgen("layouts", "--json").stdout)
     assert described[0]["expires"] == "2094-09-07T15:47:35.551Z"
+    assert described[0]["spec_string"] == "time:41,worker_id:10,sequence:12;epoch=2025-01-01"
+
+
+SPEC = "time:40,shard:8,sequence:15;epoch=2025-06-01;unit=2ms"
+
+
+def test_mint_and_decode_take_a_layout_spec_from_the_option_or_the_variable(tmp_path: Path) -> None:
+    minted = idgen("mint", "-n", "3", "--layout", SPEC, state_dir=tmp_path)
+    assert minted.returncode == 0, minted.stderr
+    first = minted.stdout.split()[0]
+    shown = json.loads(idgen("decode", first, "--json", env={"IDGEN_LAYOUT": SPEC}).stdout)
+    assert shown == decode(first, SPEC) and shown["layout"] == SPEC and "shard" in shown
+
+
+def test_mint_js53_ids_are_safe_javascript_integers(tmp_path: Path) -> None:
+    minted = idgen("mint", "-n", "2000", "--layout", "js53", state_dir=tmp_path)
+    assert minted.returncode == 0, minted.stderr
+    assert all(int(line) <= 2**53 - 1 for line in minted.stdout.split())
 
 
 @pytest.mark.parametrize(
@@ -103,6 +125,8 @@ def test_layouts_lists_every_preset_with_its_end_date() -> None:
         (["mint", "--zk", "127.0.0.1:1", "--worker-ids", "0-3"], "--worker-ids (IDGEN_WORKER_IDS) is for the local"),
         (["frobnicate"], "invalid choice"),
         ([], "the following arguments are required"),
+        (["mint", "--layout", "time:41,worker_id:10,sequence:12"], "epoch=YYYY-MM-DD is required"),
+        (["decode", "1", "--layout", "time:41,wid:9,sequence:12;epoch=2025-01-01;unit=1s"], "'1s' is not a unit"),
         (["leases"], "ZooKeeper hosts are required: --zk HOSTS or IDGEN_ZK=HOSTS"),
     ],
 )
