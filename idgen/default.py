@@ -13,9 +13,11 @@ Invariants:
 - a forked child (``os.fork``, multiprocessing's fork context, gunicorn ``--preload``, uWSGI) keeps the parent's
   source, which adopts in the child: a generator leases a worker ID of its own on its first use there, a client starts
   with an empty buffer. Parent and children never hand out the same ID;
-- at interpreter exit (``atexit``) the source is closed: a generator releases its lease with the fence brought down to
-  the last tick it used, so the next holder of its worker ID mints at once. A process that ends with ``os._exit`` or a
-  signal skips that: its worker ID is freed all the same, but the next holder waits for the clock to pass the fence.
+- at interpreter exit (``atexit``, or multiprocessing's finalizers in its children, which end with ``os._exit``) the
+  source is closed: a generator releases its lease with the fence brought down to the last tick it used, so the next
+  holder of its worker ID mints at once. A process killed by a signal or ending with ``os._exit`` otherwise (a
+  multiprocessing pool's workers when the pool is terminated) skips that: its worker ID is freed all the same, but the
+  next holder waits for the clock to pass the fence (at most 1.5 lease windows, 7.5 s by default).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def default_generator() -> Generator | Client:
             _source = source_for(Settings.from_env())
             if not _at_exit:
                 atexit.register(_close_at_exit)
+                # multiprocessing's children end with os._exit, which skips atexit but runs its finalizers
+                from multiprocessing import util
+
+                util.register_after_fork(_close_at_exit, _close_at_child_exit)
                 _at_exit.append(True)
         return _source
 
@@ -70,6 +76,13 @@ def reset_default() -> None:
         source, _source = _source, None
     if source is not None:
         source.close()
+
+
+def _close_at_child_exit(_: object) -> None:
+    """In a multiprocessing child, as it starts: close the default as the child exits."""
+    from multiprocessing import util
+
+    util.Finalize(None, _close_at_exit, exitpriority=0)
 
 
 def _close_at_exit() -> None:

@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from forks import Child
@@ -161,6 +162,27 @@ def test_multiprocessing_fork_children_never_share_an_id() -> None:
     assert len(set(everything)) == len(everything)
     workers = {decode(batch[0])["worker"] for batch in batches}
     assert len(workers) == 3 and decode(parent[0])["worker"] not in workers
+
+
+def _mint_and_report(queue: Any) -> None:
+    queue.put(idgen.next_ids(1000)[-1])
+
+
+def test_a_multiprocessing_child_closes_its_generator_as_it_exits(environment: Path) -> None:
+    """multiprocessing's children end with os._exit, which skips atexit: the default closes through multiprocessing's
+    own finalizers there, so the child's fence comes down to its last ID's time unit too."""
+    parent_last = idgen.next_id()  # the default exists before the fork
+    context = multiprocessing.get_context("fork")
+    queue = context.SimpleQueue()
+    child = context.Process(target=_mint_and_report, args=(queue,))
+    child.start()
+    last = queue.get()
+    child.join(30)
+    assert child.exitcode == 0
+    worker = decode(last)["worker"]
+    assert worker != decode(parent_last)["worker"]
+    record = json.loads((environment / f"worker-{worker:05d}.json").read_text())
+    assert record["fence_ms"] == decode(last)["timestamp_ms"]
 
 
 MINT_AND_EXIT = "import idgen; ids = idgen.next_ids(1000); print(ids[0], ids[-1])"
