@@ -142,11 +142,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """The settings of the ``IDGEN_*`` variables. There is no command line here to pass ``--zk-insecure-no-auth``,
-        so ``IDGEN_ZK_INSECURE_NO_AUTH=1`` alone opts out of ZooKeeper access control."""
-        insecure = (os.environ if environ is None else environ).get(env_name("zk_insecure_no_auth")) == "1"
-        values = {f.name: from_env(f.name, environ) for f in fields(cls) if f.name != "zk_insecure_no_auth"}
-        return cls(**values, zk_insecure_no_auth=insecure)
+        """The settings of the ``IDGEN_*`` variables. ZooKeeper without credentials takes ``--zk-insecure-no-auth``
+        on a command line as well as ``IDGEN_ZK_INSECURE_NO_AUTH=1``: an environment alone never opts out."""
+        return cls(**{f.name: from_env(f.name, environ) for f in fields(cls) if f.name in OPTIONS})
 
 
 def layout_for(settings: Settings) -> Layout:

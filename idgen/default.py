@@ -2,7 +2,7 @@
 
 It is made on first use from the ``IDGEN_*`` environment, read as ``idgen serve`` reads it
 (:meth:`idgen.config.Settings.from_env`): a :class:`~idgen.generator.Generator` under a local lease by default, under a
-ZooKeeper lease with ``IDGEN_ZK`` (credentials from ``IDGEN_ZK_AUTH`` or ``IDGEN_ZK_AUTH_FILE``), or a
+ZooKeeper lease with ``IDGEN_ZK`` (credentials from ``IDGEN_ZK_AUTH`` or ``IDGEN_ZK_AUTH_FILE``, always), or a
 :class:`~idgen.client.Client` of the running servers listed, comma-separated, in ``IDGEN_URL``. A bad variable raises
 :class:`~idgen.errors.InvalidInput` naming it, on the first use and on every use after it until it is fixed.
 

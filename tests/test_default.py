@@ -130,6 +130,9 @@ def test_with_idgen_zk_it_leases_from_zookeeper(
     monkeypatch.delenv("IDGEN_STATE_DIR")
     with pytest.raises(InvalidInput, match=ZK_AUTH_ENV):  # credentials as `idgen serve` requires them
         idgen.next_id()
+    monkeypatch.setenv("IDGEN_ZK_INSECURE_NO_AUTH", "1")  # half of serve's opt-out: an environment alone never opts out
+    with pytest.raises(InvalidInput, match=ZK_AUTH_ENV):
+        idgen.next_id()
     monkeypatch.setenv(ZK_AUTH_ENV, TEST_CREDENTIALS)
     ids = idgen.next_ids(100)
     source = idgen.default_generator()
