@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from holder import HolderProcess
+from pgharness import PgServer
 from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
 
 from idgen import Layout
@@ -100,3 +101,24 @@ def zk_ensemble() -> Iterator[ZkEnsemble]:
 
 
 # --- end ZooKeeper ---
+
+
+# --- PostgreSQL ---
+# A real server from Debian's `postgresql` package, started by the tests (see tests/pgharness.py).
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL 15 server shared by the whole session; isolate data with ``pg_database``."""
+    server = PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_database(pg_server: PgServer) -> str:
+    """The name of a new, empty database on the session server, for one test."""
+    return pg_server.create_database(f"t_{uuid.uuid4().hex}")
