@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,3 +124,29 @@ def pg_server() -> Iterator[PgServer]:
 def pg_database(pg_server: PgServer) -> str:
     """The name of a new, empty database on the session server, for one test."""
     return pg_server.create_database(f"t_{uuid.uuid4().hex}")
+
+
+# --- databases for the framework integrations ---
+
+
+@pytest.fixture(scope="session")
+def default_ids() -> Iterator[None]:
+    """``idgen.next_id()`` leases from a local state directory of this session (not ``~/.local/state``); processes
+    the tests start inherit it."""
+    previous = os.environ.get("IDGEN_STATE_DIR")
+    with tempfile.TemporaryDirectory(prefix="idgen-default-") as state_dir:
+        os.environ["IDGEN_STATE_DIR"] = state_dir
+        yield
+    if previous is None:
+        os.environ.pop("IDGEN_STATE_DIR", None)
+    else:
+        os.environ["IDGEN_STATE_DIR"] = previous
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, default_ids: None) -> str:
+    """A SQLAlchemy URL of an empty database: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    pg_server: PgServer = request.getfixturevalue("pg_server")
+    return pg_server.url(request.getfixturevalue("pg_database"))
