@@ -150,3 +150,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, default_ids: None) ->
         return f"sqlite:///{tmp_path / 'app.db'}"
     pg_server: PgServer = request.getfixturevalue("pg_server")
     return pg_server.url(request.getfixturevalue("pg_database"))
+
+
+@pytest.fixture(scope="session")
+def django_site(pg_server: PgServer, default_ids: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Django set up in this process (tests/djangosite.py) over two real databases with their tables created:
+    ``default`` (a SQLite file) and ``postgresql``. Returns ``DATABASES``, for spawned workers."""
+    from django.core.management import call_command
+    from djangosite import configure, database
+
+    databases = {
+        "default": database(f"sqlite:///{tmp_path_factory.mktemp('django') / 'site.db'}"),
+        "postgresql": database(pg_server.url(pg_server.create_database("django_site"))),
+    }
+    configure(databases)
+    for alias in databases:
+        call_command("migrate", run_syncdb=True, database=alias, verbosity=0)
+    return databases
