@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from holder import HolderProcess
 from pgharness import PgServer
 from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
 
+import idgen
 from idgen import Layout
 from idgen.leases.zookeeper import ZK_AUTH_ENV, ZK_AUTH_FILE_ENV, connected
 
@@ -130,17 +130,18 @@ def pg_database(pg_server: PgServer) -> str:
 
 
 @pytest.fixture(scope="session")
-def default_ids() -> Iterator[None]:
-    """``idgen.next_id()`` leases from a local state directory of this session (not ``~/.local/state``); processes
-    the tests start inherit it."""
-    previous = os.environ.get("IDGEN_STATE_DIR")
-    with tempfile.TemporaryDirectory(prefix="idgen-default-") as state_dir:
-        os.environ["IDGEN_STATE_DIR"] = state_dir
-        yield
-    if previous is None:
-        os.environ.pop("IDGEN_STATE_DIR", None)
-    else:
-        os.environ["IDGEN_STATE_DIR"] = previous
+def default_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("idgen-default-state")
+
+
+@pytest.fixture
+def default_ids(monkeypatch: pytest.MonkeyPatch, default_state_dir: Path) -> Iterator[None]:
+    """``idgen.next_id()`` leases from a local state directory of this session (not ``~/.local/state``), which
+    processes the test starts inherit; the default source is closed (its lease released) after the test."""
+    monkeypatch.setenv("IDGEN_STATE_DIR", str(default_state_dir))
+    idgen.reset_default()
+    yield
+    idgen.reset_default()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -153,7 +154,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, default_ids: None) ->
 
 
 @pytest.fixture(scope="session")
-def django_site(pg_server: PgServer, default_ids: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def django_site(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Django set up in this process (tests/djangosite.py) over two real databases with their tables created:
     ``default`` (a SQLite file) and ``postgresql``. Returns ``DATABASES``, for spawned workers."""
     from django.core.management import call_command

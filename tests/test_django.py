@@ -15,7 +15,7 @@ from django.test import Client
 import idgen
 from idgen.encoding import FORMS, format_id
 
-pytestmark = pytest.mark.usefixtures("django_site")
+pytestmark = pytest.mark.usefixtures("django_site", "default_ids")
 ALIASES = ("default", "postgresql")
 
 
@@ -162,3 +162,20 @@ def test_deconstruct_rebuilds_the_same_field(kwargs: dict[str, Any]) -> None:
     )
     if kwargs == {"primary_key": True}:
         assert rebuilt_kwargs == {"primary_key": True}  # no default, no editable: implied
+
+
+def test_the_admin_decodes_in_the_layout_of_the_default_or_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.contrib import admin
+    from orders_app.admin import OrderAdmin
+
+    from idgen.django.admin import default_layout
+
+    monkeypatch.setenv("IDGEN_LAYOUT", "sonyflake")
+    assert default_layout() == idgen.PRESETS["sonyflake"]
+    monkeypatch.delenv("IDGEN_LAYOUT")
+    assert default_layout() == idgen.DEFAULT_LAYOUT
+    Order = orders()
+    value = idgen.next_id()
+    own = type("DiscordOrderAdmin", (OrderAdmin,), {"idgen_layout": "discord"})(Order, admin.site)
+    minted = own.get_readonly_fields(None)[-1]
+    assert minted(Order(parent=value)) == idgen.decode(value, "discord")["time"]

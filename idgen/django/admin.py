@@ -10,9 +10,10 @@ from django.contrib.admin.widgets import AdminTextInputWidget
 from django.db import models
 from django.http import HttpRequest
 
+from idgen.config import Settings
 from idgen.django import IdField
 from idgen.errors import InvalidInput
-from idgen.layout import Layout, get_layout
+from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout
 
 __all__ = ["IdAdminMixin"]
 
@@ -57,7 +58,6 @@ class IdAdminMixin:
 
 
 def default_layout() -> Layout:
-    """The layout of ``idgen.next_id()``'s IDs."""
-    from idgen.layout import DEFAULT_LAYOUT
-
-    return DEFAULT_LAYOUT  # TODO(part A): the process default's layout
+    """The layout ``idgen.next_id()`` mints in: ``IDGEN_LAYOUT``'s, else the default (a ZooKeeper namespace's own
+    layout is not looked up: set ``IDGEN_LAYOUT`` or ``idgen_layout`` there)."""
+    return Settings.from_env().layout or DEFAULT_LAYOUT
