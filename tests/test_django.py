@@ -179,3 +179,31 @@ def test_the_admin_decodes_in_the_layout_of_the_default_or_its_own(monkeypatch: 
     own = type("DiscordOrderAdmin", (OrderAdmin,), {"idgen_layout": "discord"})(Order, admin.site)
     minted = own.get_readonly_fields(None)[-1]
     assert minted(Order(parent=value)) == idgen.decode(value, "discord")["time"]
+
+
+def test_drf_renders_relations_to_id_keys_as_strings_too(alias: str) -> None:
+    from orders_app.models import Line
+    from rest_framework import serializers
+
+    from idgen.django.rest_framework import IdModelSerializer
+
+    class LineSerializer(IdModelSerializer):
+        class Meta:
+            model = Line
+            fields = ("id", "order")
+
+    class OrderWithLines(IdModelSerializer):
+        class Meta:
+            model = orders()
+            fields = ("id", "lines")
+
+    order = orders().objects.using(alias).create(item="lined")
+    line = Line.objects.using(alias).create(order=order)
+    assert LineSerializer(line).data == {"id": str(line.pk), "order": str(order.pk)}
+    assert OrderWithLines(order).data == {"id": str(order.pk), "lines": [str(line.pk)]}
+    parsed = LineSerializer(data={"order": format_id(order.pk, "base32")})
+    parsed.fields["order"].queryset = Line.order.field.related_model.objects.using(alias)
+    assert parsed.is_valid(), parsed.errors
+    assert parsed.validated_data["order"] == order
+    junk = LineSerializer(data={"order": "junk"})
+    assert not junk.is_valid() and isinstance(junk.errors["order"][0], serializers.ErrorDetail)

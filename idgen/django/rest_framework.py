@@ -45,9 +45,18 @@ class IdSerializerField(serializers.Field):  # type: ignore[misc]
 
 
 class IdModelSerializer(serializers.ModelSerializer):  # type: ignore[misc]
-    """A ``ModelSerializer`` whose model ``IdField``s are :class:`IdSerializerField`s."""
+    """A ``ModelSerializer`` whose model ``IdField``s are :class:`IdSerializerField`s, and whose relations to a model
+    keyed by an ``IdField`` render and parse that key as one too (DRF would send the bare int)."""
 
     serializer_field_mapping = {  # noqa: RUF012 (DRF's convention)
         **serializers.ModelSerializer.serializer_field_mapping,
         IdField: IdSerializerField,
     }
+
+    def build_relational_field(self, field_name: str, relation_info: Any) -> tuple[type, dict[str, Any]]:
+        field_class, kwargs = super().build_relational_field(field_name, relation_info)
+        if issubclass(field_class, serializers.PrimaryKeyRelatedField) and isinstance(
+            relation_info.related_model._meta.pk, IdField
+        ):
+            kwargs.setdefault("pk_field", IdSerializerField())
+        return field_class, kwargs

@@ -16,3 +16,10 @@ class Row(models.Model):
 
     id = IdField(primary_key=True)
     process = models.CharField(max_length=40)
+
+
+class Line(models.Model):
+    """A row that refers to an order by its ID key."""
+
+    id = IdField(primary_key=True)
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="lines")
