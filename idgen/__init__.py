@@ -1,16 +1,11 @@
 """idgen: 64-bit, roughly time-ordered, globally unique IDs, minted locally under a fenced worker-ID lease."""
 
-from importlib.metadata import PackageNotFoundError, version
-
+from idgen.default import default_generator, next_id, next_ids, reset_default
 from idgen.encoding import FORMS, format_id, parse_id
 from idgen.errors import IdgenError, InvalidInput, Unavailable
 from idgen.generator import Generator
 from idgen.layout import DEFAULT_LAYOUT, PRESETS, Layout, decode, get_layout
-
-try:
-    __version__ = version("idgen")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
+from idgen.version import __version__
 
 __all__ = [
     "DEFAULT_LAYOUT",
@@ -21,8 +16,13 @@ __all__ = [
     "InvalidInput",
     "Layout",
     "Unavailable",
+    "__version__",
     "decode",
+    "default_generator",
     "format_id",
     "get_layout",
+    "next_id",
+    "next_ids",
     "parse_id",
+    "reset_default",
 ]

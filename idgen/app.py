@@ -55,7 +55,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from idgen import __version__, inspector
+from idgen import inspector
 from idgen.encoding import FORMS, format_ids, parse_id
 from idgen.errors import ClockBehind, InvalidInput, Unavailable
 from idgen.generator import Generator
@@ -63,6 +63,7 @@ from idgen.layout import iso_ms
 from idgen.leases.base import Lease, LeaseState
 from idgen.openapi import document
 from idgen.runs import RUNS_TYPE, runs_body
+from idgen.version import __version__
 
 log = logging.getLogger("idgen.http")
 
@@ -570,7 +571,8 @@ class Service:
             ("/openapi.json", self.openapi_json),
         ):
             app.router.add_get(path, self._endpoint(path, handler), allow_head=False)
-        inspector.install(app, self)  # GET /: the ID inspector page; before the catch-all, which would take it
+        # GET /: the ID inspector page; before the catch-all, which would take it
+        app.router.add_get("/", self._endpoint("/", inspector.serve), allow_head=False)
         fallback = app.router.add_route("*", "/{path:.*}", self._endpoint(_UNMATCHED, self.fallback))
         self._fallback_resource = fallback.resource
         app.on_startup.append(self._start)

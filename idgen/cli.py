@@ -8,23 +8,20 @@ exit 2 for bad input, 1 when idgen cannot serve (no lease, clock behind the fenc
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import math
-import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from kazoo.exceptions import KazooException
 
+from idgen import config
+from idgen.config import MAX_COUNT_LIMIT, OPTIONS, Settings
 from idgen.encoding import FORMS, format_id, parse_id
 from idgen.errors import IdgenError, InvalidInput, LayoutMismatch
-from idgen.generator import Generator
-from idgen.layout import DEFAULT_LAYOUT, PRESETS, Layout, get_layout, iso_ms
-from idgen.leases.base import Lease, trace
-from idgen.leases.local import LocalLease, parse_worker_ids
+from idgen.layout import DEFAULT_LAYOUT, PRESETS, SPEC_EXAMPLE, iso_ms
+from idgen.leases.base import trace
 from idgen.leases.zookeeper import (
     DEFAULT_NAMESPACE,
     DEFAULT_SESSION_TIMEOUT_S,
@@ -32,48 +29,66 @@ from idgen.leases.zookeeper import (
     ZK_AUTH_FILE_ENV,
     ZK_INSECURE_ENV,
     ZK_INSECURE_FLAG,
-    Namespace,
-    ZkLease,
-    connected,
     credentials_from_env,
     explain,
-    required_credentials,
 )
 
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
 MINT_CHUNK = 4096
-# The largest --max-count: 65,536 IDs make a response of about 1.4 MB in JSON and take a worker's whole sequence
-# for 16 ms in the default layout (4,096 per ms), and 2.6 s in sonyflake's; callers wanting more ask again.
-MAX_COUNT_LIMIT = 65536
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit code 2."""
+    """argparse with one-line errors (no usage dump) and exit code 2. An option left unset on the command line takes
+    its ``IDGEN_*`` variable's value (:func:`idgen.config.from_env`); a bad variable is a one-line error naming it."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            if action.dest in OPTIONS and getattr(parsed, action.dest, None) is None:
+                try:
+                    setattr(parsed, action.dest, config.from_env(action.dest))
+                except InvalidInput as exc:
+                    self.error(str(exc))
+        return parsed, rest
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _env(name: str, default: Any = None) -> Any:
-    return os.environ.get(f"IDGEN_{name.upper()}", default)
+def _type(option: str) -> Callable[[str], Any]:
+    """The argparse type of ``option``: its converter in :data:`idgen.config.OPTIONS`."""
+    return _argument(OPTIONS[option][0])
+
+
+def _argument(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``convert`` as an argparse type: its :class:`InvalidInput` becomes argparse's one-line error."""
+
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _add_layout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layout",
-        default=_env("layout"),
-        metavar="NAME",
-        help=f"bit layout preset: {', '.join(PRESETS)} (env IDGEN_LAYOUT; default: the ZooKeeper namespace's"
-        f" layout with --zk, else {DEFAULT_LAYOUT.name})",
+        type=_type("layout"),
+        metavar="NAME|SPEC",
+        help=f"bit layout: a preset ({', '.join(PRESETS)}) or a spec (see idgen layouts) (env IDGEN_LAYOUT;"
+        f" default: the ZooKeeper namespace's layout with --zk, else {DEFAULT_LAYOUT.name})",
     )
 
 
-def _add_zookeeper(parser: argparse.ArgumentParser, required: bool = False) -> None:
+def _add_zookeeper(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--zk",
-        default=_env("zk"),
-        required=required and not _env("zk"),
+        type=_type("zk"),
         metavar="HOSTS",
         help="ZooKeeper hosts, host:port[,host:port...] (env IDGEN_ZK); credentials are required and come only from"
         f" the environment: {ZK_AUTH_ENV}=user:password or {ZK_AUTH_FILE_ENV}=FILE",
@@ -86,22 +101,22 @@ def _add_zookeeper(parser: argparse.ArgumentParser, required: bool = False) -> N
     )
     parser.add_argument(
         "--namespace",
-        default=_env("namespace", DEFAULT_NAMESPACE),
+        type=_type("namespace"),
         metavar="PATH",
-        help="ZooKeeper namespace path (env IDGEN_NAMESPACE; default %(default)s)",
+        help=f"ZooKeeper namespace path (env IDGEN_NAMESPACE; default {DEFAULT_NAMESPACE})",
     )
 
 
 def _add_local_lease(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
-        default=_env("state_dir"),
+        type=_type("state_dir"),
         metavar="DIR",
         help="local lease state directory (env IDGEN_STATE_DIR; default ~/.local/state/idgen)",
     )
     parser.add_argument(
         "--worker-ids",
-        default=_env("worker_ids"),
+        type=_type("worker_ids"),
         metavar="A-B",
         help="local worker ID range, inclusive (env IDGEN_WORKER_IDS; default the layout's whole range); refused"
         " with --zk",
@@ -113,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     mint = commands.add_parser("mint", help="print new IDs, one per line")
-    mint.add_argument("-n", "--count", type=_positive_int, default=1, metavar="N", help="how many IDs (default 1)")
+    mint.add_argument(
+        "-n", "--count", type=_argument(config.positive_int), default=1, metavar="N", help="how many IDs (default 1)"
+    )
     mint.add_argument("--format", choices=FORMS, default="decimal", help="string form (default decimal)")
     _add_layout(mint)
     _add_local_lease(mint)
@@ -134,53 +151,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     leases = commands.add_parser("leases", help="list a ZooKeeper namespace's live leases, fences and history")
     leases.add_argument("--json", action="store_true", help="print JSON")
-    _add_zookeeper(leases, required=True)
+    _add_zookeeper(leases)
     leases.set_defaults(run=_leases)
 
     secure = commands.add_parser(
         "zk-secure", help="restrict a ZooKeeper namespace's world-writable nodes to the credentials in the environment"
     )
-    _add_zookeeper(secure, required=True)
+    _add_zookeeper(secure)
     secure.set_defaults(run=_zk_secure)
 
     serve = commands.add_parser("serve", help="run the HTTP service (GET /id, /decode/{id}, /readyz, /metrics, ...)")
     serve.add_argument(
-        "--host", default=_env("host", "0.0.0.0"), help="address to listen on (env IDGEN_HOST; default %(default)s)"
+        "--host", type=_type("host"), help=f"address to listen on (env IDGEN_HOST; default {_default('host')})"
     )
     serve.add_argument(
         "--port",
-        type=_port,
-        default=_env("port", "8080"),
-        help="TCP port; 0 picks a free one, shown in the 'listening' log event (env IDGEN_PORT; default %(default)s)",
+        type=_type("port"),
+        help="TCP port; 0 picks a free one, shown in the 'listening' log event"
+        f" (env IDGEN_PORT; default {_default('port')})",
     )
     serve.add_argument(
         "--processes",
-        type=_positive_int,
-        default=_env("processes", "1"),
+        type=_type("processes"),
         metavar="N",
         help="worker processes sharing the port (SO_REUSEPORT), each with its own worker ID"
-        " (env IDGEN_PROCESSES; default %(default)s)",
+        f" (env IDGEN_PROCESSES; default {_default('processes')})",
     )
     serve.add_argument(
         "--max-count",
-        type=_bounded(int, "a positive whole number", 1, MAX_COUNT_LIMIT),
-        default=_env("max_count", "4096"),
+        type=_type("max_count"),
         metavar="N",
-        help=f"largest ?count= of GET /id, at most {MAX_COUNT_LIMIT} (env IDGEN_MAX_COUNT; default %(default)s)",
+        help=f"largest ?count= of GET /id, at most {MAX_COUNT_LIMIT}"
+        f" (env IDGEN_MAX_COUNT; default {_default('max_count')})",
     )
     serve.add_argument(
         "--access-log",
         nargs="?",
         const=True,
-        type=_flag,
-        default=_env("access_log", "false"),
+        type=_type("access_log"),
         metavar="BOOL",
         help="log one JSON line per request; --access-log alone means true (env IDGEN_ACCESS_LOG; default false)",
     )
     serve.add_argument(
         "--zk-session-timeout",
-        type=_positive_float,
-        default=_env("zk_session_timeout"),
+        type=_type("zk_session_timeout"),
         metavar="SECONDS",
         help="ZooKeeper session timeout asked for; the lease is lost after this long without ZooKeeper"
         f" (env IDGEN_ZK_SESSION_TIMEOUT; default {DEFAULT_SESSION_TIMEOUT_S:g})",
@@ -192,78 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bounded(convert: Callable[[str], Any], what: str, low: float, high: float) -> Callable[[str], Any]:
-    """An argparse type: ``convert(text)`` if it lies in ``[low, high]``, else a one-line error naming ``what``."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what} ({low:g} to {high:g})")
-        return value
-
-    return parse
-
-
-_positive_int = _bounded(int, "a positive whole number", 1, math.inf)
-_port = _bounded(int, "a port number", 0, 65535)
-_positive_float = _bounded(float, "a positive number", 1e-3, 1e6)
-
-
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-
-
-def lease_from_args(args: argparse.Namespace, address: str | None = None) -> Lease:
-    """The lease the options ask for: ZooKeeper with ``--zk``, else local."""
-    if args.zk and args.worker_ids:
-        raise InvalidInput(
-            "--worker-ids (IDGEN_WORKER_IDS) is for the local lease; with --zk, ZooKeeper hands out the worker IDs:"
-            " leave it unset"
-        )
-    layout = _layout(args)
-    if args.zk:
-        session_timeout_s = getattr(args, "zk_session_timeout", None) or DEFAULT_SESSION_TIMEOUT_S
-        auth = required_credentials(args.zk_insecure_no_auth)
-        return ZkLease(
-            layout,
-            args.zk,
-            args.namespace,
-            auth=auth,
-            insecure=auth is None,
-            address=address,
-            session_timeout_s=session_timeout_s,
-        )
-    worker_ids = parse_worker_ids(args.worker_ids) if args.worker_ids else None
-    return LocalLease(layout, state_dir=args.state_dir, worker_ids=worker_ids, address=address)
-
-
-def _layout(args: argparse.Namespace) -> Layout:
-    """``--layout``; else, with ``--zk``, the layout the namespace already has; else the default."""
-    if args.layout:
-        return get_layout(args.layout)
-    if args.zk:
-        with _namespace(args) as namespace, contextlib.suppress(InvalidInput):  # a new namespace has none yet
-            return namespace.layout()
-    return DEFAULT_LAYOUT
-
-
-@contextlib.contextmanager
-def _namespace(args: argparse.Namespace, auth: str | None = None) -> Iterator[Namespace]:
-    with connected(args.zk, auth or required_credentials(args.zk_insecure_no_auth)) as client:
-        yield Namespace(client, args.namespace)
+def _default(option: str) -> Any:
+    return OPTIONS[option][1]
 
 
 def _mint(args: argparse.Namespace) -> None:
-    lease = lease_from_args(args)
-    with Generator(lease.layout, lease) as gen:
+    with config.generator_for(Settings.of(args)) as gen:
         remaining = args.count
         while remaining:
             batch = gen.next_ids(min(remaining, MINT_CHUNK))
@@ -274,12 +222,14 @@ def _mint(args: argparse.Namespace) -> None:
 def _decode(args: argparse.Namespace) -> None:
     id_ = parse_id(args.id, args.format)
     if not args.zk:
-        _print(get_layout(args.layout or DEFAULT_LAYOUT).decode(id_), args.json)
+        _print((args.layout or DEFAULT_LAYOUT).decode(id_), args.json)
         return
-    with _namespace(args) as namespace:
+    with config.namespace_of(Settings.of(args)) as namespace:
         layout = namespace.layout()
-        if args.layout and get_layout(args.layout) != layout:
-            raise LayoutMismatch(f"namespace {namespace.path} uses layout {layout.summary()}, not {args.layout!r}")
+        if args.layout and args.layout != layout:
+            raise LayoutMismatch(
+                f"namespace {namespace.path} uses layout {layout.summary()}, not {args.layout.summary()}"
+            )
         fields = layout.decode(id_)
         fence_ms = namespace.fence(fields["worker"])  # the fence first, then the history (see trace)
         traced = trace(namespace.holders(fields["worker"]), fields["timestamp_ms"], fence_ms)
@@ -295,7 +245,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _leases(args: argparse.Namespace) -> None:
-    with _namespace(args) as namespace:
+    with config.namespace_of(Settings.of(args)) as namespace:
         described = namespace.describe()
     if args.json:
         print(json.dumps(described, indent=2))
@@ -314,7 +264,7 @@ def _zk_secure(args: argparse.Namespace) -> None:
     auth = credentials_from_env()
     if auth is None:
         raise InvalidInput(f"zk-secure needs the credentials to secure with: set {ZK_AUTH_ENV} or {ZK_AUTH_FILE_ENV}")
-    with _namespace(args, auth) as namespace:
+    with config.namespace_of(Settings.of(args), auth) as namespace:
         changed = namespace.secure(auth)
     print(f"secured {len(changed)} nodes of {namespace.path}")
 
@@ -326,6 +276,18 @@ def _layouts(args: argparse.Namespace) -> None:
         return
     for d in described:
         print(f"{d['name']:<10} {d['bits']:<48} epoch {d['epoch']}  unit {d['unit_ms']} ms  runs out {d['expires']}")
+    print(f"\n{_SPEC_HELP}")
+
+
+_SPEC_HELP = f"""\
+--layout and IDGEN_LAYOUT take a preset name or a layout spec: the fields, most significant first, as name:bits,
+then ;epoch= (a UTC date YYYY-MM-DD, a time YYYY-MM-DDTHH:MM:SS[.mmm]Z, or Unix ms) and ;unit= (default 1ms):
+  {SPEC_EXAMPLE}
+One field is time and one is sequence; the others together hold the worker ID. The fields add up to at most 63 bits
+(64 with time first); a layout of n bits has IDs below 2**n. `idgen layouts --json` shows each preset's spec.
+js53: IDs below 2**53, exact as JavaScript Numbers, for APIs that must send numbers. It pays with 64 workers (not
+1024) and 256 IDs per 10 ms per worker (25,600/s, not 4,096,000/s), and orders IDs only to 10 ms.\
+"""
 
 
 def _print(fields: dict[str, Any], as_json: bool) -> None:

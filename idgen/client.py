@@ -79,11 +79,11 @@ from urllib.parse import urlsplit
 import aiohttp
 import urllib3
 
-from idgen import __version__
 from idgen.encoding import FORMS, MAX_ID, format_id, format_ids
 from idgen.errors import IdgenError, InvalidInput, Unavailable
 from idgen.forking import process_marker
 from idgen.runs import RUNS_TYPE, parse_runs, runs_body
+from idgen.version import __version__
 
 MIN_BATCH = 256  # an adaptive batch starts here and never goes below
 MAX_BATCH = 4096  # nor above: the servers' default --max-count
@@ -214,7 +214,7 @@ class _Core:
         max_wait: float | None,
         max_age: float | None,
     ) -> None:
-        self.urls = _check_urls(urls)
+        self.urls = check_urls(urls)
         self.given = (batch, low_water, max_age)  # as given, for :meth:`fresh`
         self.adaptive = batch is None
         self.batch = MIN_BATCH if batch is None else _check_int("batch", batch, 1)
@@ -546,7 +546,7 @@ def _describe(exc: BaseException, timeout: float) -> str:
 # -- argument checks ---------------------------------------------------------------------------------------------
 
 
-def _check_urls(urls: str | Sequence[str]) -> list[str]:
+def check_urls(urls: str | Sequence[str]) -> list[str]:
     listed = [urls] if isinstance(urls, str) else list(urls)
     if not listed:
         raise InvalidInput("give at least one server URL, such as http://127.0.0.1:8080")

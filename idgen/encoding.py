@@ -80,6 +80,16 @@ def check_id(value: int) -> int:
     return value
 
 
+def to_id(value: object) -> int:
+    """An ID given as an int or in any string form (detected by shape); :class:`InvalidInput` for anything else,
+    bools and floats included. What the framework integrations accept on assignment."""
+    if isinstance(value, str):
+        return parse_id(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return check_id(value)
+    raise InvalidInput(f"an ID must be an integer or a string, not {type(value).__name__}")
+
+
 def format_id(value: int, form: str = "decimal") -> str:
     """The string form ``form`` of ID ``value``."""
     check_id(value)

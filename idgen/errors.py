@@ -92,3 +92,8 @@ class TimeExhausted(Unavailable):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retry_after=3600.0)
+
+
+def missing_extra(integration: str, package: str, extra: str) -> ImportError:
+    """The error an optional integration raises on import when its framework is not installed."""
+    return ImportError(f"{integration} needs {package}, which is not installed: pip install 'idgen[{extra}]'")

@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import TYPE_CHECKING
 
 from aiohttp import web
-
-if TYPE_CHECKING:
-    from idgen.app import Service
 
 REFRESH_MS = 2000
 
@@ -236,10 +232,6 @@ def page() -> str:
     return PAGE
 
 
-async def _serve(request: web.Request) -> web.Response:
+async def serve(request: web.Request) -> web.Response:
+    """The handler of ``GET /``: the page, with its Content-Security-Policy."""
     return web.Response(body=_BODY, headers=_HEADERS)
-
-
-def install(app: web.Application, service: Service) -> None:
-    """Add ``GET /`` (counted in the metrics like every route). Call before the app's catch-all route is added."""
-    app.router.add_get("/", service._endpoint("/", _serve), allow_head=False)

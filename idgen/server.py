@@ -42,6 +42,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from pythonjsonlogger.json import JsonFormatter
 
+from idgen.config import Settings, generator_for
 from idgen.errors import IdgenError, InvalidInput, LayoutMismatch
 
 log = logging.getLogger("idgen.server")
@@ -131,7 +132,7 @@ def serve(options: argparse.Namespace) -> int:
     (no worker ID, port taken, ...), 2 for bad options. Start-up failures are logged as one ``start_failed`` event.
 
     ``options`` has ``host``, ``port``, ``processes``, ``max_count``, ``access_log``, ``zk_session_timeout`` and
-    the lease options that :func:`idgen.cli.lease_from_args` reads.
+    the lease settings (:meth:`idgen.config.Settings.of`).
     """
     configure_logging(options.access_log)
     # Until the event loop handles them, stop signals wait: a SIGTERM during start-up then stops the server
@@ -185,13 +186,11 @@ def _serve_worker(options: argparse.Namespace, sock: socket.socket, multiprocess
     # Imported here, not at the top: prometheus_client must be first imported after the supervisor set
     # PROMETHEUS_MULTIPROC_DIR, and idgen.app imports it.
     from idgen.app import make_app
-    from idgen.cli import lease_from_args
-    from idgen.generator import Generator
 
     port = sock.getsockname()[1]
     try:
-        lease = lease_from_args(options, address=_advertised(options.host, port))
-        generator = Generator(lease.layout, lease, rollback_tolerance_ms=0)
+        settings = Settings.of(options)
+        generator = generator_for(settings, address=_advertised(options.host, port), rollback_tolerance_ms=0)
     except BaseException:
         sock.close()
         raise

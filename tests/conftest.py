@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from holder import HolderProcess
+from pgharness import PgServer
 from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
 
+import idgen
 from idgen import Layout
 from idgen.leases.zookeeper import ZK_AUTH_ENV, ZK_AUTH_FILE_ENV, connected
 
@@ -100,3 +103,68 @@ def zk_ensemble() -> Iterator[ZkEnsemble]:
 
 
 # --- end ZooKeeper ---
+
+
+# --- PostgreSQL ---
+# A real server from Debian's `postgresql` package, started by the tests (see tests/pgharness.py).
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL 15 server shared by the whole session; isolate data with ``pg_database``."""
+    server = PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_database(pg_server: PgServer) -> str:
+    """The name of a new, empty database on the session server, for one test."""
+    return pg_server.create_database(f"t_{uuid.uuid4().hex}")
+
+
+# --- databases for the framework integrations ---
+
+
+@pytest.fixture(scope="session")
+def default_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("idgen-default-state")
+
+
+@pytest.fixture
+def default_ids(monkeypatch: pytest.MonkeyPatch, default_state_dir: Path) -> Iterator[None]:
+    """``idgen.next_id()`` leases from a local state directory of this session (not ``~/.local/state``), which
+    processes the test starts inherit; the default source is closed (its lease released) after the test."""
+    monkeypatch.setenv("IDGEN_STATE_DIR", str(default_state_dir))
+    idgen.reset_default()
+    yield
+    idgen.reset_default()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, default_ids: None) -> str:
+    """A SQLAlchemy URL of an empty database: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    pg_server: PgServer = request.getfixturevalue("pg_server")
+    return pg_server.url(request.getfixturevalue("pg_database"))
+
+
+@pytest.fixture(scope="session")
+def django_site(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Django set up in this process (tests/djangosite.py) over two real databases with their tables created:
+    ``default`` (a SQLite file) and ``postgresql``. Returns ``DATABASES``, for spawned workers."""
+    from django.core.management import call_command
+    from djangosite import configure, database
+
+    databases = {
+        "default": database(f"sqlite:///{tmp_path_factory.mktemp('django') / 'site.db'}"),
+        "postgresql": database(pg_server.url(pg_server.create_database("django_site"))),
+    }
+    configure(databases)
+    for alias in databases:
+        call_command("migrate", run_syncdb=True, database=alias, verbosity=0)
+    return databases

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,18 @@ import pytest
 from idgen import decode, format_id
 
 
-def idgen(*args: str, state_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+def idgen(
+    *args: str, state_dir: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``idgen ARGS`` with no inherited ``IDGEN_*`` variable, plus ``env``."""
     env_args = ["--state-dir", str(state_dir)] if state_dir else []
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("IDGEN_")}
     return subprocess.run(
-        [sys.executable, "-m", "idgen.cli", *args, *env_args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "idgen.cli", *args, *env_args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, **(env or {})},
     )
 
 
@@ -64,18 +73,40 @@ def test_decode_plain_text_is_readable() -> None:
     assert "time          2016-04-30T11:18:25.796Z" in result.stdout
 
 
-def test_layouts_lists_every_preset_with_its_end_date() -> None:
+def test_layouts_lists_every_preset_with_its_end_date_and_explains_specs() -> None:
     result = idgen("layouts")
-    assert [line.split()[0] for line in result.stdout.splitlines()] == [
+    presets, _, explained = result.stdout.partition("\n\n")
+    assert [line.split()[0] for line in presets.splitlines()] == [
         "idgen",
         "twitter",
         "discord",
         "sonyflake",
         "instagram",
+        "js53",
     ]
-    assert "runs out 2094-09-07" in result.stdout
+    assert "runs out 2094-09-07" in presets
+    assert "time:41,worker_id:10,sequence:12;epoch=2025-01-01;unit=1ms" in explained  # the grammar, by example
+    assert "js53" in explained and "2**53" in explained and "64 workers" in explained  # its trade-offs
     described = json.loads(idgen("layouts", "--json").stdout)
     assert described[0]["expires"] == "2094-09-07T15:47:35.551Z"
+    assert described[0]["spec_string"] == "time:41,worker_id:10,sequence:12;epoch=2025-01-01"
+
+
+SPEC = "time:40,shard:8,sequence:15;epoch=2025-06-01;unit=2ms"
+
+
+def test_mint_and_decode_take_a_layout_spec_from_the_option_or_the_variable(tmp_path: Path) -> None:
+    minted = idgen("mint", "-n", "3", "--layout", SPEC, state_dir=tmp_path)
+    assert minted.returncode == 0, minted.stderr
+    first = minted.stdout.split()[0]
+    shown = json.loads(idgen("decode", first, "--json", env={"IDGEN_LAYOUT": SPEC}).stdout)
+    assert shown == decode(first, SPEC) and shown["layout"] == SPEC and "shard" in shown
+
+
+def test_mint_js53_ids_are_safe_javascript_integers(tmp_path: Path) -> None:
+    minted = idgen("mint", "-n", "2000", "--layout", "js53", state_dir=tmp_path)
+    assert minted.returncode == 0, minted.stderr
+    assert all(int(line) <= 2**53 - 1 for line in minted.stdout.split())
 
 
 @pytest.mark.parametrize(
@@ -94,6 +125,9 @@ def test_layouts_lists_every_preset_with_its_end_date() -> None:
         (["mint", "--zk", "127.0.0.1:1", "--worker-ids", "0-3"], "--worker-ids (IDGEN_WORKER_IDS) is for the local"),
         (["frobnicate"], "invalid choice"),
         ([], "the following arguments are required"),
+        (["mint", "--layout", "time:41,worker_id:10,sequence:12"], "epoch=YYYY-MM-DD is required"),
+        (["decode", "1", "--layout", "time:41,wid:9,sequence:12;epoch=2025-01-01;unit=1s"], "'1s' is not a unit"),
+        (["leases"], "ZooKeeper hosts are required: --zk HOSTS or IDGEN_ZK=HOSTS"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -102,6 +136,32 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "variable", "value"),
+    [
+        (["mint"], "IDGEN_LAYOUT", "nope"),
+        (["mint"], "IDGEN_WORKER_IDS", "seven"),
+        (["decode", "123"], "IDGEN_LAYOUT", "time:41"),
+        (["serve"], "IDGEN_PORT", "eighty"),
+        (["serve"], "IDGEN_MAX_COUNT", "0"),
+        (["serve"], "IDGEN_PROCESSES", "-2"),
+        (["serve"], "IDGEN_ACCESS_LOG", "maybe"),
+        (["serve"], "IDGEN_ZK_SESSION_TIMEOUT", "soon"),
+    ],
+)
+def test_a_bad_variable_is_one_line_that_names_it(tmp_path: Path, args: list[str], variable: str, value: str) -> None:
+    result = idgen(*args, env={"IDGEN_STATE_DIR": str(tmp_path), variable: value})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and f"{variable}: " in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_option_wins_over_its_variable(tmp_path: Path) -> None:
+    result = idgen("mint", "--layout", "twitter", env={"IDGEN_LAYOUT": "nope", "IDGEN_STATE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert decode(result.stdout.strip(), layout="twitter")["layout"] == "twitter"
 
 
 def test_a_state_dir_it_cannot_write_is_a_one_line_error(tmp_path: Path) -> None:

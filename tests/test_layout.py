@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keyword
 import time
 
 import base58
@@ -9,9 +10,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from idgen import PRESETS, Layout, decode, format_id, parse_id
+from idgen import PRESETS, Layout, decode, format_id, get_layout, parse_id
 from idgen.encoding import FORMS, MAX_ID, format_ids
 from idgen.errors import InvalidInput
+from idgen.layout import RESERVED_NAMES
 
 ids = st.integers(min_value=0, max_value=MAX_ID)
 
@@ -31,6 +33,7 @@ def test_discord_worked_example_from_its_docs() -> None:
         ("discord", [("time", 42), ("worker_id", 5), ("process_id", 5), ("sequence", 12)], 1420070400000, 1),
         ("sonyflake", [("time", 39), ("sequence", 8), ("machine_id", 16)], 1409529600000, 10),
         ("instagram", [("time", 41), ("shard_id", 13), ("sequence", 10)], 1314220021721, 1),
+        ("js53", [("time", 39), ("worker_id", 6), ("sequence", 8)], 1735689600000, 10),
     ],
 )
 def test_presets_are_the_contract(name: str, fields: list[tuple[str, int]], epoch_ms: int, unit_ms: int) -> None:
@@ -95,7 +98,6 @@ def test_every_layout_reports_when_its_time_bits_run_out() -> None:
 @pytest.mark.parametrize(
     ("fields", "epoch_ms", "message"),
     [
-        ((("time", 41), ("worker_id", 10), ("sequence", 11)), 0, "add up to 62 bits"),
         ((("time", 41), ("worker_id", 10), ("sequence", 14)), 0, "add up to 65 bits"),
         ((("worker_id", 10), ("time", 42), ("sequence", 12)), 0, "must put 'time' first"),
         ((("time", 41), ("worker_id", 22)), 0, "exactly one 'time' and one 'sequence'"),
@@ -217,3 +219,119 @@ def test_decode_fields_are_the_cli_json_fields() -> None:
         "sequence": 9,
         "worker": 5,
     }
+
+
+# -- js53: IDs a JavaScript Number holds exactly -----------------------------------------------------------------
+
+JS_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+@given(data=st.data())
+def test_every_js53_id_is_a_safe_javascript_integer(data: st.DataObject) -> None:
+    js53 = PRESETS["js53"]
+    tick = data.draw(st.integers(0, js53.max_tick))
+    worker = data.draw(st.integers(0, js53.worker_capacity - 1))
+    sequence = data.draw(st.integers(0, js53.sequence_capacity - 1))
+    assert js53.compose(tick, worker, sequence) <= JS_MAX_SAFE_INTEGER
+
+
+def test_js53_uses_all_53_bits_and_says_what_it_trades() -> None:
+    js53 = PRESETS["js53"]
+    top = js53.compose(js53.max_tick, js53.worker_capacity - 1, js53.sequence_capacity - 1)
+    assert top == JS_MAX_SAFE_INTEGER
+    with pytest.raises(InvalidInput, match="does not fit"):
+        js53.compose(js53.max_tick + 1, 0, 0)
+    described = js53.describe()
+    assert (described["workers"], described["ids_per_unit"], described["unit_ms"]) == (64, 256, 10)
+    assert described["expires"].startswith("2199-")
+
+
+# -- layout spec strings --------------------------------------------------------------------------------------
+
+STARTED_MS = time.time_ns() // 1_000_000  # a fixed bound: hypothesis replays draws
+names = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True).filter(
+    lambda n: n not in ("time", "sequence") and not keyword.iskeyword(n) and n not in RESERVED_NAMES
+)
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> Layout:
+    """A valid layout: up to 3 node fields, in any order with time and sequence, 2 to 63 bits in all, an epoch between
+    1970 and now, a unit of 1 ms to a day."""
+    node = draw(st.lists(names, max_size=3, unique=True))
+    order = draw(st.permutations(["time", "sequence", *node]))
+    total = draw(st.integers(len(order), 63))
+    cuts = sorted(
+        draw(st.lists(st.integers(1, total - 1), min_size=len(order) - 1, max_size=len(order) - 1, unique=True))
+    )
+    widths = [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]
+    epoch_ms = draw(st.integers(0, STARTED_MS))
+    unit_ms = draw(st.sampled_from([1, 2, 10, 1000, 86_400_000]))
+    return Layout("custom", tuple(zip(order, widths, strict=True)), epoch_ms=epoch_ms, unit_ms=unit_ms)
+
+
+def geometry(layout: Layout) -> tuple:
+    return layout.fields, layout.epoch_ms, layout.unit_ms
+
+
+@given(layouts())
+@example(PRESETS["sonyflake"])
+def test_spec_strings_round_trip(layout: Layout) -> None:
+    text = layout.spec_string()
+    parsed = get_layout(text)
+    assert geometry(parsed) == geometry(layout)
+    assert parsed.spec_string() == text
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_a_spec_that_describes_a_preset_is_that_preset(name: str) -> None:
+    assert get_layout(PRESETS[name].spec_string()) is PRESETS[name]
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("time:41,shard:9,sequence:13;epoch=2025-01-01", "time:41,shard:9,sequence:13;epoch=2025-01-01"),
+        (
+            " time:41 , shard:9 , sequence:13 ; unit=1ms ; epoch=2025-01-01T00:00:00Z ",
+            "time:41,shard:9,sequence:13;epoch=2025-01-01",
+        ),
+        (
+            "time:40,shard:10,sequence:13;epoch=1735689600000;unit=100ms",
+            "time:40,shard:10,sequence:13;epoch=2025-01-01;unit=100ms",
+        ),
+        (
+            "time:41,shard:9,sequence:13;epoch=2025-01-01T12:30:00.250Z",
+            "time:41,shard:9,sequence:13;epoch=2025-01-01T12:30:00.250Z",
+        ),
+    ],
+)
+def test_spec_strings_are_read_in_their_every_form(text: str, canonical: str) -> None:
+    layout = get_layout(text)
+    assert layout.spec_string() == canonical == layout.name
+    assert decode(layout.compose(5, 3, 1), layout)["shard"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nope", "unknown layout 'nope'; presets are idgen, .*, or a spec like time:41"),
+        ("time:41,worker_id:10,sequence:12", "epoch=YYYY-MM-DD is required"),
+        ("time:41,worker_id:10,sequence:12;epoch=2025-13-01", "'2025-13-01' is not a date"),
+        ("time:41,worker_id:10,sequence:12;epoch=yesterday", "'yesterday' is not a date"),
+        ("time:41,worker_id:10,sequence:12;epoch=2025-01-01;unit=10", "'10' is not a unit like 10ms"),
+        ("time:41,worker_id:10,sequence:12;epoch=2025-01-01;unit=0ms", "'0ms' is not a unit like 10ms"),
+        ("time:41,worker_id:10,sequence:12;epoch=2025-01-01;epoch=2024-01-01", "epoch is given twice"),
+        ("time:41,worker_id:10,sequence:12;epoch=2025-01-01;bits=53", "'bits=53' is not epoch=... or unit=..."),
+        ("time:41,worker_id,sequence:12;epoch=2025-01-01", "'worker_id' is not name:bits"),
+        ("time:41,,sequence:12;epoch=2025-01-01", "'' is not name:bits"),
+        ("time:41,worker_id:10,sequence:14;epoch=2025-01-01", "fields add up to 65 bits"),
+        ("time:41,worker_id:10;epoch=2025-01-01", "exactly one 'time' and one 'sequence'"),
+        ("time:41,class:10,sequence:12;epoch=2025-01-01", "field 'class' is not an identifier"),
+        ("time:41,worker_id:10,sequence:12;epoch=2999-01-01", "is not between 1970 and now"),
+    ],
+)
+def test_a_bad_spec_is_one_clear_line(text: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message) as raised:
+        get_layout(text)
+    assert "\n" not in str(raised.value)

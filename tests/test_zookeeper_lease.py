@@ -18,7 +18,7 @@ from kazoo.exceptions import NoAuthError
 from polling import poll
 from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
 
-from idgen import DEFAULT_LAYOUT, PRESETS, Generator, Layout, decode
+from idgen import DEFAULT_LAYOUT, PRESETS, Generator, Layout, decode, get_layout
 from idgen.clock import ManualClock
 from idgen.errors import LayoutMismatch, LeaseUnavailable, NoLease, Unavailable
 from idgen.leases.base import LeaseState
@@ -239,6 +239,29 @@ def test_a_namespace_keeps_one_layout(zk_hosts: str, zk_namespace: str, generato
     zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace)
     with pytest.raises(LayoutMismatch, match=r"belongs to layout 'idgen' \(41 time.*not 'tiny' \(41 time"):
         Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
+
+
+CUSTOM_SPEC = "time:41,region:3,worker_id:5,sequence:14;epoch=2025-01-01"
+
+
+def test_a_custom_layout_round_trips_through_the_namespace_and_another_is_refused(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+) -> None:
+    custom = get_layout(CUSTOM_SPEC)
+    minted = zk_generator(generators, custom, zk_hosts, zk_namespace).next_id()
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        stored = Namespace(client, zk_namespace).layout()
+    assert stored == custom and stored.spec_string() == CUSTOM_SPEC
+    cli = [sys.executable, "-m", "idgen.cli", "--zk", zk_hosts, "--namespace", zk_namespace]
+    decoded = subprocess.run([*cli[:3], "decode", str(minted), "--json", *cli[3:]], capture_output=True, text=True)
+    assert json.loads(decoded.stdout)["layout"] == CUSTOM_SPEC, decoded.stderr  # no --layout: the namespace's
+    other = CUSTOM_SPEC.replace("2025-01-01", "2025-01-02")
+    with pytest.raises(
+        LayoutMismatch, match=r"belongs to layout 'time:41,region:3.*2025-01-01.*not 'time:.*2025-01-02"
+    ):
+        Generator(other, ZkLease(get_layout(other), zk_hosts, zk_namespace, **FAST))
+    refused = subprocess.run([*cli[:3], "mint", "--layout", other, *cli[3:]], capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "belongs to layout" in refused.stderr
 
 
 def test_acls_refuse_a_client_without_the_credentials(

@@ -3,6 +3,7 @@
 Scenario 10a: gunicorn ``--preload`` imports an app that made a :class:`~idgen.Generator` and minted with it, then
 forks three workers under load. Each worker copies the master's generator, its live tick and its lease; it must
 lease a worker ID of its own on first use. Before the fork fix every worker minted the master's IDs again.
+Scenario 10e is the same with the process default: the app calls ``idgen.next_id()`` at import and per request.
 
 Scenario 10b: in a real process, threads mint from one generator while the main thread calls ``close()``; a second
 process, polling for the worker ID, takes it the moment it is free. Its clock is a little behind (libfaketime), as a
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import close_race
+import pytest
 from faultkit import Faketime, IdgenServer
 from loadclient import LoadClient, Report, check, ids_of
 
@@ -35,7 +37,17 @@ CLOSE_TRIALS = 5
 SUCCESSOR_BEHIND_S = 0.2  # the successor's clock behind the closing process's
 
 
+# The app module, and the scenario it plays: an explicit Generator() made at import (10a), or the process default
+# behind idgen.next_id() made by its first use at import (10e).
+PRELOAD_APPS = {
+    "preload_app": "10a. gunicorn --preload, 3 workers forked from a master that minted",
+    "default_app": "10e. gunicorn --preload, 3 workers forked from a master that minted with idgen.next_id()",
+}
+
+
+@pytest.mark.parametrize("app", PRELOAD_APPS)
 def test_gunicorn_preload_workers_each_mint_under_a_worker_id_of_their_own(
+    app: str,
     tmp_path: Path,
     spawn_server: Callable[..., IdgenServer],
     start_load: Callable[..., LoadClient],
@@ -44,7 +56,7 @@ def test_gunicorn_preload_workers_each_mint_under_a_worker_id_of_their_own(
     gunicorn = spawn_server(
         "gunicorn",
         *("--preload", "--workers", str(GUNICORN_WORKERS), "--bind", "127.0.0.1:0", "--graceful-timeout", "5"),
-        *("--config", str(HERE / "preload_gunicorn.py"), "--chdir", str(HERE), "preload_app:application"),
+        *("--config", str(HERE / "preload_gunicorn.py"), "--chdir", str(HERE), f"{app}:application"),
         command=[sys.executable, "-m", "gunicorn"],
         env={"IDGEN_STATE_DIR": str(tmp_path / "state")},
     )
@@ -53,7 +65,7 @@ def test_gunicorn_preload_workers_each_mint_under_a_worker_id_of_their_own(
     preloaded = int(gunicorn.info()["preloaded_id"])
     records = load.stop()
 
-    report = check(records, "10a. gunicorn --preload, 3 workers forked from a master that minted")
+    report = check(records, PRELOAD_APPS[app])
     served = ids_of(records)
     worker_ids = {DEFAULT_LAYOUT.split(id_)["worker"] for id_ in served}
     master = DEFAULT_LAYOUT.split(preloaded)["worker"]

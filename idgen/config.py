@@ -1,0 +1,203 @@
+"""Options and the ``IDGEN_*`` environment, mapped to a layout, a lease, a generator or a client.
+
+One mapping for every entry point: the ``idgen`` command (where an option wins over its variable), ``idgen serve`` and
+the process default (:mod:`idgen.default`, which reads the variables only). Option ``--foo-bar`` has the variable
+``IDGEN_FOO_BAR``; an empty variable counts as unset. A bad value is an :class:`~idgen.errors.InvalidInput` whose
+one-line message starts with the variable's name.
+
+ZooKeeper (kazoo) and the HTTP client (aiohttp, urllib3) are imported only when the settings ask for them, so a
+process default on the local lease loads neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from idgen.errors import InvalidInput
+from idgen.generator import Generator
+from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout
+from idgen.leases.base import Lease
+from idgen.leases.local import LocalLease, parse_worker_ids
+
+if TYPE_CHECKING:
+    from idgen.client import Client
+    from idgen.leases.zookeeper import Namespace
+
+ENV_PREFIX = "IDGEN_"
+# The largest --max-count: 65,536 IDs make a response of about 1.4 MB in JSON and take a worker's whole sequence
+# for 16 ms in the default layout (4,096 per ms), and 2.6 s in sonyflake's; callers wanting more ask again.
+MAX_COUNT_LIMIT = 65536
+
+
+def bounded(convert: Callable[[str], Any], what: str, low: float, high: float) -> Callable[[str], Any]:
+    """A converter: ``convert(text)`` if it lies in ``[low, high]``, else :class:`InvalidInput` naming ``what``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise InvalidInput(f"{text!r} is not {what}") from None
+        if not low <= value <= high:
+            raise InvalidInput(f"{text!r} is not {what} ({low:g} to {high:g})")
+        return value
+
+    return parse
+
+
+positive_int = bounded(int, "a positive whole number", 1, math.inf)
+port = bounded(int, "a port number", 0, 65535)
+positive_float = bounded(float, "a positive number", 1e-3, 1e6)
+
+
+def flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise InvalidInput(f"{text!r} is not true or false")
+
+
+def urls(text: str) -> tuple[str, ...]:
+    """Comma-separated server URLs, checked as :class:`~idgen.client.Client` checks them."""
+    from idgen.client import check_urls
+
+    return tuple(check_urls([url for url in text.split(",") if url.strip()]))
+
+
+# Each option's converter (text -> value; InvalidInput if bad) and its value when neither option nor variable is set.
+OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
+    "layout": (get_layout, None),
+    "zk": (str.strip, None),
+    "namespace": (str.strip, None),
+    "zk_session_timeout": (positive_float, None),
+    "state_dir": (str, None),
+    "worker_ids": (parse_worker_ids, None),
+    "url": (urls, None),
+    "host": (str.strip, "0.0.0.0"),
+    "port": (port, 8080),
+    "processes": (positive_int, 1),
+    "max_count": (bounded(int, "a positive whole number", 1, MAX_COUNT_LIMIT), 4096),
+    "access_log": (flag, False),
+}
+
+
+def env_name(option: str) -> str:
+    """``state_dir`` -> ``IDGEN_STATE_DIR``."""
+    return ENV_PREFIX + option.upper()
+
+
+def from_env(option: str, environ: Mapping[str, str] | None = None) -> Any:
+    """``option``'s value from its variable, converted; its default when the variable is unset or empty."""
+    text = (os.environ if environ is None else environ).get(env_name(option), "")
+    convert, default = OPTIONS[option]
+    if not text.strip():
+        return default
+    try:
+        return convert(text)
+    except ValueError as exc:  # InvalidInput is one
+        raise InvalidInput(f"{env_name(option)}: {' '.join(str(exc).split())}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where IDs come from: running servers (``url``), else a ZooKeeper lease (``zk``), else a local lease.
+
+    Invariant: at most one of the three is configured; lease settings with ``url``, or ``worker_ids`` with ``zk``,
+    are refused, so a setting is never silently ignored."""
+
+    layout: Layout | None = None
+    zk: str | None = None
+    namespace: str | None = None
+    zk_insecure_no_auth: bool = False
+    zk_session_timeout: float | None = None
+    state_dir: str | None = None
+    worker_ids: range | None = None
+    url: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.zk and self.worker_ids:
+            raise InvalidInput(
+                "--worker-ids (IDGEN_WORKER_IDS) is for the local lease; with --zk, ZooKeeper hands out the worker"
+                " IDs: leave it unset"
+            )
+        if self.url:
+            lease_settings = [f.name for f in fields(self) if f.name != "url" and getattr(self, f.name)]
+            if lease_settings:
+                raise InvalidInput(
+                    f"{env_name('url')} names servers, which lease and lay out the IDs themselves: leave"
+                    f" {', '.join(map(env_name, lease_settings))} unset"
+                )
+
+    @classmethod
+    def of(cls, options: object) -> Settings:
+        """The settings among ``options`` (an ``argparse.Namespace``), missing ones at their defaults."""
+        values: dict[str, Any] = {f.name: getattr(options, f.name, f.default) for f in fields(cls)}
+        return cls(**values)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings of the ``IDGEN_*`` variables. ZooKeeper without credentials takes ``--zk-insecure-no-auth``
+        on a command line as well as ``IDGEN_ZK_INSECURE_NO_AUTH=1``: an environment alone never opts out."""
+        return cls(**{f.name: from_env(f.name, environ) for f in fields(cls) if f.name in OPTIONS})
+
+
+def layout_for(settings: Settings) -> Layout:
+    """The layout asked for; else, with ZooKeeper, the layout the namespace already has; else the default."""
+    if settings.layout:
+        return settings.layout
+    if settings.zk:
+        with namespace_of(settings) as namespace, contextlib.suppress(InvalidInput):  # a new namespace has none yet
+            return namespace.layout()
+    return DEFAULT_LAYOUT
+
+
+def lease_for(settings: Settings, address: str | None = None) -> Lease:
+    """The lease the settings ask for: ZooKeeper with ``zk``, else local. ``address``: how others reach this
+    process, recorded with the claim."""
+    layout = layout_for(settings)
+    if settings.zk:
+        from idgen.leases.zookeeper import DEFAULT_NAMESPACE, DEFAULT_SESSION_TIMEOUT_S, ZkLease, required_credentials
+
+        auth = required_credentials(settings.zk_insecure_no_auth)
+        return ZkLease(
+            layout,
+            settings.zk,
+            settings.namespace or DEFAULT_NAMESPACE,
+            auth=auth,
+            insecure=auth is None,
+            address=address,
+            session_timeout_s=settings.zk_session_timeout or DEFAULT_SESSION_TIMEOUT_S,
+        )
+    return LocalLease(layout, state_dir=settings.state_dir, worker_ids=settings.worker_ids, address=address)
+
+
+def generator_for(settings: Settings, address: str | None = None, **options: Any) -> Generator:
+    """A generator under :func:`lease_for`'s lease; ``options`` go to :class:`~idgen.generator.Generator`."""
+    lease = lease_for(settings, address)
+    return Generator(lease.layout, lease, **options)
+
+
+def source_for(settings: Settings) -> Generator | Client:
+    """A :class:`~idgen.client.Client` of the servers with ``url``, else :func:`generator_for`'s generator."""
+    if settings.url:
+        from idgen.client import Client
+
+        return Client(settings.url)
+    return generator_for(settings)
+
+
+@contextlib.contextmanager
+def namespace_of(settings: Settings, auth: str | None = None) -> Iterator[Namespace]:
+    """The ZooKeeper namespace of the settings, connected with ``auth`` or the credentials in the environment."""
+    from idgen.leases.zookeeper import DEFAULT_NAMESPACE, Namespace, connected, required_credentials
+
+    if not settings.zk:
+        raise InvalidInput(f"ZooKeeper hosts are required: --zk HOSTS or {env_name('zk')}=HOSTS")
+    with connected(settings.zk, auth or required_credentials(settings.zk_insecure_no_auth)) as client:
+        yield Namespace(client, settings.namespace or DEFAULT_NAMESPACE)

@@ -1,0 +1,63 @@
+"""``IdAdminMixin``: a ``ModelAdmin`` mixin that shows, read-only, every ``IdField``'s ID and the time it was minted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.widgets import AdminTextInputWidget
+from django.db import models
+from django.http import HttpRequest
+
+from idgen.config import Settings
+from idgen.django import IdField
+from idgen.errors import InvalidInput
+from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout
+
+__all__ = ["IdAdminMixin"]
+
+
+class IdAdminMixin:
+    """Put it before ``admin.ModelAdmin``: ``class OrderAdmin(IdAdminMixin, admin.ModelAdmin)``.
+
+    Gives ``IdField`` form fields a text input (the admin's default for a ``BigIntegerField`` is a number input, which
+    would refuse hex, base32 and base58). Adds to ``readonly_fields`` a primary-key ``IdField`` (not editable, so not
+    shown otherwise) and, for every ``IdField``, "<name> minted": its time, decoded with ``idgen_layout`` (None: the
+    layout ``idgen.next_id()`` uses). A value that is not an ID of that layout shows as "-".
+    """
+
+    idgen_layout: Layout | str | None = None
+    model: type[models.Model]
+    formfield_overrides: dict[type[models.Field[Any, Any]], dict[str, Any]]
+
+    def __init__(self, model: type[models.Model], admin_site: admin.AdminSite) -> None:
+        super().__init__(model, admin_site)  # type: ignore[call-arg]
+        self.formfield_overrides.setdefault(IdField, {}).setdefault("widget", AdminTextInputWidget)
+        id_fields = [f for f in model._meta.fields if isinstance(f, IdField)]
+        hidden_keys = [f.name for f in id_fields if f.primary_key and not f.editable]
+        self._idgen_readonly = (*hidden_keys, *(self._minted(f) for f in id_fields))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: models.Model | None = None) -> Sequence[Any]:
+        return (*super().get_readonly_fields(request, obj), *self._idgen_readonly)  # type: ignore[misc]
+
+    def _minted(self, field: IdField) -> Callable[[models.Model], str]:
+        @admin.display(description=f"{field.verbose_name} minted")
+        def minted(obj: models.Model) -> str:
+            value = getattr(obj, field.attname)
+            try:
+                return str(self._layout().decode(value)["time"])
+            except InvalidInput:
+                return "-"
+
+        minted.__name__ = f"{field.name}_minted"  # the admin's CSS class: field-<name>
+        return minted
+
+    def _layout(self) -> Layout:
+        return get_layout(self.idgen_layout) if self.idgen_layout is not None else default_layout()
+
+
+def default_layout() -> Layout:
+    """The layout ``idgen.next_id()`` mints in: ``IDGEN_LAYOUT``'s, else the default (a ZooKeeper namespace's own
+    layout is not looked up: set ``IDGEN_LAYOUT`` or ``idgen_layout`` there)."""
+    return Settings.from_env().layout or DEFAULT_LAYOUT

@@ -1,0 +1,8 @@
+"""The installed package's version, for ``idgen.__version__``, the client's User-Agent and ``GET /info``."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("idgen")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"

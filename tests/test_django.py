@@ -1,0 +1,209 @@
+"""idgen.django on real SQLite and PostgreSQL: IdField fills primary keys on every insert path, bulk_create included;
+takes every string form; junk is a ValidationError (full_clean, forms, the admin: never a 500); the admin shows the
+minted time; DRF renders IDs as strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import connections
+from django.forms import modelform_factory
+from django.test import Client
+
+import idgen
+from idgen.encoding import FORMS, format_id
+
+pytestmark = pytest.mark.usefixtures("django_site", "default_ids")
+ALIASES = ("default", "postgresql")
+
+
+@pytest.fixture(params=ALIASES)
+def alias(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def orders() -> Any:
+    from orders_app.models import Order
+
+    return Order
+
+
+def test_a_primary_key_idfield_is_a_bigint_filled_on_save_and_bulk_create(alias: str) -> None:
+    Order = orders()
+    with connections[alias].cursor() as cursor:
+        columns = connections[alias].introspection.get_table_description(cursor, Order._meta.db_table)
+    assert {c.name: c.type_code for c in columns}["id"] in (20, "bigint")  # PostgreSQL's int8 OID; SQLite's type
+    one = Order(item="one")
+    assert isinstance(one.pk, int)  # minted on instantiation: usable before the insert
+    one.save(using=alias)
+    none_pk = Order(id=None, item="none")
+    none_pk.save(using=alias)  # a key set back to None is minted at save
+    created = Order.objects.using(alias).bulk_create(
+        [Order(item=f"bulk-{i}") for i in range(40)] + [Order(id=None, item="bulk-none")]
+    )
+    keys = [one.pk, none_pk.pk, *(o.pk for o in created)]
+    assert all(isinstance(k, int) for k in keys)
+    stored = set(Order.objects.using(alias).filter(pk__in=keys).values_list("pk", flat=True))
+    assert stored == set(keys) and len(keys) == 43
+    assert idgen.decode(one.pk)["timestamp_ms"] > 0
+
+
+def test_every_string_form_is_accepted_on_assignment_and_in_queries(alias: str) -> None:
+    Order = orders()
+    base = idgen.next_id()
+    for n, form in enumerate(FORMS):
+        order = Order(id=format_id(base + n, form), item=form, parent=format_id(base, form))
+        order.full_clean()
+        assert (order.pk, order.parent) == (base + n, base)  # full_clean converts
+        Order(id=format_id(base + n + 10, form), item=form, parent=format_id(base, form)).save(using=alias)
+    stored = Order.objects.using(alias).filter(parent=format_id(base, "base58")).order_by("pk")
+    assert list(stored.values_list("pk", "parent")) == [(base + n + 10, base) for n in range(len(FORMS))]
+    assert Order.objects.using(alias).get(pk=format_id(base + 11, "hex")).item == "hex"
+
+
+@pytest.mark.parametrize("junk", ["junk", "0x12", "-1", -1, 2**63, 1.5])
+def test_junk_is_a_validation_error_in_full_clean_forms_and_save(alias: str, junk: object) -> None:
+    Order = orders()
+    with pytest.raises(ValidationError) as caught:
+        Order(item="x", parent=junk).full_clean()
+    assert list(caught.value.message_dict) == ["parent"] and "ID" in caught.value.message_dict["parent"][0]
+    form = modelform_factory(Order, fields=("item", "parent"))({"item": "x", "parent": str(junk)})
+    assert not form.is_valid() and list(form.errors) == ["parent"]
+    with pytest.raises(ValidationError):  # save() without validation: as Django's UUIDField does
+        Order(item="x", parent=junk).save(using=alias)
+
+
+def test_a_model_form_takes_any_string_form_and_shows_decimal() -> None:
+    Order = orders()
+    form_class = modelform_factory(Order, fields=("item", "parent"))
+    assert "id" not in form_class.base_fields  # the primary key is minted, not typed in
+    value = idgen.next_id()
+    form = form_class({"item": "x", "parent": f" {format_id(value, 'base32')} "})
+    assert form.is_valid(), form.errors
+    assert form.cleaned_data["parent"] == value
+    assert form_class({"item": "x", "parent": ""}).is_valid()  # null=True, blank=True
+    shown = form_class(instance=Order(item="x", parent=value))
+    assert f'value="{value}"' in str(shown["parent"])
+
+
+@pytest.fixture
+def admin_client() -> Client:
+    from django.contrib.auth.models import User
+
+    User.objects.filter(username="admin").delete()
+    User.objects.create_superuser("admin", "admin@example.invalid", "pw")
+    client = Client()
+    client.force_login(User.objects.get(username="admin"))
+    return client
+
+
+def test_the_admin_shows_the_minted_time_and_refuses_junk_with_a_form_error(admin_client: Client) -> None:
+    Order = orders()
+    order = Order.objects.create(item="shown", parent=idgen.next_id())
+    page = admin_client.get(f"/admin/orders_app/order/{order.pk}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert str(order.pk) in html and "Id minted" in html and "Parent minted" in html
+    assert 'type="number"' not in html  # a text input: hex, base32 and base58 can be typed in
+    assert idgen.decode(order.pk)["time"] in html and idgen.decode(order.parent)["time"] in html
+    assert admin_client.get("/admin/orders_app/order/").status_code == 200
+    refused = admin_client.post("/admin/orders_app/order/add/", {"item": "bad", "parent": "not-an-id"})
+    assert refused.status_code == 200  # the form again, with the error: not a 500
+    assert "is not an ID" in refused.content.decode()
+    added = admin_client.post("/admin/orders_app/order/add/", {"item": "good", "parent": format_id(order.pk, "hex")})
+    assert added.status_code == 302
+    assert Order.objects.get(item="good").parent == order.pk
+
+
+def test_drf_renders_ids_as_strings_and_parses_any_form(alias: str) -> None:
+    from orders_app.serializers import OrderSerializer
+    from rest_framework import serializers
+
+    from idgen.django.rest_framework import IdSerializerField
+
+    Order = orders()
+    order = Order(item="drf", parent=idgen.next_id())
+    assert OrderSerializer(order).data == {"id": str(order.pk), "item": "drf", "parent": str(order.parent)}
+    incoming = OrderSerializer(data={"id": "1", "item": "new", "parent": format_id(order.pk, "base58")})
+    assert incoming.is_valid(), incoming.errors
+    saved = incoming.save()
+    assert saved.parent == order.pk and saved.pk != 1  # the key is read-only: minted, never taken from a client
+    junk = OrderSerializer(data={"item": "bad", "parent": "not-an-id"})
+    assert not junk.is_valid() and "is not an ID" in str(junk.errors["parent"][0])
+    with pytest.raises(serializers.ValidationError):
+        IdSerializerField().run_validation(True)
+    assert IdSerializerField(form="base32").to_representation(32) == format_id(32, "base32")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"primary_key": True},
+        {"primary_key": True, "editable": True},
+        {"null": True},
+        {"primary_key": True, "default": 1},
+    ],
+    ids=repr,
+)
+def test_deconstruct_rebuilds_the_same_field(kwargs: dict[str, Any]) -> None:
+    from idgen.django import IdField
+
+    field = IdField(**kwargs)
+    _, path, args, rebuilt_kwargs = field.deconstruct()
+    assert path == "idgen.django.IdField"
+    rebuilt = IdField(*args, **rebuilt_kwargs)
+    assert (rebuilt.primary_key, rebuilt.editable, rebuilt.default, rebuilt.null) == (
+        field.primary_key,
+        field.editable,
+        field.default,
+        field.null,
+    )
+    if kwargs == {"primary_key": True}:
+        assert rebuilt_kwargs == {"primary_key": True}  # no default, no editable: implied
+
+
+def test_the_admin_decodes_in_the_layout_of_the_default_or_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.contrib import admin
+    from orders_app.admin import OrderAdmin
+
+    from idgen.django.admin import default_layout
+
+    monkeypatch.setenv("IDGEN_LAYOUT", "sonyflake")
+    assert default_layout() == idgen.PRESETS["sonyflake"]
+    monkeypatch.delenv("IDGEN_LAYOUT")
+    assert default_layout() == idgen.DEFAULT_LAYOUT
+    Order = orders()
+    value = idgen.next_id()
+    own = type("DiscordOrderAdmin", (OrderAdmin,), {"idgen_layout": "discord"})(Order, admin.site)
+    minted = own.get_readonly_fields(None)[-1]
+    assert minted(Order(parent=value)) == idgen.decode(value, "discord")["time"]
+
+
+def test_drf_renders_relations_to_id_keys_as_strings_too(alias: str) -> None:
+    from orders_app.models import Line
+    from rest_framework import serializers
+
+    from idgen.django.rest_framework import IdModelSerializer
+
+    class LineSerializer(IdModelSerializer):
+        class Meta:
+            model = Line
+            fields = ("id", "order")
+
+    class OrderWithLines(IdModelSerializer):
+        class Meta:
+            model = orders()
+            fields = ("id", "lines")
+
+    order = orders().objects.using(alias).create(item="lined")
+    line = Line.objects.using(alias).create(order=order)
+    assert LineSerializer(line).data == {"id": str(line.pk), "order": str(order.pk)}
+    assert OrderWithLines(order).data == {"id": str(order.pk), "lines": [str(line.pk)]}
+    parsed = LineSerializer(data={"order": format_id(order.pk, "base32")})
+    parsed.fields["order"].queryset = Line.order.field.related_model.objects.using(alias)
+    assert parsed.is_valid(), parsed.errors
+    assert parsed.validated_data["order"] == order
+    junk = LineSerializer(data={"order": "junk"})
+    assert not junk.is_valid() and isinstance(junk.errors["order"][0], serializers.ErrorDetail)
