@@ -33,12 +33,12 @@ if TYPE_CHECKING:
 
 _source: Generator | Client | None = None
 _locks: dict[int, threading.Lock] = {}  # pid -> the lock under which that process makes its source
-_at_exit: list[bool] = []  # [True] once the close at exit is registered
+_closing_registered = False  # the close at exit, once per process tree
 
 
 def default_generator() -> Generator | Client:
     """The process's default source of IDs, made on first use from the ``IDGEN_*`` environment."""
-    global _source
+    global _source, _closing_registered
     source = _source
     if source is not None:
         return source
@@ -47,13 +47,13 @@ def default_generator() -> Generator | Client:
             from idgen.config import Settings, source_for
 
             _source = source_for(Settings.from_env())
-            if not _at_exit:
+            if not _closing_registered:
                 atexit.register(_close_at_exit)
                 # multiprocessing's children end with os._exit, which skips atexit but runs its finalizers
                 from multiprocessing import util
 
                 util.register_after_fork(_close_at_exit, _close_at_child_exit)
-                _at_exit.append(True)
+                _closing_registered = True
         return _source
 
 

@@ -152,6 +152,24 @@ def test_parent_and_forked_child_never_share_an_id() -> None:
     assert len({decode(i)["worker"] for i in from_child} | {decode(before[0])["worker"]}) == 2
 
 
+def test_a_client_default_used_before_a_fork_shares_no_id_with_the_child(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With IDGEN_URL the default is a Client with a full buffer at the fork; the child starts with an empty one."""
+    with ServerProcess("--state-dir", str(tmp_path / "ids")) as server:
+        server.started()
+        monkeypatch.delenv("IDGEN_STATE_DIR")
+        monkeypatch.setenv("IDGEN_URL", f"http://127.0.0.1:{server.port}")
+        before = idgen.next_ids(10)  # the buffer holds more than these at the fork
+        child = Child(os.fork, lambda report: report(idgen.next_ids(PER_PROCESS)))
+        try:
+            parent = idgen.next_ids(PER_PROCESS)
+            from_child = child.next()
+        finally:
+            child.close()
+        assert len(set(before + parent + from_child)) == len(before + parent + from_child)
+
+
 def _mint_in_pool(_: int) -> list[int]:
     return idgen.next_ids(PER_PROCESS)
 
