@@ -20,6 +20,7 @@ from idgen import config
 from idgen.config import MAX_COUNT_LIMIT, OPTIONS, Settings
 from idgen.encoding import FORMS, format_id, parse_id
 from idgen.errors import IdgenError, InvalidInput, LayoutMismatch
+from idgen.generator import DEFAULT_MAX_LEAD_MS
 from idgen.layout import DEFAULT_LAYOUT, PRESETS, SPEC_EXAMPLE, iso_ms
 from idgen.leases.base import trace
 from idgen.leases.zookeeper import (
@@ -198,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="ZooKeeper session timeout asked for; the lease is lost after this long without ZooKeeper"
         f" (env IDGEN_ZK_SESSION_TIMEOUT; default {DEFAULT_SESSION_TIMEOUT_S:g})",
+    )
+    serve.add_argument(
+        "--max-lead",
+        type=_type("max_lead"),
+        metavar="SECONDS",
+        help="how far ahead of a clock that stepped back IDs may run, inside the reserved fence, instead of refusing;"
+        " further behind, the server switches to a worker ID whose fence is below the clock; 0 refuses at once and"
+        f" never switches (env IDGEN_MAX_LEAD; default {DEFAULT_MAX_LEAD_MS / 1000:g})",
     )
     _add_layout(serve)
     _add_local_lease(serve)

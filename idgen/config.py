@@ -84,6 +84,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "processes": (positive_int, 1),
     "max_count": (bounded(int, "a positive whole number", 1, MAX_COUNT_LIMIT), 4096),
     "access_log": (flag, False),
+    "max_lead": (bounded(float, "a number of seconds", 0, 3600), None),
 }
 
 
@@ -119,6 +120,7 @@ class Settings:
     state_dir: str | None = None
     worker_ids: range | None = None
     url: tuple[str, ...] | None = None
+    max_lead: float | None = None  # seconds; None: the generator's default
 
     def __post_init__(self) -> None:
         if self.zk and self.worker_ids:
@@ -127,7 +129,9 @@ class Settings:
                 " IDs: leave it unset"
             )
         if self.url:
-            lease_settings = [f.name for f in fields(self) if f.name != "url" and getattr(self, f.name)]
+            lease_settings = [
+                f.name for f in fields(self) if f.name != "url" and getattr(self, f.name) not in (None, False)
+            ]
             if lease_settings:
                 raise InvalidInput(
                     f"{env_name('url')} names servers, which lease and lay out the IDs themselves: leave"
@@ -178,7 +182,10 @@ def lease_for(settings: Settings, address: str | None = None) -> Lease:
 
 
 def generator_for(settings: Settings, address: str | None = None, **options: Any) -> Generator:
-    """A generator under :func:`lease_for`'s lease; ``options`` go to :class:`~idgen.generator.Generator`."""
+    """A generator under :func:`lease_for`'s lease, riding clock steps by up to ``max_lead``; ``options`` go to
+    :class:`~idgen.generator.Generator`."""
+    if settings.max_lead is not None:
+        options.setdefault("max_lead_ms", round(settings.max_lead * 1000))
     lease = lease_for(settings, address)
     return Generator(lease.layout, lease, **options)
 

@@ -149,6 +149,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
         (["serve"], "IDGEN_PROCESSES", "-2"),
         (["serve"], "IDGEN_ACCESS_LOG", "maybe"),
         (["serve"], "IDGEN_ZK_SESSION_TIMEOUT", "soon"),
+        (["serve"], "IDGEN_MAX_LEAD", "-1"),
     ],
 )
 def test_a_bad_variable_is_one_line_that_names_it(tmp_path: Path, args: list[str], variable: str, value: str) -> None:

@@ -52,6 +52,16 @@ def test_next_id_mints_from_one_generator_made_on_first_use(environment: Path) -
     assert {decode(i)["worker"] for i in ids} == {source.worker_id}
 
 
+@pytest.mark.parametrize(("value", "max_lead_ms"), [(None, 15_000), ("0", 0), ("2.5", 2_500)])
+def test_idgen_max_lead_sets_how_far_ids_may_run_ahead_of_the_clock(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, max_lead_ms: int
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("IDGEN_MAX_LEAD", value)
+    source = idgen.default_generator()
+    assert isinstance(source, Generator) and source.max_lead_ms == max_lead_ms
+
+
 def test_threads_racing_first_use_make_one_generator() -> None:
     start = threading.Barrier(8)
     seen: list[object] = []
@@ -85,6 +95,7 @@ def test_reset_default_closes_it_and_the_next_use_makes_a_new_one() -> None:
         ("IDGEN_WORKER_IDS", "seven"),
         ("IDGEN_URL", "ftp://127.0.0.1:8080"),
         ("IDGEN_ZK_SESSION_TIMEOUT", "soon"),
+        ("IDGEN_MAX_LEAD", "a while"),
     ],
 )
 def test_a_bad_variable_is_invalid_input_that_names_it(

@@ -419,6 +419,34 @@ def test_without_riding_a_small_rollback_is_awaited_while_other_requests_are_ser
         generator.close()
 
 
+def test_a_clock_step_back_is_ridden_through_ready_and_shown_in_info_and_metrics(tmp_path: Path) -> None:
+    clock = ManualClock()
+    generator = Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, clock=clock), clock=clock)
+
+    async def scenario() -> None:
+        app = make_app(generator)
+        async with TestServer(app) as test_server, aiohttp.ClientSession(test_server.make_url("")) as session:
+            first = int((await (await session.get("/id")).json())["id"])
+            clock.advance(-2_000)
+            replies = [await session.get("/id?count=3") for _ in range(5)]
+            assert [r.status for r in replies] == [200] * 5
+            ids = [int(i) for r in replies for i in (await r.json())["ids"]]
+            assert [first, *ids] == sorted({first, *ids})
+            assert (await session.get("/readyz")).status == 200
+            info = await (await session.get("/info")).json()
+            assert (info["clock_lead_ms"], info["clock_rides"], info["worker_id_switches"]) == (2_000, 1, 0)
+            assert info["clock_lead_max_ms"] == 2_000 and info["max_lead_ms"] == 15_000
+            metrics = _samples(await (await session.get("/metrics")).text())
+            assert metrics[("idgen_clock_rides_total", ())] == 1
+            assert metrics[("idgen_clock_lead_seconds", ())] == 2.0
+            assert metrics[("idgen_worker_id_switches_total", ())] == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        generator.close()
+
+
 async def http_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: str) -> bytes:
     """One keep-alive HTTP/1.1 request on an open connection; the response's body."""
     writer.write(f"GET {target} HTTP/1.1\r\nHost: idgen\r\n\r\n".encode())

@@ -49,10 +49,17 @@ def test_the_entry_point_takes_its_configuration_from_the_environment(tmp_path: 
         "IDGEN_LAYOUT": "twitter",
         "IDGEN_MAX_COUNT": "10",
         "IDGEN_ACCESS_LOG": "true",
+        "IDGEN_MAX_LEAD": "0.25",
     }
     with Server(command=[sys.executable, str(REPO / "cmd" / "idgen-serve")], env=env) as server:
         info = server.get("/info").json()
         assert (info["worker_id"], info["layout"]["name"], info["max_count"]) == (7, "twitter", 10)
+        assert (info["max_lead_ms"], info["clock_lead_ms"], info["clock_rides"], info["worker_id_switches"]) == (
+            250,
+            0,
+            0,
+            0,
+        )
         assert decode(server.get("/id").json()["id"], "twitter")["worker"] == 7
         assert_error(server.get("/id?count=11"), 400, "invalid_count")
         access = server.event("access", path="/id?count=11")
