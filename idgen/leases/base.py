@@ -388,7 +388,9 @@ class Lease(ABC):
         fence is kept a window above that, not above the clock alone. Cheap; the renewal thread does the writing."""
         if unix_ms > self._minting_ms:
             self._minting_ms = unix_ms
-            self._wake.set()
+            reservation = self._reservation
+            if reservation is not None and reservation.fence_ms - unix_ms < self.window_ms:
+                self._wake.set()  # an extension is due now; otherwise the renewal thread's schedule covers it
 
     def status(self) -> LeaseStatus:
         with self._lock:
