@@ -112,12 +112,8 @@ def zk_ensemble() -> Iterator[ZkEnsemble]:
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL 15 server shared by the whole session; isolate data with ``pg_database``."""
-    server = PgServer()
-    try:
-        server.start()
+    with PgServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

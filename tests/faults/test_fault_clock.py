@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from faultkit import Faketime, IdgenServer
 from loadclient import LoadClient, Record, Report, check, ids_of, timestamps_ms
 
@@ -202,23 +203,22 @@ def _restart_behind(
     assert second.info()["clock_rides"] == 1
 
 
-def test_a_restart_with_the_clock_3_s_behind_the_old_fence_starts_right_above_it(
+@pytest.mark.parametrize(
+    ("behind_s", "options", "scenario"),
+    [
+        (3, (), "7a. restart with the clock 3 s behind the old fence"),
+        (30, ("--max-lead", "60"), "7b. restart with the clock 30 s behind the old fence, --max-lead 60"),
+    ],
+    ids=["7a", "7b"],
+)
+def test_a_restart_with_the_clock_behind_the_old_fence_starts_right_above_it_as_fast_as_a_clean_start(
     spawn_server: Callable[..., IdgenServer],
     start_load: Callable[..., LoadClient],
     faketime: Faketime,
     tmp_path: Path,
     fault_results: list[Report],
+    behind_s: float,
+    options: tuple[str, ...],
+    scenario: str,
 ) -> None:
-    scenario = "7a. restart with the clock 3 s behind the old fence"
-    _restart_behind(spawn_server, start_load, faketime, tmp_path, fault_results, 3, scenario)
-
-
-def test_a_restart_with_the_clock_30_s_behind_the_old_fence_starts_right_above_it_with_a_max_lead_of_60_s(
-    spawn_server: Callable[..., IdgenServer],
-    start_load: Callable[..., LoadClient],
-    faketime: Faketime,
-    tmp_path: Path,
-    fault_results: list[Report],
-) -> None:
-    scenario = "7b. restart with the clock 30 s behind the old fence, --max-lead 60"
-    _restart_behind(spawn_server, start_load, faketime, tmp_path, fault_results, 30, scenario, "--max-lead", "60")
+    _restart_behind(spawn_server, start_load, faketime, tmp_path, fault_results, behind_s, scenario, *options)

@@ -99,7 +99,8 @@ def test_sigstop_zombie_mints_nothing_above_its_fence_notices_lost_and_re_leases
         finally:
             resumed = time.monotonic()
             zombie.thaw()
-        assert resumed - frozen > float(SESSION_TIMEOUT)
+        # Frozen past its session: the claim went away and the other server's came while it was stopped. (ZooKeeper
+        # counts the timeout from the last ping before the freeze, so the freeze itself may be slightly shorter.)
         # The zombie's fence: what its successor read. An extension in flight at SIGSTOP may have landed after the
         # read above (the zombie then learns of it at SIGCONT), so the successor's after_ms is the exact value.
         # The claim node comes first; the history record follows in the claim's transaction.
