@@ -41,7 +41,8 @@ Invariants:
   unique (docs/DESIGN.md, section 2: every later holder of that worker ID mints strictly above the fence those IDs
   lie under). Dropping them is about the server's promise to vouch for what it handed over, not about uniqueness.
   For the same reason a server that stops or cannot be reached keeps its buffered IDs: it did not refuse.
-- Order: IDs of one server come out strictly increasing; IDs of different servers are not ordered.
+- Order: IDs of one server come out strictly increasing (except across the server's switch of worker IDs, after a
+  clock step back beyond its ``--max-lead``: docs/DESIGN.md section 3a); IDs of different servers are not ordered.
 - **Fork.** A client used in a forked child (gunicorn ``--preload``, uWSGI, Celery's prefork pool, multiprocessing's
   ``fork``) starts afresh there: an empty buffer, zero counts, its own refill thread (or task), lock and connections,
   made at its first call in the child. The parent's buffer went to the parent alone, so the child never hands out an
