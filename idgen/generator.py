@@ -69,7 +69,8 @@ log = logging.getLogger("idgen.generator")
 
 DEFAULT_ROLLBACK_TOLERANCE_MS = 5
 DEFAULT_MAX_LEAD_MS = 15_000  # how far IDs may run ahead of a clock that stepped back (Hazelcast's Flake IDs: 15 s)
-SWITCH_RETRY_S = 1.0  # a switch of worker IDs that found none free is tried again no sooner than this
+SWITCH_RETRY_S = 1.0  # a switch of worker IDs that found none free is tried again this often, in the background
+SWITCH_RETRY_AFTER_S = 5.0  # the Retry-After of a refusal once a switch has failed: a worker ID may free up any time
 
 
 class _Tick:
@@ -133,6 +134,7 @@ class Generator:
         self._snapshot = _NO_TICK
         self._taken_before = 0  # IDs handed out from the snapshots before the current one
         self._tick = -1  # the highest tick published, or the first one the reservation forbids
+        self._tick_worker: int | None = None  # the worker ID self._tick was reached under
         self._reservation: Reservation | None = None
         self._node = 0
         self._fence_tick = -1
@@ -151,11 +153,14 @@ class Generator:
         self._start_lease()
 
     def _init_switching(self) -> None:
-        self._switcher: threading.Thread | None = None  # the thread leasing a worker ID to switch to, if any
+        # The thread switching worker IDs, if any: set under the lock when it starts, cleared when it has closed every
+        # lease it made or left, so close() can wait for it.
+        self._switcher: threading.Thread | None = None
+        self._next_switch_at = 0.0  # monotonic: no switch starts before
         self._candidate: Lease | None = None  # the lease it is starting
         self._retired: tuple[Lease, int] | None = None  # the lease switched away from, and its last tick used (ms)
-        self._next_switch_at = 0.0  # monotonic
-        self._switch_failure: str | None = None  # why the last switch found no worker ID
+        self._switch_attempts = 0  # claims tried for a switch
+        self._switch_failure: str | None = None  # why the last attempt leased no worker ID
         self._switch_log = RepeatLimitedLog(log)
 
     def _start_lease(self) -> None:
@@ -232,6 +237,8 @@ class Generator:
             self._snapshot = _NO_TICK
             self._taken_before = 0
             self._reservation, self._fence_tick = None, -1
+            # The parent's ticks are no floor here: this process claims a worker ID of its own, whose window is.
+            self._tick, self._tick_worker, self._behind, self._riding = -1, None, False, False
             self._init_switching()  # the parent's switch, if one runs, is the parent's
             self._marker = process_marker()
             if self._lock_free:
@@ -274,7 +281,7 @@ class Generator:
             if behind_ns <= self.rollback_tolerance_ns:
                 self.clock.sleep((self._tick_start_ns(self._tick + 1) - now) / 1e9)
                 continue
-            self._switch_soon(now)
+            self._switch_soon()
             raise self._refusal(behind_ns)
 
     def _ride(self, now: int, behind_ns: int) -> int | None:
@@ -357,34 +364,50 @@ class Generator:
             behind_ns / 1e6,
             f"{what}, more than the {self.max_lead_ms} ms IDs may run ahead of it",
             until=self._switch_state(),
-            retry_after=beyond_s if self._switch_failure else min(SWITCH_RETRY_S, beyond_s),
+            retry_after=min(SWITCH_RETRY_AFTER_S if self._switch_failure else SWITCH_RETRY_S, beyond_s),
         )
 
     # -- switching worker IDs -----------------------------------------------------------------------
 
-    def _switch_soon(self, now_ns: int) -> None:
-        """Start leasing, in the background, a worker ID whose fence is below the clock; the caller holds the lock.
-        One attempt at a time, and after one that found none, the next no sooner than ``SWITCH_RETRY_S``. Never with
-        ``max_lead_ms=0``."""
-        if (
-            not self.max_lead_ns
-            or self._switcher is not None
-            or self._closed
-            or time.monotonic() < self._next_switch_at
-        ):
+    def _switch_soon(self) -> None:
+        """Start a switch to a worker ID whose fence is below the clock, on a thread of its own; the caller holds the
+        lock and has seen the clock beyond ``max_lead_ms`` behind. Called by a refused ``next_id`` and by
+        :meth:`readiness` (the HTTP app checks it every half second, so an instance out of rotation still retries).
+        One switch at a time, at most one per ``SWITCH_RETRY_S``; none with ``max_lead_ms=0``, and none while the
+        lease calls the clock untrusted (a claim would be refused for the same reason)."""
+        if not self.max_lead_ns or self._switcher is not None or self._closed:
             return
-        self._switcher = threading.Thread(
-            target=self._switch, args=(now_ns // 1_000_000,), name="idgen-switch", daemon=True
-        )
+        now = time.monotonic()
+        if now < self._next_switch_at:
+            return
+        self._next_switch_at = now + SWITCH_RETRY_S
+        untrusted = self.lease.clock_untrusted
+        if untrusted is not None:
+            self._switch_failure = f"the clock is not trusted: {untrusted}"
+            return
+        self._switcher = threading.Thread(target=self._switch, name="idgen-switch", daemon=True)
         self._switcher.start()
 
-    def _switch(self, below_ms: int) -> None:
-        """On its own thread: start a new lease that claims only a worker ID whose fence is below ``below_ms``. Its
-        first reservation makes it current (:meth:`_on_reservation`); then the old lease is released, its fence
-        brought down to the last tick used under it. Without a switch the new lease is closed and the reason kept."""
-        candidate = self.lease.fresh(fence_below_ms=below_ms)
+    def _switch(self) -> None:
+        """The switch thread: one attempt (:meth:`_switch_once`); it stays registered until every lease it made or
+        left is closed, so that :meth:`close` can wait for it."""
+        try:
+            if not self._switch_once():
+                self._switch_log.warning(  # once per episode, whatever the numbers in each attempt's reason
+                    "no switch of worker IDs: %s", self._switch_failure, event="worker_id_switch_failed", key="switch"
+                )
+        finally:
+            with self._lock:
+                self._switcher = None
+
+    def _switch_once(self) -> bool:
+        """Start a new lease that claims only a worker ID whose fence is below the clock. Its first reservation makes
+        it current (:meth:`_on_reservation`); then the old lease is released, its fence brought down to the last tick
+        used under it. Without a switch the new lease is closed (it minted nothing) and the reason kept."""
+        candidate = self.lease.fresh(fence_below_ms=self._now_ns() // 1_000_000)
         with self._lock:
             self._candidate = candidate
+            self._switch_attempts += 1
         failure = None
         try:
             if candidate.start(functools.partial(self._on_reservation, candidate)) is None:
@@ -395,16 +418,12 @@ class Generator:
             switched = self.lease is candidate
             retired, self._retired, self._candidate = self._retired, None, None
             self._switch_failure = None if switched else failure or "the generator was closed"
-            self._next_switch_at = time.monotonic() + SWITCH_RETRY_S
-            self._switcher = None
         if not switched:
-            candidate.close()
-            self._switch_log.warning(
-                "no switch of worker IDs: %s", self._switch_failure, event="worker_id_switch_failed"
-            )
+            candidate.close(-1)  # nothing was minted under it: its fence comes down to its after_ms
         elif retired is not None:
             retired_lease, high_water_ms = retired
             retired_lease.close(high_water_ms)
+        return switched
 
     def _switch_state(self) -> str:
         if self._switch_failure:
@@ -439,9 +458,20 @@ class Generator:
                 return
             self._fence_tick = self.layout.tick_of(reservation.fence_ms)
             if previous is None or previous.lease_id != reservation.lease_id:
-                # A new claim: mint only above the old holder's fence, and above all this generator minted.
+                # A new claim: mint only above the old holder's fence, and above all this generator minted, unless
+                # that is a worker ID left behind beyond max_lead_ms (a lost claim re-acquired elsewhere): then this
+                # claim's own window is the floor (DESIGN.md section 3a), and it counts as a switch.
+                after_tick = self.layout.tick_of(reservation.after_ms)
+                if (
+                    self.max_lead_ns
+                    and reservation.worker_id != self._tick_worker
+                    and self._tick_start_ns(self._tick) - self._now_ns() > self.max_lead_ns
+                ):
+                    self._tick, self._behind, self._riding = -1, False, False
+                    self.worker_switches += 1
                 self._node = self.layout.node_bits(reservation.worker_id)
-                self._tick = max(self._tick, self.layout.tick_of(reservation.after_ms))
+                self._tick = max(self._tick, after_tick)
+                self._tick_worker = reservation.worker_id
                 self._publish(_NO_TICK)
 
     # -- state ------------------------------------------------------------------------------------
@@ -490,6 +520,8 @@ class Generator:
         if behind_ms * 1_000_000 > max(tolerance_ns, self.max_lead_ns):
             reason = f"clock is {behind_ms} ms behind the last timestamp used or reserved"
             if self.max_lead_ns:
+                with self._lock:
+                    self._switch_soon()
                 reason += f", more than the {self.max_lead_ms} ms IDs may run ahead of it; minting resumes when"
                 reason += f" {self._switch_state()}"
             return False, reason
@@ -510,7 +542,7 @@ class Generator:
             high_water_ms = self.layout.tick_ms(self._tick)  # nothing was minted above it, even if nothing was
             switcher = self._switcher
         if switcher is not None:
-            switcher.join()  # it closes its candidate, or the lease it switched away from
+            switcher.join()  # it closes its candidate, or the lease it switched away from, before it ends
         self.lease.close(high_water_ms)
 
     def __enter__(self) -> Generator:

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from polling import eventually
@@ -21,7 +22,7 @@ from zkharness import TEST_CREDENTIALS
 
 from idgen import DEFAULT_LAYOUT, Generator
 from idgen.clock import ManualClock
-from idgen.errors import Unavailable
+from idgen.errors import LeaseUnavailable, Unavailable
 from idgen.leases.base import Lease
 from idgen.leases.local import LocalLease
 from idgen.leases.zookeeper import ZkLease, connected
@@ -98,3 +99,17 @@ def test_a_clock_zookeeper_calls_untrusted_is_not_checked_once_per_request(zk_ho
         hammer(gen)
         checks = client.get(clock_node)[1].version - before  # every check writes the clock node once
     assert 1 <= checks <= MAX_ATTEMPTS, f"{checks} clock checks written to ZooKeeper in {HAMMER_S} s"
+
+
+def test_a_claim_whose_first_write_fails_on_a_full_disk_leaves_no_lock_behind(full_disk: Path) -> None:
+    """A claim locks the worker ID's file, then writes its first fence. If that write fails, the lock must go too, or
+    every retry (the renewal thread's, a generator's switch of worker IDs) strands one more worker ID until exit."""
+    options: dict[str, Any] = {"worker_ids": range(3, 4), "window_ms": 1_000}
+    with Generator(lease=LocalLease(DEFAULT_LAYOUT, full_disk, **options)) as first:  # the layout file, a record
+        first.next_id()
+    fill(full_disk)
+    with pytest.raises(LeaseUnavailable, match="No space left on device"):
+        Generator(lease=LocalLease(DEFAULT_LAYOUT, full_disk, **options))
+    (full_disk / "filler").unlink()
+    with Generator(lease=LocalLease(DEFAULT_LAYOUT, full_disk, **options)) as after:  # worker 3 is free again
+        assert after.worker_id == 3 and after.next_id()

@@ -5,16 +5,20 @@ real local leases; the fault suite (tests/faults/test_fault_clock.py) does the s
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from forks import Child
 from polling import poll
 
-from idgen import DEFAULT_LAYOUT, Generator, Layout
+from idgen import DEFAULT_LAYOUT, Generator, Layout, generator
 from idgen.clock import ManualClock
-from idgen.errors import ClockBehind, FenceReached, InvalidInput
+from idgen.errors import ClockBehind, FenceReached, InvalidInput, LeaseUnavailable
+from idgen.generator import SWITCH_RETRY_AFTER_S
 from idgen.leases.local import LocalLease
 
 WINDOW_MS = 1_000
@@ -212,7 +216,7 @@ def test_without_a_worker_id_below_the_clock_it_refuses_with_the_reason_and_reco
             try:
                 gen.next_id()
             except ClockBehind as exc:
-                return "no other worker ID could be leased" in str(exc) and exc.retry_after > 40
+                return "no other worker ID could be leased" in str(exc) and exc.retry_after == SWITCH_RETRY_AFTER_S
             return False
 
         poll(refused_with_the_reason, "the failed switch's reason", 5)
@@ -248,3 +252,90 @@ def test_close_during_a_switch_releases_both_leases(tmp_path: Path, clock: Manua
     gen.close()  # whatever the switch had reached: no claim is left behind
     with make(tmp_path, clock, range(3, 5)) as a, make(tmp_path, clock, range(3, 5)) as b:
         assert {a.worker_id, b.worker_id} == {3, 4}
+
+
+# -- switching: found by review ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(generator, "SWITCH_RETRY_S", 0.05)
+
+
+def claimable(tmp_path: Path, clock: ManualClock, workers: range) -> list[int]:
+    """The worker IDs another process could claim now (each claimed, then released)."""
+    got, leases = [], []
+    for _ in workers:
+        lease = LocalLease(DEFAULT_LAYOUT, tmp_path, clock=clock, window_ms=WINDOW_MS, worker_ids=workers)
+        try:
+            got.append(lease.start(lambda _: None).worker_id)
+        except LeaseUnavailable:
+            break
+        leases.append(lease)
+    for lease in leases:
+        lease.close()
+    return sorted(got)
+
+
+def test_a_failed_switch_is_retried_on_readiness_checks_without_traffic_and_logged_once(
+    tmp_path: Path, clock: ManualClock, quick_retries: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An instance that refuses is taken out of rotation, so no request may come to start another attempt; its
+    readiness checks (the HTTP app's, every half second) do."""
+    past = ManualClock(clock.now_ms() - 7_200_000)
+    holder = make(tmp_path, past, range(4, 5))  # worker 4 is busy, its fence two hours back
+    with make(tmp_path, clock, range(3, 5)) as gen, caplog.at_level(logging.WARNING, logger="idgen.generator"):
+        gen.next_id()
+        clock.advance(-3_600_000)
+        with pytest.raises(ClockBehind):
+            gen.next_id()  # the one request: it starts the switch, which finds no worker ID free
+        poll(lambda: "no other worker ID could be leased" in (gen.readiness()[1] or ""), "the failed switch")
+        with pytest.raises(ClockBehind) as refused:
+            gen.next_id()
+        assert refused.value.retry_after <= generator.SWITCH_RETRY_AFTER_S  # not an hour: a worker ID may free up
+        poll(lambda: not gen.readiness()[0] and gen._switch_attempts >= 4, "a few more attempts, on readiness checks")
+        holder.close()  # worker 4 frees up, its fence below the clock
+        poll(lambda: gen.readiness()[0] and gen.worker_id == 4, "the switch, with no request to start it")
+        assert gen.readiness() == (True, None) and gen.worker_switches == 1
+    failures = [r for r in caplog.records if getattr(r, "event", None) == "worker_id_switch_failed"]
+    assert len(failures) == 1, [r.getMessage() for r in failures]
+
+
+def test_close_right_after_a_switch_leaves_no_worker_id_claimed(tmp_path: Path) -> None:
+    for trial in range(30):
+        clock = ManualClock()
+        directory = tmp_path / str(trial)
+        gen = make(directory, clock, range(3, 5))
+        gen.next_id()
+        clock.advance(-3_600_000)
+        with pytest.raises(ClockBehind):
+            gen.next_id()
+        poll(lambda gen=gen: gen.worker_switches, "the switch")
+        gen.close()  # as soon as the switch shows: the old lease's release may still be under way
+        assert claimable(directory, clock, range(3, 5)) == [3, 4], f"trial {trial}"
+
+
+def test_a_child_forked_far_behind_mints_on_its_own_fresh_claim_at_once(tmp_path: Path, clock: ManualClock) -> None:
+    """The parent's ticks an hour ahead are no floor for a child's claim on another worker ID, whose fence is below
+    the clock: that claim's own window is all uniqueness needs (DESIGN.md section 2)."""
+    ahead = ManualClock(clock.now_ms() + 3_600_000)
+    with make(tmp_path, ahead, range(3, 4)) as first:
+        first.next_id()  # worker 3 fenced an hour ahead of the clock
+    holder = make(tmp_path, clock, range(4, 5))  # worker 4 busy while the parent starts, so it gets worker 3
+    gen = make(tmp_path, clock, range(3, 5), max_lead_ms=15_000)
+    with pytest.raises(ClockBehind):
+        gen.next_id()
+    poll(lambda: gen._switch_failure, "the parent's failed switch")  # the next is a second away
+    holder.close()  # worker 4 is free, its fence below the clock
+
+    def child_work(report: Any) -> None:
+        report({"id": gen.next_id(), "worker": gen.worker_id})
+        gen.close()
+
+    child = Child(os.fork, child_work)
+    try:
+        minted = child.next()
+    finally:
+        child.close()
+        gen.close()
+    assert minted["worker"] == 4 and stamp(minted["id"]) == clock.now_ms()

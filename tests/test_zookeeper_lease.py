@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
 
 from idgen import DEFAULT_LAYOUT, PRESETS, Generator, Layout, decode, get_layout
 from idgen.clock import ManualClock
-from idgen.errors import LayoutMismatch, LeaseUnavailable, NoLease, Unavailable
+from idgen.errors import ClockBehind, LayoutMismatch, LeaseUnavailable, NoLease, Unavailable
 from idgen.leases.base import LeaseState
 from idgen.leases.zookeeper import Namespace, ZkLease, connected
 
@@ -217,6 +218,29 @@ def test_a_clock_behind_the_previous_holders_fence_rides_above_it_at_once_and_ne
     assert b.clock_rides == 1 and b.lead_ms > 0
     assert stamp(first_of_b, SOLO) == fence_of_a + 1
     assert first_of_b > last_of_a
+
+
+def test_no_switch_of_worker_ids_is_tried_while_zookeeper_calls_the_clock_untrusted(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+) -> None:
+    """A switch is a claim, and a claim needs a clock ZooKeeper agrees with: trying one each second anyway would open
+    a session and scan the namespace's ACLs for nothing."""
+    clock = ManualClock()
+    gen = zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace, clock=clock, max_skew_ms=1_000)
+    gen.next_id()
+    clock.advance(-3_600_000)
+
+    def untrusted() -> str | None:
+        gen.lease.renew_soon()
+        return gen.lease.clock_untrusted
+
+    assert "differs from ZooKeeper's" in poll(untrusted, what="the clock check to fail")
+    with pytest.raises(ClockBehind, match="the clock is not trusted: local clock differs from ZooKeeper's"):
+        for _ in range(3):
+            with contextlib.suppress(ClockBehind):
+                gen.next_id()  # the first refusal records why no switch is tried
+        gen.next_id()
+    assert gen._switch_attempts == 0 and gen.worker_switches == 0
 
 
 def test_a_clock_skewed_from_zookeepers_is_not_ready_with_the_reason(

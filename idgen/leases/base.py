@@ -214,7 +214,9 @@ def _backoff_s(failures: int) -> float:
 
 
 class RepeatLimitedLog:
-    """Logs a warning, then the same warning at most once per ``REPEAT_LOG_INTERVAL_S``, with how many were skipped."""
+    """Logs a warning, then the same warning at most once per ``REPEAT_LOG_INTERVAL_S``, with how many were skipped.
+    Two warnings are the same if their ``key`` is: their text by default; give one where the text carries numbers
+    that change from one attempt to the next."""
 
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
@@ -222,14 +224,15 @@ class RepeatLimitedLog:
         self._last_at = 0.0
         self._skipped = 0
 
-    def warning(self, message: str, *args: object, event: str) -> None:
+    def warning(self, message: str, *args: object, event: str, key: str | None = None) -> None:
         text = message % args
+        same = text if key is None else key
         now = time.monotonic()
-        if text == self._last and now - self._last_at < REPEAT_LOG_INTERVAL_S:
+        if same == self._last and now - self._last_at < REPEAT_LOG_INTERVAL_S:
             self._skipped += 1
             return
-        skipped = f" (and {self._skipped} more like it)" if text == self._last and self._skipped else ""
-        self._last, self._last_at, self._skipped = text, now, 0
+        skipped = f" (and {self._skipped} more like it)" if same == self._last and self._skipped else ""
+        self._last, self._last_at, self._skipped = same, now, 0
         self._logger.warning("%s%s", text, skipped, extra={"event": event})
 
 
@@ -289,6 +292,7 @@ class Lease(ABC):
         self.renewal_failures = 0  # renewal steps that failed; each is followed by a back-off
         self._failure_log = RepeatLimitedLog(log)
         self._minting_ms = -1  # the last timestamp the holder said it mints at (minting_at)
+        self.clock_untrusted: str | None = None  # why the last clock check failed; None: trusted (or never checked)
         self._fence_below_ms: int | None = None  # a switch's first claim takes only a fence below this
 
     def fresh(self, fence_below_ms: int | None = None) -> Self:
@@ -298,6 +302,7 @@ class Lease(ABC):
         clone = copy.copy(self)
         clone._init_runtime()
         clone._fence_below_ms = fence_below_ms
+        clone.quarantined = dict(self.quarantined)  # unreadable records stay so: not re-read and logged again
         return clone
 
     def forked(self) -> Self:
@@ -524,7 +529,7 @@ class Lease(ABC):
     def _acquire_checked(self) -> Reservation:
         """Claim a worker ID if the clock is trusted. A clock behind the fence found is not waited out here: the
         generator mints above that fence, riding ahead of the clock or refusing (DESIGN.md)."""
-        problem = self._clock_problem()
+        problem = self.clock_untrusted = self._clock_problem()
         if problem:
             raise ClockUntrusted(problem)
         reservation = self._acquire(self._new_holder())
@@ -589,7 +594,7 @@ class Lease(ABC):
             return 0.0
         if state is not LeaseState.HELD or reservation is None:
             return 0.5  # SUSPENDED: mint up to the fence already reserved, extend nothing
-        problem = self._clock_problem()
+        problem = self.clock_untrusted = self._clock_problem()
         with self._lock:
             self._reason = problem
         if problem:

@@ -121,7 +121,13 @@ class LocalLease(Lease):
                 me = replace(holder, worker_id=worker_id, lease_id=uuid.uuid4().hex, after_ms=after)
                 self._holders = remember(holders, me, self.history_size, found)
                 self._claim_fd, self._claim_file = fd, _identity(os.fstat(fd))
-                self._write(worker_id, fence, me.lease_id)
+                try:
+                    self._write(worker_id, fence, me.lease_id)
+                except OSError as exc:  # a full or failing disk: let the worker ID go, or every retry strands one
+                    self._drop_claim()
+                    raise LeaseUnavailable(
+                        f"cannot write the record of worker {worker_id} in {self.state_dir}: {exc}"
+                    ) from None
                 return Reservation(worker_id, after, fence, me.lease_id, found)
         quarantined = f" or quarantined ({len(self.quarantined)}: unreadable records)" if self.quarantined else ""
         raise self._none_claimable(
