@@ -148,14 +148,13 @@ def test_not_ready_while_the_clock_is_far_behind_the_fence_left_for_the_only_wor
         assert "behind the last timestamp used or reserved, more than the 15000 ms" in error["message"]
         assert ready.headers["Retry-After"] == "1"
 
-        def refused_until_the_clock_catches_up() -> Any:
+        def refused_with_the_failed_switch() -> Any:
             minted = server.get("/id?count=3")  # the first refusal starts a switch; with no other worker ID it fails
             error = assert_error(minted, 503, "clock_behind")
-            return error if int(minted.headers["Retry-After"]) > 1 else None
+            return error if "no free worker ID has a fence below" in error["message"] else None
 
-        error = poll(refused_until_the_clock_catches_up, "the failed switch")
-        assert "no free worker ID has a fence below" in error["message"]
-        assert 3_500 <= int(server.get("/id").headers["Retry-After"]) <= 3_600
+        poll(refused_with_the_failed_switch, "the failed switch")
+        assert server.get("/id").headers["Retry-After"] == "5"  # a worker ID may free up: not an hour
         info = server.get("/info").json()
         assert (info["ready"], info["worker_id"]) == (False, 0) and "behind" in info["reason"]
         assert server.get("/decode/123").status == 200  # decoding needs no lease
