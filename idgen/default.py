@@ -63,6 +63,12 @@ def default_generator() -> Generator | Client:
         return _source
 
 
+def made_default() -> Generator | Client | None:
+    """The process's default source if it has one (made here, or inherited through a fork), else None; never makes
+    one."""
+    return _source
+
+
 def next_id() -> int:
     """The next ID from the process's default source (see :func:`default_generator`)."""
     return (_source or default_generator()).next_id()

@@ -5,6 +5,7 @@ minted time; DRF renders IDs as strings."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -180,16 +181,24 @@ def test_deconstruct_rebuilds_the_same_field(kwargs: dict[str, Any]) -> None:
         assert rebuilt_kwargs == {"primary_key": True}  # no default, no editable: implied
 
 
-def test_the_admin_decodes_in_the_layout_of_the_default_or_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_admin_decodes_in_the_layout_of_the_default_or_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from django.contrib import admin
     from orders_app.admin import OrderAdmin
 
     from idgen.django.admin import default_layout
 
+    monkeypatch.setenv("IDGEN_STATE_DIR", str(tmp_path / "sonyflake"))  # a state directory per layout
     monkeypatch.setenv("IDGEN_LAYOUT", "sonyflake")
-    assert default_layout() == idgen.PRESETS["sonyflake"]
+    assert default_layout() == idgen.PRESETS["sonyflake"]  # before the default exists: IDGEN_LAYOUT's...
+    assert idgen.default.made_default() is None  # ... and showing a time leases nothing
+    idgen.next_id()
     monkeypatch.delenv("IDGEN_LAYOUT")
+    assert default_layout() == idgen.PRESETS["sonyflake"]  # then its generator's (as a ZooKeeper namespace's layout)
+    idgen.reset_default()
     assert default_layout() == idgen.DEFAULT_LAYOUT
+    monkeypatch.setenv("IDGEN_STATE_DIR", str(tmp_path / "idgen"))
     Order = orders()
     value = idgen.next_id()
     own = type("DiscordOrderAdmin", (OrderAdmin,), {"idgen_layout": "discord"})(Order, admin.site)

@@ -10,9 +10,11 @@ from django.contrib.admin.widgets import AdminTextInputWidget
 from django.db import models
 from django.http import HttpRequest
 
-from idgen.config import Settings
+from idgen.config import from_env
+from idgen.default import made_default
 from idgen.django import IdField
 from idgen.errors import InvalidInput
+from idgen.generator import Generator
 from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout
 
 __all__ = ["IdAdminMixin"]
@@ -62,6 +64,10 @@ class IdAdminMixin:
 
 
 def default_layout() -> Layout:
-    """The layout ``idgen.next_id()`` mints in: ``IDGEN_LAYOUT``'s, else the default (a ZooKeeper namespace's own
-    layout is not looked up: set ``IDGEN_LAYOUT`` or ``idgen_layout`` there)."""
-    return Settings.from_env().layout or DEFAULT_LAYOUT
+    """The layout ``idgen.next_id()`` mints in: its generator's, once the process has one (so a ZooKeeper namespace's
+    own layout too). Before that (showing a time never leases a worker ID), and for a client of servers (which does
+    not know their layout), ``IDGEN_LAYOUT``'s, else the default. Cheap: a read of the default, per row."""
+    source = made_default()
+    if isinstance(source, Generator):
+        return source.layout
+    return from_env("layout") or DEFAULT_LAYOUT
