@@ -1,7 +1,8 @@
 """docs/PYTHON.md cannot rot: every ``python`` block in it is a recipe, and every recipe runs here, in a fresh
 process, against real SQLite and PostgreSQL where it touches a database.
 
-Fence info strings: ``python recipe`` runs as a script (with ``DATABASE_URL`` set when it reads it);
+Fence info strings: ``python recipe`` runs as a script (with ``DATABASE_URL`` set when it reads it, and ``IDGEN_URL``
+naming a real ``idgen serve`` when it reads that);
 ``python recipe django:<path>`` is a file of a Django project that the test builds, runs ``makemigrations`` and
 ``migrate`` on, then runs ``python recipe django-shell`` blocks in with ``manage.py shell``. ``python sketch`` is code
 for a framework the suite does not install (Celery): it is compiled, and there is exactly one.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from djangosite import database
+from serverproc import ServerProcess
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PYTHON.md"
 BLOCK = re.compile(r"^```python(?P<info>[^\n]*)\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -64,9 +66,18 @@ def test_a_sketch_compiles(code: str) -> None:
 
 
 @pytest.mark.usefixtures("default_ids")
-@pytest.mark.parametrize("code", [c for c in SCRIPTS if "DATABASE_URL" not in c], ids=lambda c: c.split("\n")[0])
+@pytest.mark.parametrize(
+    "code", [c for c in SCRIPTS if "DATABASE_URL" not in c and "IDGEN_URL" not in c], ids=lambda c: c.split("\n")[0]
+)
 def test_a_recipe_runs(code: str, tmp_path: Path) -> None:
     run([sys.executable, "-c", code], tmp_path)
+
+
+@pytest.mark.parametrize("code", [c for c in SCRIPTS if "IDGEN_URL" in c], ids=["async"])
+def test_a_recipe_of_servers_runs(code: str, tmp_path: Path) -> None:
+    with ServerProcess("--state-dir", str(tmp_path / "state")) as server:
+        server.started()
+        run([sys.executable, "-c", code], tmp_path, IDGEN_URL=f"http://127.0.0.1:{server.port}")
 
 
 @pytest.mark.parametrize("code", [c for c in SCRIPTS if "DATABASE_URL" in c], ids=["core", "orm"])
