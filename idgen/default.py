@@ -4,7 +4,9 @@ It is made on first use from the ``IDGEN_*`` environment, read as ``idgen serve`
 (:meth:`idgen.config.Settings.from_env`): a :class:`~idgen.generator.Generator` under a local lease by default, under a
 ZooKeeper lease with ``IDGEN_ZK`` (credentials from ``IDGEN_ZK_AUTH`` or ``IDGEN_ZK_AUTH_FILE``, always), or a
 :class:`~idgen.client.Client` of the running servers listed, comma-separated, in ``IDGEN_URL``. A bad variable raises
-:class:`~idgen.errors.InvalidInput` naming it, on the first use and on every use after it until it is fixed.
+:class:`~idgen.errors.InvalidInput` naming it, on the first use and on every use after it until it is fixed. No worker
+ID to lease (all held, ZooKeeper unreachable) raises :class:`~idgen.errors.LeaseUnavailable`, an
+:class:`~idgen.errors.Unavailable`; nothing is kept then, and the next use tries again.
 
 Invariants:
 
@@ -13,48 +15,58 @@ Invariants:
 - a forked child (``os.fork``, multiprocessing's fork context, gunicorn ``--preload``, uWSGI) keeps the parent's
   source, which adopts in the child: a generator leases a worker ID of its own on its first use there, a client starts
   with an empty buffer. Parent and children never hand out the same ID;
-- at interpreter exit (``atexit``, or multiprocessing's finalizers in its children, which end with ``os._exit``) the
-  source is closed: a generator releases its lease with the fence brought down to the last tick it used, so the next
-  holder of its worker ID mints at once. A process killed by a signal or ending with ``os._exit`` otherwise (a
-  multiprocessing pool's workers when the pool is terminated) skips that: its worker ID is freed all the same, but the
-  next holder waits for the clock to pass the fence (at most 1.5 lease windows, 7.5 s by default).
+- the source is closed as its process exits: at interpreter exit (``atexit``), and in a multiprocessing child, which
+  ends with ``os._exit``, by multiprocessing's finalizers (registered where the source is made, and in every
+  multiprocessing child that inherits one). A generator releases its lease with the fence brought down to the last
+  tick it used, so the next holder of its worker ID mints at once. A process killed by a signal or ending with
+  ``os._exit`` otherwise (a multiprocessing pool's workers when the pool is terminated, a Celery/billiard pool
+  process) skips that: its worker ID is freed all the same, but the next holder waits for the clock to pass the fence
+  (at most 1.5 lease windows, 7.5 s by default).
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-import threading
 from typing import TYPE_CHECKING
+
+from idgen.forking import ProcessLock
 
 if TYPE_CHECKING:
     from idgen.client import Client
     from idgen.generator import Generator
 
 _source: Generator | Client | None = None
-_locks: dict[int, threading.Lock] = {}  # pid -> the lock under which that process makes its source
-_closing_registered = False  # the close at exit, once per process tree
+_making = ProcessLock()  # under which a process makes (or forgets) its source
+_at_exit_registered = False  # atexit and the after-fork hook, once per process tree (a fork inherits both)
+_finalizing_pid = 0  # the process whose multiprocessing finalizers close the source
 
 
 def default_generator() -> Generator | Client:
     """The process's default source of IDs, made on first use from the ``IDGEN_*`` environment."""
-    global _source, _closing_registered
+    global _source, _at_exit_registered
     source = _source
     if source is not None:
         return source
-    with _locks.setdefault(os.getpid(), threading.Lock()):  # setdefault is atomic: one lock per process
+    with _making():
         if _source is None:
             from idgen.config import Settings, source_for
 
             _source = source_for(Settings.from_env())
-            if not _closing_registered:
-                atexit.register(_close_at_exit)
-                # multiprocessing's children end with os._exit, which skips atexit but runs its finalizers
+            _close_as_this_process_exits()
+            if not _at_exit_registered:
                 from multiprocessing import util
 
-                util.register_after_fork(_close_at_exit, _close_at_child_exit)
-                _closing_registered = True
+                atexit.register(_close_at_exit)
+                util.register_after_fork(_close_at_exit, _close_in_multiprocessing_child)
+                _at_exit_registered = True
         return _source
+
+
+def made_default() -> Generator | Client | None:
+    """The process's default source if it has one (made here, or inherited through a fork), else None; never makes
+    one."""
+    return _source
 
 
 def next_id() -> int:
@@ -72,17 +84,26 @@ def reset_default() -> None:
     For tests, and for a process that changes its ``IDGEN_*`` variables. A thread still holding the old source gets
     :class:`~idgen.errors.NoLease` (or ``ClientClosed``) from it."""
     global _source
-    with _locks.setdefault(os.getpid(), threading.Lock()):
+    with _making():
         source, _source = _source, None
     if source is not None:
         source.close()
 
 
-def _close_at_child_exit(_: object) -> None:
-    """In a multiprocessing child, as it starts: close the default as the child exits."""
-    from multiprocessing import util
+def _close_as_this_process_exits() -> None:
+    """Close the source at multiprocessing's exit of this process (once per process): a multiprocessing child ends
+    with ``os._exit``, which skips ``atexit``, after running the finalizers of exit priority 0 and up."""
+    global _finalizing_pid
+    if _finalizing_pid != os.getpid():
+        from multiprocessing import util
 
-    util.Finalize(None, _close_at_exit, exitpriority=0)
+        util.Finalize(None, _close_at_exit, exitpriority=0)
+        _finalizing_pid = os.getpid()
+
+
+def _close_in_multiprocessing_child(_: object) -> None:
+    """multiprocessing's after-fork hook, in a child forked with the parent's source: close it as the child exits."""
+    _close_as_this_process_exits()
 
 
 def _close_at_exit() -> None:

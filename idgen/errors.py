@@ -2,8 +2,9 @@
 
 Two families matter to callers:
 
-- :class:`Unavailable`: idgen cannot *prove* that an ID would be unique right now. Nothing was minted.
-  It is temporary and carries ``retry_after`` (seconds); the HTTP app turns it into 503 + Retry-After.
+- :class:`Unavailable`: idgen cannot *prove* that an ID would be unique right now (no worker ID can be leased, the
+  clock is behind, the fence is reached...). Nothing was minted. It is temporary and carries ``retry_after``
+  (seconds); the HTTP app turns it into 503 + Retry-After.
 - :class:`InvalidInput` (a ``ValueError``): the caller asked for something malformed. HTTP 400, CLI exit 2.
 """
 
@@ -28,8 +29,20 @@ class LayoutMismatch(IdgenError):
     code = "layout_mismatch"
 
 
-class LeaseUnavailable(IdgenError):
-    """No worker ID can be leased (all taken, or the coordination service is unreachable)."""
+class Unavailable(IdgenError):
+    """Minting is refused because uniqueness cannot be proven now; retry after ``retry_after`` seconds."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = max(retry_after, 0.001)
+
+
+class LeaseUnavailable(Unavailable):
+    """No worker ID can be leased (all taken, or the coordination service is unreachable). Raised by a lease's
+    ``start()``, so by ``Generator()``, and by the first ``next_id()`` of a process that makes or adopts its generator
+    then (the process default, a forked child): an :class:`Unavailable`, so a caller's refusal path covers it."""
 
     code = "lease_unavailable"
 
@@ -45,16 +58,6 @@ class ClockUntrusted(LeaseUnavailable):
     """The local clock disagrees with the coordinator's by more than the bound; no worker ID is claimed."""
 
     code = "clock_untrusted"
-
-
-class Unavailable(IdgenError):
-    """Minting is refused because uniqueness cannot be proven now; retry after ``retry_after`` seconds."""
-
-    code = "unavailable"
-
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = max(retry_after, 0.001)
 
 
 class NoLease(Unavailable):

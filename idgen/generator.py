@@ -61,7 +61,7 @@ from typing import Any
 
 from idgen.clock import SYSTEM_CLOCK, Clock
 from idgen.errors import ClockBehind, FenceReached, InvalidInput, LayoutMismatch, NoLease, TimeExhausted
-from idgen.forking import process_marker
+from idgen.forking import ProcessLock, process_marker
 from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout, iso_ms
 from idgen.leases.base import Lease, RepeatLimitedLog, Reservation
 
@@ -146,7 +146,7 @@ class Generator:
         self._step = 1 << self.layout.shifts["sequence"]
         self._lock_free = getattr(sys, "_is_gil_enabled", lambda: True)()  # without the GIL, next() is not atomic
         self._pid = os.getpid()
-        self._adopting: dict[int, threading.Lock] = {}  # pid -> the lock under which that process adopts a fork
+        self._adopting = ProcessLock()  # the lock under which a forked process adopts the generator
         self._marker = process_marker()
         self._init_switching()
         self.next_id = self._fast_path() if self._lock_free else self._next_id_locked
@@ -229,8 +229,7 @@ class Generator:
         if pid == self._pid:
             return
         # The parent's locks may have been held by threads that do not exist here: take one made in this process.
-        # ``setdefault`` is atomic, so every thread of this process gets the same new lock.
-        with self._adopting.setdefault(pid, threading.Lock()):
+        with self._adopting():
             if pid == self._pid:
                 return
             self._lock = threading.Lock()

@@ -10,7 +10,8 @@ executemany inserts and the ORM's ``add_all`` and bulk ``insert()`` all call onc
     Column("id", IdType, primary_key=True, default=idgen.next_id)
     id: Mapped[int] = mapped_column(IdType, primary_key=True, default=idgen.next_id)
 
-A Python default also keeps the column free of ``SERIAL`` / autoincrement.
+Not ``insert().from_select(...)``: SQLAlchemy calls a Python default once per statement there, so every row would
+get the same ID. A Python default also keeps the column free of ``SERIAL`` / autoincrement.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def zk_ensemble() -> Iterator[ZkEnsemble]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    """One PostgreSQL 15 server shared by the whole session; isolate data with ``pg_database``."""
+    """One PostgreSQL server (the newest Debian installed) for the whole session; isolate data with ``pg_database``."""
     with PgServer() as server:
         yield server
 

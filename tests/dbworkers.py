@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from djangosite import SQLITE_TIMEOUT_S
 
 import idgen
 from idgen.sqlalchemy import IdType
 
 SINGLES = 60
 BULK = 240
-SQLITE_TIMEOUT_S = 30  # writers wait for SQLite's lock instead of failing with "database is locked"
 
 metadata = sa.MetaData()
 rows = sa.Table(

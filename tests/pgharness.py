@@ -32,8 +32,15 @@ from zkharness import free_port
 
 __all__ = ["PG_BIN", "PgServer"]
 
-#: Where Debian installs PostgreSQL 15's server programs (not on PATH).
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+def _newest_pg_bin() -> Path:
+    """Where Debian installs the server programs (not on PATH) of its newest PostgreSQL: /usr/lib/postgresql/<major>/bin
+    (15 in bookworm)."""
+    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
+    return max(found, key=lambda p: int(p.parent.name), default=Path("/usr/lib/postgresql/15/bin"))
+
+
+PG_BIN = _newest_pg_bin()
 USER = "idgen"
 
 _LOCALHOST = "127.0.0.1"

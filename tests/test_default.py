@@ -151,6 +151,24 @@ def test_with_idgen_zk_it_leases_from_zookeeper(
     assert {decode(i)["worker"] for i in ids} == {source.worker_id}
 
 
+HOLD = "import idgen, sys; idgen.next_id(); print('held', flush=True); sys.stdin.read()"
+
+
+def test_no_free_worker_id_is_unavailable_and_the_next_call_tries_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default is made on first use, inside a request: a worker ID it cannot lease is a refusal the app answers
+    with 503 + Retry-After (``Unavailable``), like every other, and nothing failed is kept."""
+    monkeypatch.setenv("IDGEN_WORKER_IDS", "0")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(idgen.Unavailable, match="worker IDs 0-0") as refused:
+            idgen.next_id()
+        assert refused.value.retry_after > 0
+    finally:
+        holder.communicate(timeout=30)  # its stdin closes, it exits and releases worker ID 0
+    assert decode(idgen.next_id())["worker"] == 0
+
+
 def test_parent_and_forked_child_never_share_an_id() -> None:
     before = idgen.next_ids(PER_PROCESS)  # the child inherits a live tick
     child = Child(os.fork, lambda report: report(idgen.next_ids(PER_PROCESS)))
@@ -213,6 +231,53 @@ def test_a_multiprocessing_child_closes_its_generator_as_it_exits(environment: P
     assert child.exitcode == 0
     worker = decode(last)["worker"]
     assert worker != decode(parent_last)["worker"]
+    record = json.loads((environment / f"worker-{worker:05d}.json").read_text())
+    assert record["fence_ms"] == decode(last)["timestamp_ms"]
+
+
+MULTIPROCESSING_CHILD = """\
+import multiprocessing, sys
+
+import idgen
+
+
+def mint(queue):
+    queue.put(idgen.next_ids(1000)[-1])
+
+
+if __name__ == "__main__":
+    method, parent_first = sys.argv[1], sys.argv[2] == "parent-first"
+    if parent_first:
+        idgen.next_id()
+    context = multiprocessing.get_context(method)
+    queue = context.SimpleQueue()
+    child = context.Process(target=mint, args=(queue,))
+    child.start()
+    last = queue.get()
+    child.join(30)
+    print(child.exitcode, last)
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "parent_first"),
+    [("fork", False), ("forkserver", False), ("forkserver", True), ("spawn", False)],
+    ids=lambda value: {True: "parent-first", False: "parent-never"}.get(value, value),
+)
+def test_every_multiprocessing_child_closes_the_default_it_made_as_it_exits(
+    environment: Path, tmp_path: Path, method: str, parent_first: bool
+) -> None:
+    """In a fresh interpreter, so that nothing this test process did before decides what the child inherits. fork
+    and forkserver children end with os._exit (no atexit): the default they made closes through multiprocessing's
+    finalizers, whether or not the parent ever used its own."""
+    script = tmp_path / "mp_child.py"  # a file, so that forkserver and spawn children can import ``mint``
+    script.write_text(MULTIPROCESSING_CHILD)
+    mode = "parent-first" if parent_first else "parent-never"
+    result = subprocess.run([sys.executable, str(script), method, mode], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    exitcode, last = map(int, result.stdout.split())
+    assert exitcode == 0
+    worker = decode(last)["worker"]
     record = json.loads((environment / f"worker-{worker:05d}.json").read_text())
     assert record["fence_ms"] == decode(last)["timestamp_ms"]
 

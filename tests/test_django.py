@@ -4,6 +4,8 @@ minted time; DRF renders IDs as strings."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,6 +119,21 @@ def test_the_admin_shows_the_minted_time_and_refuses_junk_with_a_form_error(admi
     assert Order.objects.get(item="good").parent == order.pk
 
 
+def test_the_admin_add_page_shows_no_id_the_saved_row_will_not_have(admin_client: Client) -> None:
+    """An unsaved Order already holds a key (minted on instantiation) that the POST does not carry back: showing it,
+    or its time, on the add page would show an ID the saved row never gets."""
+    minted_before = idgen.next_id()
+    html = admin_client.get("/admin/orders_app/order/add/").content.decode()
+    shown = [int(n) for n in re.findall(r"\b\d{17,19}\b", html)]
+    assert not [n for n in shown if n > minted_before], "the add page shows an ID minted for it"
+    assert "minted" not in html
+    assert admin_client.post("/admin/orders_app/order/add/", {"item": "added"}).status_code == 302
+    saved = orders().objects.get(item="added")
+    assert saved.pk > minted_before
+    change = admin_client.get(f"/admin/orders_app/order/{saved.pk}/change/").content.decode()
+    assert str(saved.pk) in change and "Id minted" in change  # the change page shows them
+
+
 def test_drf_renders_ids_as_strings_and_parses_any_form(alias: str) -> None:
     from orders_app.serializers import OrderSerializer
     from rest_framework import serializers
@@ -164,21 +181,30 @@ def test_deconstruct_rebuilds_the_same_field(kwargs: dict[str, Any]) -> None:
         assert rebuilt_kwargs == {"primary_key": True}  # no default, no editable: implied
 
 
-def test_the_admin_decodes_in_the_layout_of_the_default_or_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_admin_decodes_in_the_layout_of_the_default_or_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from django.contrib import admin
     from orders_app.admin import OrderAdmin
 
     from idgen.django.admin import default_layout
 
+    monkeypatch.setenv("IDGEN_STATE_DIR", str(tmp_path / "sonyflake"))  # a state directory per layout
     monkeypatch.setenv("IDGEN_LAYOUT", "sonyflake")
-    assert default_layout() == idgen.PRESETS["sonyflake"]
+    assert default_layout() == idgen.PRESETS["sonyflake"]  # before the default exists: IDGEN_LAYOUT's...
+    assert idgen.default.made_default() is None  # ... and showing a time leases nothing
+    idgen.next_id()
     monkeypatch.delenv("IDGEN_LAYOUT")
+    assert default_layout() == idgen.PRESETS["sonyflake"]  # then its generator's (as a ZooKeeper namespace's layout)
+    idgen.reset_default()
     assert default_layout() == idgen.DEFAULT_LAYOUT
+    monkeypatch.setenv("IDGEN_STATE_DIR", str(tmp_path / "idgen"))
     Order = orders()
     value = idgen.next_id()
     own = type("DiscordOrderAdmin", (OrderAdmin,), {"idgen_layout": "discord"})(Order, admin.site)
-    minted = own.get_readonly_fields(None)[-1]
-    assert minted(Order(parent=value)) == idgen.decode(value, "discord")["time"]
+    order = Order(parent=value)
+    minted = own.get_readonly_fields(None, order)[-1]  # a change page's
+    assert minted(order) == idgen.decode(value, "discord")["time"]
 
 
 def test_drf_renders_relations_to_id_keys_as_strings_too(alias: str) -> None:

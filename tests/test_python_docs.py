@@ -1,9 +1,11 @@
 """docs/PYTHON.md cannot rot: every ``python`` block in it is a recipe, and every recipe runs here, in a fresh
 process, against real SQLite and PostgreSQL where it touches a database.
 
-Fence info strings: ``python recipe`` runs as a script (with ``DATABASE_URL`` set when it reads it);
+Fence info strings: ``python recipe`` runs as a script (with ``DATABASE_URL`` set when it reads it, and ``IDGEN_URL``
+naming a real ``idgen serve`` when it reads that);
 ``python recipe django:<path>`` is a file of a Django project that the test builds, runs ``makemigrations`` and
-``migrate`` on, then runs ``python recipe django-shell`` blocks in with ``manage.py shell``.
+``migrate`` on, then runs ``python recipe django-shell`` blocks in with ``manage.py shell``. ``python sketch`` is code
+for a framework the suite does not install (Celery): it is compiled, and there is exactly one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from djangosite import database
+from serverproc import ServerProcess
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PYTHON.md"
 BLOCK = re.compile(r"^```python(?P<info>[^\n]*)\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
@@ -23,6 +26,7 @@ BLOCKS = [(m["info"].strip(), m["code"]) for m in BLOCK.finditer(DOC.read_text()
 SCRIPTS = [code for info, code in BLOCKS if info == "recipe"]
 DJANGO_FILES = {info.removeprefix("recipe django:"): code for info, code in BLOCKS if info.startswith("recipe django:")}
 DJANGO_SHELL = [code for info, code in BLOCKS if info == "recipe django-shell"]
+SKETCHES = [code for info, code in BLOCKS if info == "sketch"]
 
 SETTINGS = """\
 SECRET_KEY = "recipe-test"
@@ -48,16 +52,32 @@ def run(args: list[str], cwd: Path, **env: str) -> str:
 
 
 def test_every_python_block_is_a_recipe_and_every_kind_is_there() -> None:
-    assert all(info.startswith("recipe") for info, _ in BLOCKS), [info for info, _ in BLOCKS]
-    assert len(BLOCKS) == len(SCRIPTS) + len(DJANGO_FILES) + len(DJANGO_SHELL)
+    assert all(info.startswith("recipe") or info == "sketch" for info, _ in BLOCKS), [info for info, _ in BLOCKS]
+    assert len(BLOCKS) == len(SCRIPTS) + len(DJANGO_FILES) + len(DJANGO_SHELL) + len(SKETCHES)
+    assert DOC.read_text().count("```python") == len(BLOCKS)  # none indented out of BLOCK's sight
+    assert len(SKETCHES) == 1  # Celery's signal handler; every other block runs
     assert set(DJANGO_FILES) == {"shop/models.py", "shop/admin.py", "shop/serializers.py"}
     assert DJANGO_SHELL and len(SCRIPTS) >= 5
 
 
+@pytest.mark.parametrize("code", SKETCHES)
+def test_a_sketch_compiles(code: str) -> None:
+    compile(code, "docs/PYTHON.md", "exec")
+
+
 @pytest.mark.usefixtures("default_ids")
-@pytest.mark.parametrize("code", [c for c in SCRIPTS if "DATABASE_URL" not in c], ids=lambda c: c.split("\n")[0])
+@pytest.mark.parametrize(
+    "code", [c for c in SCRIPTS if "DATABASE_URL" not in c and "IDGEN_URL" not in c], ids=lambda c: c.split("\n")[0]
+)
 def test_a_recipe_runs(code: str, tmp_path: Path) -> None:
     run([sys.executable, "-c", code], tmp_path)
+
+
+@pytest.mark.parametrize("code", [c for c in SCRIPTS if "IDGEN_URL" in c], ids=["async"])
+def test_a_recipe_of_servers_runs(code: str, tmp_path: Path) -> None:
+    with ServerProcess("--state-dir", str(tmp_path / "state")) as server:
+        server.started()
+        run([sys.executable, "-c", code], tmp_path, IDGEN_URL=f"http://127.0.0.1:{server.port}")
 
 
 @pytest.mark.parametrize("code", [c for c in SCRIPTS if "DATABASE_URL" in c], ids=["core", "orm"])

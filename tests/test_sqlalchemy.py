@@ -1,5 +1,6 @@
 """idgen.sqlalchemy.IdType on real SQLite and PostgreSQL: BIGINT columns, primary keys defaulted from
-``idgen.next_id`` in every kind of insert, every string form accepted, junk a StatementError that says why."""
+``idgen.next_id`` in every kind of insert but ``INSERT ... SELECT``, every string form accepted, junk a StatementError
+that says why."""
 
 from __future__ import annotations
 
@@ -41,6 +42,15 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
     Base.metadata.create_all(engine)
     yield engine
     engine.dispose()
+
+
+def test_insert_from_select_gives_every_row_the_same_default(engine: sa.Engine) -> None:
+    """The one insert kind the docs warn about: SQLAlchemy calls a Python default once per statement in
+    ``INSERT ... SELECT`` and binds that one value for every row, so keys collide (a non-key column would repeat)."""
+    with engine.begin() as conn:
+        conn.execute(events.insert(), [{"name": f"source-{i}"} for i in range(3)])
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(events.insert().from_select(["name"], sa.select(events.c.name)))
 
 
 def test_the_column_is_a_plain_bigint_with_no_sequence(engine: sa.Engine) -> None:
