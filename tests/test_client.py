@@ -323,7 +323,8 @@ def test_every_server_down_is_one_clear_error(connect: Callable[..., Any], dead_
     assert isinstance(error, Unavailable)  # callers of idgen.Generator catch the same type
     assert error.failures[dead_url] == "connection refused"
     assert error.failures[url(unready)].startswith("HTTP 503 clock_behind:")
-    assert 3_500 <= error.retry_after <= 3_600  # the refusing server's Retry-After
+    # The refusing server's Retry-After: 1 s while it tries to switch worker IDs, 5 s once it found none free.
+    assert error.retry_after in (1.0, 5.0)
     assert str(error).startswith("no idgen server handed over 1 ID(s): ")
     assert dead_url in str(error) and url(unready) in str(error)
 
