@@ -69,7 +69,7 @@ log = logging.getLogger("idgen.generator")
 
 DEFAULT_ROLLBACK_TOLERANCE_MS = 5
 DEFAULT_MAX_LEAD_MS = 15_000  # how far IDs may run ahead of a clock that stepped back (Hazelcast's Flake IDs: 15 s)
-SWITCH_RETRY_S = 1.0  # a switch of worker IDs that found none free is tried again this often, in the background
+SWITCH_RETRY_S = 1.0  # switches of worker IDs start at most this often (on refusals and readiness checks)
 SWITCH_RETRY_AFTER_S = 5.0  # the Retry-After of a refusal once a switch has failed: a worker ID may free up any time
 
 
@@ -442,8 +442,7 @@ class Generator:
                     return  # a lease switched away from, or a candidate that failed
                 self._retired = (self.lease, self.layout.tick_ms(self._tick))
                 self.lease, self._reservation = lease, None
-                self._tick, self._behind, self._riding = -1, False, False  # the old worker ID's ticks stay behind
-                self.worker_switches += 1
+                self._leave_floor()
                 log.warning(
                     "switched to worker ID %d: the clock is beyond %d ms behind the fence of the one before",
                     reservation.worker_id,
@@ -466,12 +465,17 @@ class Generator:
                     and reservation.worker_id != self._tick_worker
                     and self._tick_start_ns(self._tick) - self._now_ns() > self.max_lead_ns
                 ):
-                    self._tick, self._behind, self._riding = -1, False, False
-                    self.worker_switches += 1
+                    self._leave_floor()
                 self._node = self.layout.node_bits(reservation.worker_id)
                 self._tick = max(self._tick, after_tick)
                 self._tick_worker = reservation.worker_id
                 self._publish(_NO_TICK)
+
+    def _leave_floor(self) -> None:
+        """Mint from the next claim's own window, not above the ticks used so far: they were under another worker ID,
+        beyond ``max_lead_ms`` ahead of the clock (a switch). The caller holds the lock."""
+        self._tick, self._behind, self._riding = -1, False, False
+        self.worker_switches += 1  # next_ids and the HTTP app drop a batch this crosses: it goes down here
 
     # -- state ------------------------------------------------------------------------------------
 
