@@ -20,8 +20,8 @@ Invariants:
   multiprocessing child that inherits one). A generator releases its lease with the fence brought down to the last
   tick it used, so the next holder of its worker ID mints at once. A process killed by a signal or ending with
   ``os._exit`` otherwise (a multiprocessing pool's workers when the pool is terminated, a Celery/billiard pool
-  process) skips that: its worker ID is freed all the same, but the next holder waits for the clock to pass the fence
-  (at most 1.5 lease windows, 7.5 s by default).
+  process) skips that: its worker ID is freed all the same, but its fence stays up to 1.5 lease windows (7.5 s by
+  default) ahead of the clock, so the next holder starts above it, riding ahead of its clock (DESIGN.md section 3a).
 """
 
 from __future__ import annotations
