@@ -169,14 +169,19 @@ def test_no_free_worker_id_is_unavailable_and_the_next_call_tries_again(monkeypa
     assert decode(idgen.next_id())["worker"] == 0
 
 
-def test_parent_and_forked_child_never_share_an_id() -> None:
-    before = idgen.next_ids(PER_PROCESS)  # the child inherits a live tick
+def _minted_by_parent_and_child() -> tuple[list[int], list[int]]:
+    """Fork; both processes take ``PER_PROCESS`` IDs from the default at once: (the parent's, the child's)."""
     child = Child(os.fork, lambda report: report(idgen.next_ids(PER_PROCESS)))
     try:
         parent = idgen.next_ids(PER_PROCESS)
-        from_child = child.next()
+        return parent, child.next()
     finally:
         child.close()
+
+
+def test_parent_and_forked_child_never_share_an_id() -> None:
+    before = idgen.next_ids(PER_PROCESS)  # the child inherits a live tick
+    parent, from_child = _minted_by_parent_and_child()
     assert not set(before + parent) & set(from_child)
     assert len({decode(i)["worker"] for i in from_child} | {decode(before[0])["worker"]}) == 2
 
@@ -190,12 +195,7 @@ def test_a_client_default_used_before_a_fork_shares_no_id_with_the_child(
         monkeypatch.delenv("IDGEN_STATE_DIR")
         monkeypatch.setenv("IDGEN_URL", f"http://127.0.0.1:{server.port}")
         before = idgen.next_ids(10)  # the buffer holds more than these at the fork
-        child = Child(os.fork, lambda report: report(idgen.next_ids(PER_PROCESS)))
-        try:
-            parent = idgen.next_ids(PER_PROCESS)
-            from_child = child.next()
-        finally:
-            child.close()
+        parent, from_child = _minted_by_parent_and_child()
         assert len(set(before + parent + from_child)) == len(before + parent + from_child)
 
 
