@@ -312,20 +312,20 @@ class _Core:
         self.urls = check_urls(urls)
         self.given = (batch, low_water, max_age)  # as given, for :meth:`fresh`
         self.adaptive = batch is None
-        self.batch = MIN_BATCH if batch is None else _check_int("batch", batch, 1)
+        self.batch = MIN_BATCH if batch is None else check_option("batch", batch)
         self.batch_cap = MAX_BATCH  # an adaptive batch's ceiling: lowered to the smallest --max-count /info gave
-        self.fixed_low_water = None if low_water is None else _check_int("low_water", low_water, 0)
+        self.fixed_low_water = check_option("low_water", low_water)
         self.low_water = self._low_water()
-        self.max_age = math.inf if max_age is None else _check_seconds("max_age", max_age)
+        self.max_age = math.inf if max_age is None else check_option("max_age", max_age)
         self.last_fill = -math.inf  # monotonic time the last refill round started
-        self.timeout = _check_seconds("timeout", timeout)
-        self.retries = _check_int("retries", retries, 0)
-        self.backoff = _check_seconds("backoff", backoff, zero=True)
-        self.probe_interval = None if probe_interval is None else _check_seconds("probe_interval", probe_interval)
+        self.timeout = check_option("timeout", timeout)
+        self.retries = check_option("retries", retries)
+        self.backoff = check_option("backoff", backoff)
+        self.probe_interval = check_option("probe_interval", probe_interval)
         backoffs = sum(self.backoff * 2**p for p in range(self.retries))
         round_s = (self.retries + 1) * len(self.urls) * self.timeout + backoffs
         # a caller may arrive while a probe (one request) is under way, then waits for one whole round
-        self.max_wait = round_s + self.timeout if max_wait is None else _check_seconds("max_wait", max_wait)
+        self.max_wait = round_s + self.timeout if max_wait is None else check_option("max_wait", max_wait)
         self.servers = [_Server(i, url) for i, url in enumerate(self.urls)]
         self.head = _NOTHING  # the chunk IDs are taken from, lock-free
         self.chunks: deque[_Chunk] = deque()  # the chunks after it
@@ -756,6 +756,31 @@ def check_urls(urls: str | Sequence[str]) -> list[str]:
     if duplicates:
         raise InvalidInput(f"server URLs listed twice: {', '.join(sorted(duplicates))}")
     return clean
+
+
+# The options of Client and AsyncClient after the URLs: (kind, least value, whether None is allowed). Kinds: whole
+# numbers, or seconds (a finite int or float).
+CLIENT_OPTIONS: dict[str, tuple[type, int, bool]] = {
+    "batch": (int, 1, True),
+    "low_water": (int, 0, True),
+    "timeout": (float, 1, False),
+    "retries": (int, 0, False),
+    "backoff": (float, 0, False),
+    "probe_interval": (float, 1, True),
+    "max_wait": (float, 1, True),
+    "max_age": (float, 1, True),
+}
+
+
+def check_option(name: str, value: Any) -> Any:
+    """``value`` checked as option ``name`` of :data:`CLIENT_OPTIONS` (seconds as a float, above 0 unless the least
+    value is 0); :class:`InvalidInput` saying what is wrong."""
+    kind, least, optional = CLIENT_OPTIONS[name]
+    if value is None and optional:
+        return None
+    if kind is int:
+        return _check_int(name, value, least)
+    return _check_seconds(name, value, zero=least == 0)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
