@@ -27,6 +27,17 @@ from typing import Any, TypeVar
 import pytest
 from kazoo.client import KazooClient
 from prometheus_client.parser import text_string_to_metric_families
+from rawhttp import (
+    RawServer,
+    Route,
+    caching_proxy,
+    flooding,
+    forwarding,
+    recorded,
+    refusing,
+    replaying,
+    trickling,
+)
 from serverproc import ServerProcess as Server
 from serverproc import wait_until
 from zkharness import TEST_CREDENTIALS
@@ -620,65 +631,8 @@ def test_a_fork_while_another_thread_holds_the_clients_lock(first: Server) -> No
 
 
 # -- answers no idgen server gives: replays, trickles, floods, bad Retry-After -----------------------------------------
-# Real HTTP servers on loopback ports, written here byte by byte: each stands for a cache, a proxy or a broken server
-# in front of idgen. The client under test talks to them over real sockets, as to any server.
-
-RUNS = "application/vnd.idgen.runs+json"
-Route = Callable[["RawServer", asyncio.StreamWriter, str], Coroutine[Any, Any, None]]
-
-
-def http_response(status: int, headers: dict[str, str], body: bytes) -> bytes:
-    lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-class RawServer:
-    """A small HTTP/1.1 server on a loopback port, its event loop in a thread of its own. ``routes`` maps a path to
-    a coroutine that writes the whole answer, byte by byte if it likes; other paths answer 404. ``sent`` holds, per
-    route that records it, the bytes it managed to send before the client hung up."""
-
-    def __init__(self, routes: dict[str, Route]) -> None:
-        self.routes = routes
-        self.sent: list[int] = []
-        self.requests: list[str] = []
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def listen() -> asyncio.base_events.Server:
-            return await asyncio.start_server(self.serve, "127.0.0.1", 0)
-
-        self.server = asyncio.run_coroutine_threadsafe(listen(), self.loop).result(10)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:  # keep-alive: one request after another on the connection
-                head = await reader.readuntil(b"\r\n\r\n")
-                target = head.split(b" ")[1].decode()
-                self.requests.append(target)
-                route = self.routes.get(target.split("?")[0])
-                if route is None:
-                    writer.write(http_response(404, {}, b""))
-                else:
-                    await route(self, writer, target)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self.server.close()
-            serving = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-            for task in serving:
-                task.cancel()
-            await asyncio.gather(*serving, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+# Real HTTP servers on loopback ports (tests/rawhttp.py), standing for a cache, a proxy or a broken server in front of
+# idgen.
 
 
 @pytest.fixture
@@ -692,22 +646,6 @@ def raw_server() -> Iterator[Callable[[dict[str, Route]], RawServer]]:
     yield make
     for server in made:
         server.close()
-
-
-def replaying(response: bytes) -> Route:
-    """A route that answers every request with the same recorded bytes: a cache that keeps what it once saw."""
-
-    async def route(server: RawServer, writer: asyncio.StreamWriter, target: str) -> None:
-        writer.write(response)
-
-    return route
-
-
-def recorded(server: Server, path: str) -> bytes:
-    """One real answer of ``server`` to ``GET path`` (runs form asked for, as the client asks), as raw bytes."""
-    reply = server.get(path, {"Accept": RUNS})
-    assert reply.status == 200
-    return http_response(200, {"Content-Type": reply.headers["Content-Type"]}, reply.body)
 
 
 def test_a_replayed_answer_is_dropped_never_handed_out_twice(
@@ -740,20 +678,6 @@ def test_a_replaying_server_alone_fails_rather_than_repeat_itself(
     assert len(set(ids)) == 50 and client.status()[0].replays == 1
 
 
-def caching_proxy(upstream: Server) -> Route:
-    """A route that forwards a request to ``upstream`` the first time its path and query are seen and replays that
-    answer ever after: a cache that ignores that ``/id`` answers are not to be stored."""
-    cache: dict[str, bytes] = {}
-
-    async def route(server: RawServer, writer: asyncio.StreamWriter, target: str) -> None:
-        if target not in cache:
-            reply = await asyncio.to_thread(upstream.get, target, {"Accept": RUNS})
-            cache[target] = http_response(reply.status, {"Content-Type": reply.headers["Content-Type"]}, reply.body)
-        writer.write(cache[target])
-
-    return route
-
-
 def test_a_cache_in_front_of_a_server_never_makes_a_duplicate(
     connect: Callable[..., Any], raw_server: Callable[..., RawServer], first: Server
 ) -> None:
@@ -773,17 +697,6 @@ def test_a_cache_in_front_of_a_server_never_makes_a_duplicate(
     assert status.replays >= 1 and conserved([status])
 
 
-def forwarding(upstream: Server) -> Route:
-    """A route that forwards each request to ``upstream`` on a connection of its own: a proxy without keep-alive
-    upstream, so that the requests spread over the processes of a ``--processes`` server."""
-
-    async def route(server: RawServer, writer: asyncio.StreamWriter, target: str) -> None:
-        reply = await asyncio.to_thread(upstream.get, target, {"Accept": RUNS})
-        writer.write(http_response(reply.status, {"Content-Type": reply.headers["Content-Type"]}, reply.body))
-
-    return route
-
-
 def test_several_workers_behind_one_url_are_not_taken_for_replays(
     connect: Callable[..., Any], raw_server: Callable[..., RawServer], state_dir: Path
 ) -> None:
@@ -800,28 +713,6 @@ def test_several_workers_behind_one_url_are_not_taken_for_replays(
             ids += batch
         assert switches >= 20 and len(workers(ids)) == 2
         assert len(set(ids)) == len(ids) and client.status()[0].replays == 0
-
-
-def trickling(response: bytes, pause_s: float, head_too: bool = False) -> Route:
-    """A route that sends ``response`` one byte every ``pause_s`` (the headers at once unless ``head_too``), and
-    records in ``sent`` how many bytes went out before the client hung up."""
-
-    async def route(server: RawServer, writer: asyncio.StreamWriter, target: str) -> None:
-        split = 0 if head_too else response.index(b"\r\n\r\n") + 4
-        writer.write(response[:split])
-        sent = split
-        try:
-            for i in range(split, len(response)):
-                await writer.drain()
-                if writer.transport.is_closing():
-                    break
-                await asyncio.sleep(pause_s)
-                writer.write(response[i : i + 1])
-                sent += 1
-        finally:
-            server.sent.append(sent)
-
-    return route
 
 
 @pytest.mark.parametrize("head_too", [False, True], ids=["body", "headers"])
@@ -843,28 +734,6 @@ def test_a_trickling_server_costs_one_timeout_then_the_next_server_answers(
     assert trickler.sent[0] < 60 + (0 if head_too else recorded(first, "/info").index(b"\r\n\r\n") + 4)
 
 
-def flooding(total_bytes: int, with_length: bool) -> Route:
-    """A route that answers 200 with a body of ``total_bytes`` (declared in Content-Length or not), and records in
-    ``sent`` how many went out before the client hung up."""
-
-    async def route(server: RawServer, writer: asyncio.StreamWriter, target: str) -> None:
-        head = f"HTTP/1.1 200 OK\r\nContent-Type: {RUNS}\r\n"
-        head += f"Content-Length: {total_bytes}\r\n\r\n" if with_length else "Connection: close\r\n\r\n"
-        writer.write(head.encode())
-        block, sent = b" " * (1 << 20), 0
-        try:
-            while sent < total_bytes:
-                writer.write(block)
-                await writer.drain()
-                sent += len(block)
-        except ConnectionError:
-            pass
-        finally:
-            server.sent.append(sent)
-
-    return route
-
-
 @pytest.mark.parametrize("with_length", [True, False], ids=["content-length", "until-close"])
 def test_an_answer_too_large_for_the_batch_is_cut_off(
     connect: Callable[..., Any], raw_server: Callable[..., RawServer], first: Server, second: Server, with_length: bool
@@ -880,15 +749,6 @@ def test_an_answer_too_large_for_the_batch_is_cut_off(
 
 
 BAD_RETRY_AFTER = ["inf", "-inf", "nan", "-5", "1e308", "99999999999999999999", "soon", ""]
-
-
-def refusing(retry_after: str) -> Route:
-    body = json.dumps({"error": {"code": "clock_behind", "message": "clock is behind"}}).encode()
-
-    async def route(server: RawServer, writer: asyncio.StreamWriter, target: str) -> None:
-        writer.write(http_response(503, {"Content-Type": "application/json", "Retry-After": retry_after}, body))
-
-    return route
 
 
 @pytest.mark.parametrize("retry_after", [*BAD_RETRY_AFTER, "date+30", "date-30", "7"])
