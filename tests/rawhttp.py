@@ -117,12 +117,13 @@ def forwarding(upstream: ServerProcess) -> Route:
 
 def trickling(response: bytes, pause_s: float, head_too: bool = False) -> Route:
     """A route that sends ``response`` one byte every ``pause_s`` (the headers at once unless ``head_too``), and
-    records in ``sent`` how many bytes went out before the client hung up."""
+    records in ``sent`` how many bytes it trickled before the client hung up (so it held the request for about
+    that many times ``pause_s``)."""
 
     async def route(server: RawServer, writer: asyncio.StreamWriter, target: str) -> None:
         split = 0 if head_too else response.index(b"\r\n\r\n") + 4
         writer.write(response[:split])
-        sent = split
+        sent = 0
         try:
             for i in range(split, len(response)):
                 await writer.drain()
