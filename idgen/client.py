@@ -18,18 +18,37 @@ apart than ``SHRINK_S`` or a quarter of ``max_age``, and ``low_water`` stays two
 out (``expired`` in :meth:`Client.status`): old IDs sort far behind fresh ones. ``max_age=None`` keeps them.
 
 Several server URLs give **failover**: a refill asks the server that answered last, then the ones after it in the
-list (wrapping around). Every request is bounded by ``timeout``; a refill round makes at most ``retries + 1`` passes
-over the servers, with ``backoff`` (doubling) between passes; a call waits at most :attr:`Client.max_wait` and then
-raises :class:`AllServersFailed`, which names each server's last failure.
+list (wrapping around). **Deadlines**: ``timeout`` is the total deadline of one *attempt* on one server: connecting,
+sending, the headers and the whole body, and the ``GET /info`` a server's first attempt begins with, all end by
+``timeout`` seconds after the attempt began, however slowly the server trickles its bytes (the sync client bounds
+every socket read and send by the time left, :class:`_DeadlineSocket`; the asyncio client gives aiohttp the time
+left as its total). A failed attempt moves on to the next server at once, so a slow server costs one ``timeout``
+per pass. A refill round makes at most ``retries + 1`` passes over the servers, with ``backoff`` (doubling) between
+passes; a call waits at most :attr:`Client.max_wait` (by default one whole round, plus one probe it may find under
+way) and then raises :class:`AllServersFailed`, which names each server's last failure.
+
+**What a server says is checked, not trusted.** Before its first ``/id``, the client reads a server's ``/info``: its
+layout and its ``--max-count``. Requests never ask for more than that ``--max-count`` (an adaptive batch stops
+growing at the smallest one), and a 400 ``invalid_count`` (the server was redeployed with a smaller one) has it read
+``/info`` again. An answer is read with a byte bound (``answer_limit_bytes``: 64 bytes per ID asked for, plus 64 KiB;
+64 KiB for ``/info`` and ``/readyz``): a larger one fails the attempt and the connection is dropped unread. A 503's
+``Retry-After``, delay-seconds or an HTTP-date, is clamped to 1..3600 s (1 s if unreadable: ``inf``, ``nan``).
 
 Invariants:
 
-- **No ID is handed out twice.** Each ID enters the buffer once (batches from one server are strictly increasing,
-  checked here) and leaves it once: ``next()`` on a range iterator, atomic under the GIL, or with no ``await``
-  between the check and the take (:class:`AsyncClient`). Per server, ``fetched == handed_out + buffered +
-  discarded`` (:meth:`Client.status`; ``handed_out`` is derived, so a ``next_id`` racing with a refusal may be
-  counted as discarded). Uniqueness *across* servers is the servers' own promise: they must share one ID space
-  (one ZooKeeper namespace, or one local state directory).
+- **No ID is handed out twice.** Each ID enters the buffer once and leaves it once: ``next()`` on a range iterator,
+  atomic under the GIL, or with no ``await`` between the check and the take (:class:`AsyncClient`). It enters once
+  because of the **floors**: per server and worker ID (the node fields of the ID, read with the layout the server's
+  ``/info`` gave), the client keeps the highest ID it accepted; an answer holding any ID at or below its worker ID's
+  floor (a replay, by the server or by a cache or proxy before it, or anything older) is dropped whole, counted in
+  ``replays`` (:class:`ServerStatus`), and the attempt fails over like any failure. Every ID accepted is thus above
+  every ID of its worker ID accepted from that server before, so no two are equal; the client needs no memory of
+  the IDs themselves, one integer per worker ID. A server never trips a floor itself: IDs of one worker ID grow
+  strictly across its holders (docs/DESIGN.md, section 2) and across a server's switch of worker IDs (each has its
+  own floor), and each answer's IDs are strictly increasing (checked here). Per server, ``fetched == handed_out +
+  buffered + discarded`` (:meth:`Client.status`; ``handed_out`` is derived, so a ``next_id`` racing with a refusal
+  may be counted as discarded; a dropped replay never counts as fetched). Uniqueness *across* servers is the
+  servers' own promise: they must share one ID space (one ZooKeeper namespace, or one local state directory).
 - **No ID is handed out after the server that minted it said it cannot vouch for it.** A 503 from server S, to a
   refill or to the readiness probe (``GET /readyz``), drops every ID buffered from S at once (``discarded``), before
   any further ID is handed out (a lock-free ``next_id`` already under way in another thread may still take one).
@@ -54,7 +73,13 @@ Invariants:
   the kernel clears it in every child, however it forked), before it touches the buffer.
 
 With ``idgen serve --processes N`` one URL reaches N workers with their own leases: a 503 from any of them drops
-every ID from that URL (conservative), and a probe sees one of them only.
+every ID from that URL (conservative), and a probe sees one of them only; their IDs interleave, each worker ID
+above its own floor.
+
+**Assumptions** the floors rest on: a URL keeps the layout its ``/info`` gave while the client lives (a server
+redeployed behind it with another layout has its answers judged by the old one: at worst they are refused, never
+handed out twice); and IDs of one worker ID never go down, which holds while the servers behind the URL share one
+ID space.
 """
 
 from __future__ import annotations
@@ -295,7 +320,9 @@ _NOTHING = _Chunk(_Server(-1, "http://nothing"), range(0), -math.inf)  # the hea
 
 
 class _Core:
-    """The buffer and the refill policy, shared by both clients. Callers serialise access (a lock, or the loop)."""
+    """The buffer, the refill policy and the checks of every answer, shared by both clients, with no I/O: a refill
+    round or a probe is a generator of :class:`_Request` s and pauses (:data:`_Steps`) that the threaded or the
+    asyncio refiller drives. Callers serialise access (a lock, or the loop)."""
 
     def __init__(
         self,
@@ -821,12 +848,15 @@ class Client:
     """A thread-safe client of one or more idgen servers, with a prefetch buffer refilled by a daemon thread.
 
     ``urls``: one base URL or several (``http://host:8080``, a path prefix allowed). ``batch``: IDs per request
-    (at most the servers' ``--max-count``; default None: sized from demand, up to 4096, see the module docstring).
-    ``low_water``: refill below this many buffered IDs (default ``batch // 2``, or two batches when sized from
-    demand; 0 fetches only when a caller needs IDs). ``timeout``: seconds per request. ``retries``: extra passes
-    over all servers in a refill round. ``probe_interval``: see the module docstring. ``max_wait``: the longest a
-    call waits (default: one round's worst case, :attr:`max_wait`). ``max_age``: seconds a fetched ID may stay
-    buffered (default 5; None: no limit). The buffer starts filling at once.
+    (each server is asked for at most its ``--max-count``, read from its ``/info``; default None: sized from
+    demand, up to 4096, see the module docstring). ``low_water``: refill below this many buffered IDs (default
+    ``batch // 2``, or two batches when sized from demand; 0 fetches only when a caller needs IDs). ``timeout``:
+    the total deadline, in seconds, of one attempt on one server, whole answer included (see "Deadlines" in the
+    module docstring). ``retries``: extra passes over all servers in a refill round. ``probe_interval``: see the
+    module docstring. ``max_wait``: the longest a call waits (default: one round's worst case, ``(retries + 1) *
+    len(urls) * timeout`` plus the backoffs, plus one ``timeout``: :attr:`max_wait`). ``max_age``: seconds a
+    fetched ID may stay buffered (default 5; None: no limit). The buffer starts filling at once. The process
+    default (``IDGEN_URL``) takes these options from ``IDGEN_CLIENT_*`` (:func:`idgen.default.client_options`).
     """
 
     def __init__(

@@ -104,12 +104,14 @@ def caching_proxy(upstream: ServerProcess) -> Route:
     return route
 
 
-def forwarding(upstream: ServerProcess) -> Route:
+def forwarding(upstream: ServerProcess | list[ServerProcess]) -> Route:
     """A route that forwards each request to ``upstream`` on a connection of its own: a proxy without keep-alive
-    upstream, so that the requests spread over the processes of a ``--processes`` server."""
+    upstream, so that the requests spread over the processes of a ``--processes`` server. Given a list, it forwards
+    to the list's last server at the time: a test appends one to switch the proxy over (a redeploy behind it)."""
+    upstreams = upstream if isinstance(upstream, list) else [upstream]
 
     async def route(server: RawServer, writer: asyncio.StreamWriter, target: str) -> None:
-        reply = await asyncio.to_thread(upstream.get, target, {"Accept": RUNS})
+        reply = await asyncio.to_thread(upstreams[-1].get, target, {"Accept": RUNS})
         writer.write(http_response(reply.status, {"Content-Type": reply.headers["Content-Type"]}, reply.body))
 
     return route

@@ -715,6 +715,23 @@ def test_several_workers_behind_one_url_are_not_taken_for_replays(
         assert len(set(ids)) == len(ids) and client.status()[0].replays == 0
 
 
+def test_a_server_redeployed_with_a_smaller_max_count_is_asked_again(
+    connect: Callable[..., Any], raw_server: Callable[..., RawServer], state_dir: Path, first: Server
+) -> None:
+    """Behind one URL, the server is replaced by one with ``--max-count 100`` after the client read ``/info``: its
+    400 ``invalid_count`` makes the client ask ``/info`` again, and it keeps within the new limit."""
+    upstreams = [first]
+    proxy = raw_server({path: forwarding(upstreams) for path in ("/id", "/info", "/readyz")})
+    client = connect([proxy.url], batch=1000, low_water=0, probe_interval=None, retries=0)
+    before = client.next_ids(1000)
+    with Server("--state-dir", str(state_dir), "--max-count", "100") as small:
+        upstreams.append(small)
+        after = client.next_ids(1000)
+        assert workers(after) == {worker_of(small)} and len(set(before + after)) == 2000
+        assert client.status()[0].last_error is None
+        assert sum(target.startswith("/info") for target in proxy.requests) == 2
+
+
 @pytest.mark.parametrize("head_too", [False, True], ids=["body", "headers"])
 def test_a_trickling_server_costs_one_timeout_then_the_next_server_answers(
     connect: Callable[..., Any], raw_server: Callable[..., RawServer], first: Server, second: Server, head_too: bool
