@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -26,11 +27,12 @@ def http_response(status: int, headers: dict[str, str], body: bytes) -> bytes:
 
 
 class RawServer:
-    """A small HTTP/1.1 server on a loopback port, its event loop in a thread of its own. ``routes`` maps a path to
-    a coroutine that writes the whole answer, byte by byte if it likes; other paths answer 404. ``sent`` holds, per
-    route that records it, the bytes it managed to send before the client hung up."""
+    """A small HTTP/1.1 server on a loopback port (HTTPS with ``tls``), its event loop in a thread of its own.
+    ``routes`` maps a path to a coroutine that writes the whole answer, byte by byte if it likes; other paths answer
+    404. ``sent`` holds, per route that records it, the bytes it managed to send before the client hung up;
+    ``requests`` every request target, in order."""
 
-    def __init__(self, routes: dict[str, Route]) -> None:
+    def __init__(self, routes: dict[str, Route], tls: ssl.SSLContext | None = None) -> None:
         self.routes = routes
         self.sent: list[int] = []
         self.requests: list[str] = []
@@ -39,10 +41,11 @@ class RawServer:
         self.thread.start()
 
         async def listen() -> asyncio.base_events.Server:
-            return await asyncio.start_server(self.serve, "127.0.0.1", 0)
+            return await asyncio.start_server(self.serve, "127.0.0.1", 0, ssl=tls)
 
         self.server = asyncio.run_coroutine_threadsafe(listen(), self.loop).result(10)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -18,6 +18,8 @@ import random
 import select
 import signal
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -749,6 +751,37 @@ def test_a_trickling_server_costs_one_timeout_then_the_next_server_answers(
     # at one byte per 50 ms, the client hung up after about 1 s: nowhere near the whole answer
     wait_until(lambda: trickler.sent, what="the trickling server to notice the client left")
     assert trickler.sent[0] < 60
+
+
+def test_the_sync_clients_deadline_holds_over_tls(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, first: Server, second: Server
+) -> None:
+    """HTTPS goes through another socket (``ssl.SSLSocket``) and another urllib3 connection class: a server that
+    trickles over TLS is cut off at ``timeout`` as well, and one that answers at once serves. The certificate is a
+    self-signed one the test makes, trusted through ``SSL_CERT_FILE``."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    info = replaying(recorded(first, "/info"))
+    trickler = RawServer({"/id": trickling(recorded(first, "/id?count=100"), 0.05), "/info": info}, tls)
+    cache = RawServer({"/id": replaying(recorded(second, "/id?count=100")), "/info": info}, tls)
+    try:
+        with Client([trickler.url, cache.url], batch=100, timeout=1.0, low_water=0, probe_interval=None) as client:
+            assert workers(client.next_ids(100)) == {worker_of(second)}
+            assert client.status()[0].last_error == "no answer within 1 s"
+            with pytest.raises(AllServersFailed, match="replayed"):  # the TLS cache's second answer is its first
+                client.next_ids(100)
+    finally:
+        trickler.close(), cache.close()
 
 
 @pytest.mark.parametrize("with_length", [True, False], ids=["content-length", "until-close"])
