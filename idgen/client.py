@@ -668,10 +668,10 @@ def _ids_answer(status: int, headers: Mapping[str, str], body: bytes, count: int
     if headers.get("Content-Type", "").startswith(RUNS_TYPE):
         try:
             return parse_runs(body, count)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past the decoder's depth
             raise _Failed(f"malformed answer: {exc}") from None
     try:
-        texts = json.loads(body)["ids"]
+        texts = _json(body)["ids"]
     except (ValueError, KeyError, TypeError):
         raise _Failed('malformed answer: not {"ids": [...]}') from None
     if not (isinstance(texts, list) and len(texts) == count and all(_is_decimal(t) for t in texts)):
@@ -680,6 +680,15 @@ def _ids_answer(status: int, headers: Mapping[str, str], body: bytes, count: int
     if ids[-1] > MAX_ID or any(a >= b for a, b in itertools.pairwise(ids)):
         raise _Failed("malformed answer: the IDs are not strictly increasing 63-bit integers")
     return parse_runs(runs_body(ids), count)
+
+
+def _json(body: bytes) -> Any:
+    """``json.loads``; JSON nested past the decoder's depth is a :class:`ValueError` like any malformed JSON, not the
+    :class:`RecursionError` that would end the refill loop."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
 
 
 def _readiness_answer(status: int, headers: Mapping[str, str], body: bytes) -> None:
@@ -692,7 +701,7 @@ def _info_answer(status: int, headers: Mapping[str, str], body: bytes) -> tuple[
     if status != 200:
         raise _http_failure(status, headers, body, "GET /info: ")
     try:
-        info = json.loads(body)
+        info = _json(body)
         layout, max_count = get_layout(info["layout"]["spec_string"]), info["max_count"]
     except (ValueError, KeyError, TypeError):  # InvalidInput is a ValueError
         raise _Failed("malformed /info: no layout spec_string and max_count") from None
@@ -730,7 +739,7 @@ def _is_decimal(text: Any) -> bool:
 def _http_failure(status: int, headers: Mapping[str, str], body: bytes, what: str = "") -> _Refused | _Failed:
     code = None
     try:
-        error = json.loads(body)["error"]
+        error = _json(body)["error"]
         code, said = str(error["code"]), f" {error['code']}: {error['message']}"
     except (ValueError, KeyError, TypeError):
         said = f": {' '.join(body[:200].decode(errors='replace').split())}" if body else ""

@@ -30,11 +30,13 @@ import pytest
 from kazoo.client import KazooClient
 from prometheus_client.parser import text_string_to_metric_families
 from rawhttp import (
+    RUNS,
     RawServer,
     Route,
     caching_proxy,
     flooding,
     forwarding,
+    http_response,
     recorded,
     refusing,
     replaying,
@@ -796,6 +798,39 @@ def test_an_answer_too_large_for_the_batch_is_cut_off(
     assert (client.status()[0].last_error or "").startswith("answer larger than")
     wait_until(lambda: flood.sent, what="the flooding server to notice the client left")
     assert flood.sent[0] < 64 << 20  # what the sockets' buffers took, at most; not 300 MB
+
+
+NESTED = b"[" * 60_000  # deeper than Python's JSON decoder goes: it raises RecursionError, not ValueError
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "content_type", "body"),
+    [
+        ("/id", 200, RUNS, b'{"runs":' + NESTED),
+        ("/id", 200, "application/json", b'{"ids":' + NESTED),
+        ("/id", 400, "application/json", b'{"error":' + NESTED),
+        ("/info", 200, "application/json", b'{"layout":' + NESTED),
+    ],
+    ids=["runs", "json", "error", "info"],
+)
+def test_json_nested_too_deep_is_a_malformed_answer_not_a_crash(
+    connect: Callable[..., Any],
+    raw_server: Callable[..., RawServer],
+    first: Server,
+    second: Server,
+    path: str,
+    status: int,
+    content_type: str,
+    body: bytes,
+) -> None:
+    """Within the byte bound, an answer can still nest its JSON deeper than the decoder's recursion limit. That is a
+    malformed answer from that server (the next one is asked), not a crash of the client's refill loop."""
+    routes = {"/id": replaying(recorded(first, "/id?count=100")), "/info": replaying(recorded(first, "/info"))}
+    routes[path] = replaying(http_response(status, {"Content-Type": content_type}, body))
+    bomb = raw_server(routes)
+    client = connect([bomb.url, url(second)], batch=100, low_water=0, probe_interval=None)
+    assert workers(client.next_ids(10)) == {worker_of(second)}
+    assert client.status()[0].last_error is not None
 
 
 BAD_RETRY_AFTER = ["inf", "-inf", "nan", "-5", "1e308", "99999999999999999999", "soon", ""]
