@@ -833,6 +833,25 @@ def test_json_nested_too_deep_is_a_malformed_answer_not_a_crash(
     assert client.status()[0].last_error is not None
 
 
+GARBAGE = {
+    "not-http": b"garbage\r\n\r\n",
+    "200-headers": b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n",
+    "long-header": b"HTTP/1.1 200 OK\r\nX: " + b"y" * 100_000 + b"\r\n\r\n",
+    "bad-chunks": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "bad-length": b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("answer", GARBAGE.values(), ids=GARBAGE.keys())
+def test_an_answer_that_is_not_http_fails_that_server_only(
+    connect: Callable[..., Any], raw_server: Callable[..., RawServer], first: Server, second: Server, answer: bytes
+) -> None:
+    broken = raw_server({"/id": replaying(answer), "/info": replaying(recorded(first, "/info"))})
+    client = connect([broken.url, url(second)], batch=100, low_water=0, probe_interval=None)
+    assert workers(client.next_ids(10)) == {worker_of(second)}
+    assert client.status()[0].last_error is not None
+
+
 BAD_RETRY_AFTER = ["inf", "-inf", "nan", "-5", "1e308", "99999999999999999999", "soon", ""]
 
 
