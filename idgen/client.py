@@ -18,18 +18,37 @@ apart than ``SHRINK_S`` or a quarter of ``max_age``, and ``low_water`` stays two
 out (``expired`` in :meth:`Client.status`): old IDs sort far behind fresh ones. ``max_age=None`` keeps them.
 
 Several server URLs give **failover**: a refill asks the server that answered last, then the ones after it in the
-list (wrapping around). Every request is bounded by ``timeout``; a refill round makes at most ``retries + 1`` passes
-over the servers, with ``backoff`` (doubling) between passes; a call waits at most :attr:`Client.max_wait` and then
-raises :class:`AllServersFailed`, which names each server's last failure.
+list (wrapping around). **Deadlines**: ``timeout`` is the total deadline of one *attempt* on one server: connecting,
+sending, the headers and the whole body, and the ``GET /info`` a server's first attempt begins with, all end by
+``timeout`` seconds after the attempt began, however slowly the server trickles its bytes (the sync client bounds
+every socket read and send by the time left, :class:`_DeadlineSocket`; the asyncio client gives aiohttp the time
+left as its total). A failed attempt moves on to the next server at once, so a slow server costs one ``timeout``
+per pass. A refill round makes at most ``retries + 1`` passes over the servers, with ``backoff`` (doubling) between
+passes; a call waits at most :attr:`Client.max_wait` (by default one whole round, plus one probe it may find under
+way) and then raises :class:`AllServersFailed`, which names each server's last failure.
+
+**What a server says is checked, not trusted.** Before its first ``/id``, the client reads a server's ``/info``: its
+layout and its ``--max-count``. Requests never ask for more than that ``--max-count`` (an adaptive batch stops
+growing at the smallest one), and a 400 ``invalid_count`` (the server was redeployed with a smaller one) has it read
+``/info`` again. An answer is read with a byte bound (``answer_limit_bytes``: 64 bytes per ID asked for, plus 64 KiB;
+64 KiB for ``/info`` and ``/readyz``): a larger one fails the attempt and the connection is dropped unread. A 503's
+``Retry-After``, delay-seconds or an HTTP-date, is clamped to 1..3600 s (1 s if unreadable: ``inf``, ``nan``).
 
 Invariants:
 
-- **No ID is handed out twice.** Each ID enters the buffer once (batches from one server are strictly increasing,
-  checked here) and leaves it once: ``next()`` on a range iterator, atomic under the GIL, or with no ``await``
-  between the check and the take (:class:`AsyncClient`). Per server, ``fetched == handed_out + buffered +
-  discarded`` (:meth:`Client.status`; ``handed_out`` is derived, so a ``next_id`` racing with a refusal may be
-  counted as discarded). Uniqueness *across* servers is the servers' own promise: they must share one ID space
-  (one ZooKeeper namespace, or one local state directory).
+- **No ID is handed out twice.** Each ID enters the buffer once and leaves it once: ``next()`` on a range iterator,
+  atomic under the GIL, or with no ``await`` between the check and the take (:class:`AsyncClient`). It enters once
+  because of the **floors**: per server and worker ID (the node fields of the ID, read with the layout the server's
+  ``/info`` gave), the client keeps the highest ID it accepted; an answer holding any ID at or below its worker ID's
+  floor (a replay, by the server or by a cache or proxy before it, or anything older) is dropped whole, counted in
+  ``replays`` (:class:`ServerStatus`), and the attempt fails over like any failure. Every ID accepted is thus above
+  every ID of its worker ID accepted from that server before, so no two are equal; the client needs no memory of
+  the IDs themselves, one integer per worker ID. A server never trips a floor itself: IDs of one worker ID grow
+  strictly across its holders (docs/DESIGN.md, section 2) and across a server's switch of worker IDs (each has its
+  own floor), and each answer's IDs are strictly increasing (checked here). Per server, ``fetched == handed_out +
+  buffered + discarded`` (:meth:`Client.status`; ``handed_out`` is derived, so a ``next_id`` racing with a refusal
+  may be counted as discarded; a dropped replay never counts as fetched). Uniqueness *across* servers is the
+  servers' own promise: they must share one ID space (one ZooKeeper namespace, or one local state directory).
 - **No ID is handed out after the server that minted it said it cannot vouch for it.** A 503 from server S, to a
   refill or to the readiness probe (``GET /readyz``), drops every ID buffered from S at once (``discarded``), before
   any further ID is handed out (a lock-free ``next_id`` already under way in another thread may still take one).
@@ -54,27 +73,36 @@ Invariants:
   the kernel clears it in every child, however it forked), before it touches the buffer.
 
 With ``idgen serve --processes N`` one URL reaches N workers with their own leases: a 503 from any of them drops
-every ID from that URL (conservative), and a probe sees one of them only.
+every ID from that URL (conservative), and a probe sees one of them only; their IDs interleave, each worker ID
+above its own floor.
+
+**Assumptions** the floors rest on: a URL keeps the layout its ``/info`` gave while the client lives (a server
+redeployed behind it with another layout has its answers judged by the old one: at worst they are refused, never
+handed out twice); and IDs of one worker ID never go down, which holds while the servers behind the URL share one
+ID space.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import errno
+import io
 import itertools
 import json
 import math
 import operator
 import os
 import re
+import socket
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -83,6 +111,7 @@ import urllib3
 from idgen.encoding import FORMS, MAX_ID, format_id, format_ids
 from idgen.errors import IdgenError, InvalidInput, Unavailable
 from idgen.forking import process_marker
+from idgen.layout import Layout, get_layout
 from idgen.runs import RUNS_TYPE, parse_runs, runs_body
 from idgen.version import __version__
 
@@ -97,9 +126,19 @@ DEFAULT_RETRIES = 1
 DEFAULT_BACKOFF_S = 0.1
 DEFAULT_PROBE_INTERVAL_S = 1.0
 RETRY_COOLDOWN_S = 1.0  # after a failed round, background refills (no caller waiting) pause this long
+DEFAULT_RETRY_AFTER_S = 1.0  # a refusal's wait when its Retry-After is missing or unreadable
+MAX_RETRY_AFTER_S = 3600.0  # the longest wait a Retry-After may ask for (a server's longest, layout expired)
+BYTES_PER_ID = 64  # an /id answer may take this many bytes per ID asked for (26 at most in either form) ...
+ANSWER_SLACK_BYTES = 64 << 10  # ... plus this, which is also the bound of every other answer (/info, /readyz)
 
 _DECIMAL = re.compile(r"[0-9]{1,19}")
-_HEADERS = {"Accept": f"{RUNS_TYPE}, application/json;q=0.5", "User-Agent": f"idgen-client/{__version__}"}
+_DELAY_SECONDS = re.compile(r"\s*([0-9]{1,30}(?:\.[0-9]{0,30})?)\s*")  # ASCII digits only, unlike float()
+# identity: an answer is read with a byte bound, which a compressed body would escape once decompressed
+_HEADERS = {
+    "Accept": f"{RUNS_TYPE}, application/json;q=0.5",
+    "Accept-Encoding": "identity",
+    "User-Agent": f"idgen-client/{__version__}",
+}
 
 # What forked children took over from their parents (refillers; cores, sessions and tasks): kept for the life of the
 # process and never used. Dropping them would let the collector finalise them, which takes locks a parent's thread
@@ -144,6 +183,7 @@ class ServerStatus:
     expired: int  # of the discarded, those dropped for being older than max_age
     refusals: int  # 503 answers seen
     last_error: str | None  # its last failure; None once it answered well again
+    replays: int = 0  # answers dropped whole for holding an ID at or below its worker ID's floor (a replay)
 
 
 # -- the shared state: buffer, servers, refill decisions (no I/O, no locking) -------------------------------------
@@ -158,28 +198,105 @@ class _Refused(Exception):
 
 
 class _Failed(Exception):
-    """Any other failure: unreachable, timed out, an unexpected status or a malformed answer."""
+    """Any other failure: unreachable, timed out, an unexpected status or a malformed answer. ``code``: the error
+    code of an HTTP error answer, if it had one."""
+
+    def __init__(self, text: str, code: str | None = None) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class _Replayed(_Failed):
+    """An answer that holds an ID at or below the floor of its worker ID: the server (or a cache before it) sent
+    IDs already seen, or older ones."""
+
+
+class _Answer(NamedTuple):
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What the core asks a refiller to send: ``GET path`` to ``server``, its answer read whole (headers and body)
+    by ``deadline`` (monotonic) and no longer than ``limit_bytes``, else :class:`_Failed`."""
+
+    server: _Server
+    path: str
+    deadline: float
+    limit_bytes: int
+
+
+# The core's work for a refiller (sans-IO): it yields a request to send or seconds to pause, and is sent back the
+# answer (None after a pause); a failure to send or read is thrown into it as :class:`_Failed`.
+_Steps = Generator["_Request | float", "_Answer | None", None]
 
 
 class _Server:
+    """One server: its counts, what its ``/info`` said (layout, ``--max-count``), and its floors."""
+
     __slots__ = (
         "checked_at",
         "discarded",
         "expired",
         "fetched",
+        "floors",
         "index",
         "last_error",
+        "layout",
+        "max_count",
+        "node_mask",
         "path",
         "queued",
         "refusals",
+        "replays",
         "url",
     )
 
     def __init__(self, index: int, url: str) -> None:
         self.index, self.url, self.path = index, url, urlsplit(url).path
         self.queued = self.fetched = self.discarded = self.expired = self.refusals = 0  # queued: not in the head
+        self.replays = 0
         self.last_error: str | None = None
         self.checked_at = -math.inf  # monotonic time of its last answer, or of the last probe sent to it
+        self.layout: Layout | None = None  # from its /info, asked before its first /id
+        self.node_mask = 0  # the bits of the layout's node fields
+        self.max_count = MAX_COUNT_UNKNOWN
+        self.floors: dict[int, int] = {}  # worker ID -> the highest ID of it this server handed over
+
+    def learn(self, layout: Layout, max_count: int) -> None:
+        self.layout, self.max_count = layout, max_count
+        self.node_mask = layout.node_bits(layout.worker_capacity - 1)
+
+    def forget(self) -> None:
+        """Its ``/info`` is to be asked again (its ``--max-count`` changed); the floors stay."""
+        self.layout, self.max_count = None, MAX_COUNT_UNKNOWN
+
+    def raise_floors(self, runs: list[range]) -> None:
+        """Raise the floors to the IDs of an answer, all of which must lie above the floor of their worker ID (else
+        :class:`_Replayed`, and no floor moves). A run of consecutive integers whose node bits cannot differ (none
+        lies below its first and last IDs' highest differing bit: the usual case, one tick of one worker ID) is
+        checked at its first ID; any other run ID by ID (a batch holds at most ``--max-count`` IDs)."""
+        layout = self.layout
+        assert layout is not None
+        tops: dict[int, int] = {}
+        for run in runs:
+            first, last = run[0], run[-1]
+            one_worker = not self.node_mask & ((1 << (first ^ last).bit_length()) - 1)
+            for low, high in [(first, last)] if one_worker else [(i, i) for i in run]:
+                try:
+                    worker = layout.split(low)["worker"]
+                except InvalidInput as exc:
+                    raise _Failed(f"malformed answer: {exc}") from None
+                floor = self.floors.get(worker, -1)
+                if low <= floor:
+                    raise _Replayed(
+                        f"replayed answer: ID {low} of worker ID {worker} is at or below {floor}, the highest this"
+                        " server handed over before"
+                    )
+                tops[worker] = high  # runs are strictly increasing: the last is the highest
+        self.floors.update(tops)
 
 
 class _Chunk:
@@ -196,12 +313,16 @@ class _Chunk:
         return operator.length_hint(self.ids)
 
 
+MAX_COUNT_UNKNOWN = 1 << 62  # a server's --max-count before its /info said it
+
 _Taken = tuple[_Server, int, float, list[int]]  # IDs taken from one chunk: server, its refusals then, expiry, IDs
 _NOTHING = _Chunk(_Server(-1, "http://nothing"), range(0), -math.inf)  # the head of an empty buffer
 
 
 class _Core:
-    """The buffer and the refill policy, shared by both clients. Callers serialise access (a lock, or the loop)."""
+    """The buffer, the refill policy and the checks of every answer, shared by both clients, with no I/O: a refill
+    round or a probe is a generator of :class:`_Request` s and pauses (:data:`_Steps`) that the threaded or the
+    asyncio refiller drives. Callers serialise access (a lock, or the loop)."""
 
     def __init__(
         self,
@@ -218,19 +339,20 @@ class _Core:
         self.urls = check_urls(urls)
         self.given = (batch, low_water, max_age)  # as given, for :meth:`fresh`
         self.adaptive = batch is None
-        self.batch = MIN_BATCH if batch is None else _check_int("batch", batch, 1)
-        self.fixed_low_water = None if low_water is None else _check_int("low_water", low_water, 0)
+        self.batch = MIN_BATCH if batch is None else check_option("batch", batch)
+        self.batch_cap = MAX_BATCH  # an adaptive batch's ceiling: lowered to the smallest --max-count /info gave
+        self.fixed_low_water = check_option("low_water", low_water)
         self.low_water = self._low_water()
-        self.max_age = math.inf if max_age is None else _check_seconds("max_age", max_age)
+        self.max_age = math.inf if max_age is None else check_option("max_age", max_age)
         self.last_fill = -math.inf  # monotonic time the last refill round started
-        self.timeout = _check_seconds("timeout", timeout)
-        self.retries = _check_int("retries", retries, 0)
-        self.backoff = _check_seconds("backoff", backoff, zero=True)
-        self.probe_interval = None if probe_interval is None else _check_seconds("probe_interval", probe_interval)
+        self.timeout = check_option("timeout", timeout)
+        self.retries = check_option("retries", retries)
+        self.backoff = check_option("backoff", backoff)
+        self.probe_interval = check_option("probe_interval", probe_interval)
         backoffs = sum(self.backoff * 2**p for p in range(self.retries))
         round_s = (self.retries + 1) * len(self.urls) * self.timeout + backoffs
         # a caller may arrive while a probe (one request) is under way, then waits for one whole round
-        self.max_wait = round_s + self.timeout if max_wait is None else _check_seconds("max_wait", max_wait)
+        self.max_wait = round_s + self.timeout if max_wait is None else check_option("max_wait", max_wait)
         self.servers = [_Server(i, url) for i, url in enumerate(self.urls)]
         self.head = _NOTHING  # the chunk IDs are taken from, lock-free
         self.chunks: deque[_Chunk] = deque()  # the chunks after it
@@ -355,21 +477,76 @@ class _Core:
 
     # -- what the refiller does next -------------------------------------------------------------------
 
-    def next_step(self, now: float) -> tuple[str, _Server | None, float | None]:
-        """``("fill", None, None)``, ``("probe", server, None)`` or ``("wait", None, seconds or None)``."""
+    def next_step(self, now: float) -> tuple[_Steps | None, float | None]:
+        """The refiller's next work: the steps of a refill round or of a probe, to drive now (:data:`_Steps`); or
+        None and how long to wait for (None: until woken)."""
         self.expire(now)
         level = self.level
         if (self.asked and self.demand > level) or (level < self.low_water and now >= self.retry_at):
-            return "fill", None, None
+            return self._fill(now), None
         delay = self.retry_at - now if level < self.low_water else None
         if self.probe_interval is not None:
             for server in self.servers:
                 if self.buffered(server):
                     due = server.checked_at + self.probe_interval - now
                     if due <= 0:
-                        return "probe", server, None
+                        return self._probe(server, now), None
                     delay = due if delay is None else min(delay, due)
-        return "wait", None, delay
+        return None, delay
+
+    def _fill(self, now: float) -> _Steps:
+        """One refill round (:meth:`plan`): the first server whose attempt succeeds fills the buffer."""
+        batch = self.batch
+        for pause, server in self.plan(now):
+            if pause:
+                yield pause
+            if self.closed:
+                return
+            try:
+                runs = yield from self._attempt(server, batch)
+            except (_Refused, _Failed) as failure:
+                self.failed(server, failure, _monotonic())
+                continue
+            self.accepted(server, runs, _monotonic())
+            return
+        self.round_failed(_monotonic())
+
+    def _attempt(self, server: _Server, batch: int) -> Generator[_Request | float, _Answer | None, list[range]]:
+        """One attempt on ``server``, all of it by one deadline ``timeout`` from now: its ``/info`` if not known yet
+        (layout and ``--max-count``), then ``/id`` for ``batch`` IDs or its ``--max-count`` if fewer. An answer
+        holding an ID at or below its worker ID's floor is a replay (:meth:`_Server.raise_floors`). A 400
+        ``invalid_count`` (its ``--max-count`` went down since) asks ``/info`` again, once."""
+        deadline = _monotonic() + self.timeout
+        for last_try in (False, True):
+            if server.layout is None:
+                info = yield _Request(server, "/info", deadline, ANSWER_SLACK_BYTES)
+                assert info is not None
+                server.learn(*_info_answer(*info))
+                self.batch_cap = min(self.batch_cap, server.max_count)
+            count = min(batch, server.max_count)
+            answer = yield _Request(server, f"/id?count={count}", deadline, answer_limit_bytes(count))
+            assert answer is not None
+            try:
+                runs = _ids_answer(*answer, count)
+            except _Failed as failure:
+                if failure.code != "invalid_count" or last_try:
+                    raise
+                server.forget()
+                continue
+            server.raise_floors(runs)
+            return runs
+        raise AssertionError("unreachable")
+
+    def _probe(self, server: _Server, now: float) -> _Steps:
+        """``GET /readyz``: a 503 drops the server's buffered IDs (:meth:`failed`)."""
+        try:
+            answer = yield _Request(server, "/readyz", now + self.timeout, ANSWER_SLACK_BYTES)
+            assert answer is not None
+            _readiness_answer(*answer)
+        except (_Refused, _Failed) as failure:
+            self.failed(server, failure, _monotonic())
+        else:
+            self.ready(server, _monotonic())
 
     def plan(self, now: float) -> list[tuple[float, _Server]]:
         """One refill round: ``(seconds to wait first, server to ask)``, preferred server first in every pass. An
@@ -378,9 +555,10 @@ class _Core:
         if self.adaptive:
             since = now - self.last_fill
             if since < GROW_S:
-                self.batch = min(MAX_BATCH, self.batch * 2)
+                self.batch = self.batch * 2
             elif since > min(SHRINK_S, self.max_age / 4):
-                self.batch = max(MIN_BATCH, self.batch // 2)
+                self.batch = self.batch // 2
+            self.batch = max(min(MIN_BATCH, self.batch_cap), min(self.batch, self.batch_cap))
             self.low_water = self._low_water()
         self.last_fill = now
         self.retry_after = None
@@ -407,6 +585,8 @@ class _Core:
     def failed(self, server: _Server, failure: _Refused | _Failed, now: float) -> None:
         """Record ``failure``; a refusal also drops every ID buffered from ``server``."""
         server.last_error, server.checked_at = str(failure), now
+        if isinstance(failure, _Replayed):
+            server.replays += 1
         if isinstance(failure, _Refused):
             server.refusals += 1
             self.retry_after = min(self.retry_after or math.inf, failure.retry_after)
@@ -470,7 +650,9 @@ class _Core:
             buffered = self.buffered(s)
             handed_out = s.fetched - buffered - s.discarded
             out.append(
-                ServerStatus(s.url, buffered, s.fetched, handed_out, s.discarded, s.expired, s.refusals, s.last_error)
+                ServerStatus(
+                    s.url, buffered, s.fetched, handed_out, s.discarded, s.expired, s.refusals, s.last_error, s.replays
+                )
             )
         return out
 
@@ -486,10 +668,10 @@ def _ids_answer(status: int, headers: Mapping[str, str], body: bytes, count: int
     if headers.get("Content-Type", "").startswith(RUNS_TYPE):
         try:
             return parse_runs(body, count)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past the decoder's depth
             raise _Failed(f"malformed answer: {exc}") from None
     try:
-        texts = json.loads(body)["ids"]
+        texts = _json(body)["ids"]
     except (ValueError, KeyError, TypeError):
         raise _Failed('malformed answer: not {"ids": [...]}') from None
     if not (isinstance(texts, list) and len(texts) == count and all(_is_decimal(t) for t in texts)):
@@ -500,28 +682,71 @@ def _ids_answer(status: int, headers: Mapping[str, str], body: bytes, count: int
     return parse_runs(runs_body(ids), count)
 
 
+def _json(body: bytes) -> Any:
+    """``json.loads``; JSON nested past the decoder's depth is a :class:`ValueError` like any malformed JSON, not the
+    :class:`RecursionError` that would end the refill loop."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
+
+
 def _readiness_answer(status: int, headers: Mapping[str, str], body: bytes) -> None:
     if status != 200:
         raise _http_failure(status, headers, body)
+
+
+def _info_answer(status: int, headers: Mapping[str, str], body: bytes) -> tuple[Layout, int]:
+    """The layout and ``--max-count`` a ``GET /info`` answer gives; :class:`_Failed` if it gives neither."""
+    if status != 200:
+        raise _http_failure(status, headers, body, "GET /info: ")
+    try:
+        info = _json(body)
+        layout, max_count = get_layout(info["layout"]["spec_string"]), info["max_count"]
+    except (ValueError, KeyError, TypeError):  # InvalidInput is a ValueError
+        raise _Failed("malformed /info: no layout spec_string and max_count") from None
+    if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
+        raise _Failed(f"malformed /info: max_count {max_count!r}")
+    return layout, max_count
+
+
+def answer_limit_bytes(count: int) -> int:
+    """The most bytes an answer to ``GET /id?count=count`` may take: more is no idgen server's."""
+    return ANSWER_SLACK_BYTES + BYTES_PER_ID * count
+
+
+def retry_after_s(text: str | None, now_unix_s: float) -> float:
+    """The seconds a ``Retry-After`` asks to wait: delay-seconds or an HTTP-date (RFC 9110), clamped to
+    ``1..MAX_RETRY_AFTER_S``; ``DEFAULT_RETRY_AFTER_S`` when missing or unreadable (``inf``, ``nan``, words)."""
+    if text is None:
+        return DEFAULT_RETRY_AFTER_S
+    if delay := _DELAY_SECONDS.fullmatch(text):
+        seconds = float(delay[1])
+    else:
+        try:
+            seconds = email.utils.parsedate_to_datetime(text).timestamp() - now_unix_s
+        except (ValueError, TypeError, IndexError, OverflowError):
+            return DEFAULT_RETRY_AFTER_S
+    if not math.isfinite(seconds):
+        return DEFAULT_RETRY_AFTER_S
+    return min(MAX_RETRY_AFTER_S, max(1.0, seconds))
 
 
 def _is_decimal(text: Any) -> bool:
     return isinstance(text, str) and _DECIMAL.fullmatch(text) is not None
 
 
-def _http_failure(status: int, headers: Mapping[str, str], body: bytes) -> _Refused | _Failed:
+def _http_failure(status: int, headers: Mapping[str, str], body: bytes, what: str = "") -> _Refused | _Failed:
+    code = None
     try:
-        error = json.loads(body)["error"]
-        said = f" {error['code']}: {error['message']}"
+        error = _json(body)["error"]
+        code, said = str(error["code"]), f" {error['code']}: {error['message']}"
     except (ValueError, KeyError, TypeError):
         said = f": {' '.join(body[:200].decode(errors='replace').split())}" if body else ""
-    text = f"HTTP {status}{said}"
+    text = f"{what}HTTP {status}{said}"
     if status != 503:
-        return _Failed(text)
-    try:
-        retry_after = max(1.0, float(headers.get("Retry-After", "1")))
-    except ValueError:
-        retry_after = 1.0
+        return _Failed(text, code)
+    retry_after = retry_after_s(headers.get("Retry-After"), time.time())
     return _Refused(f"{text} (Retry-After {retry_after:g} s)", retry_after)
 
 
@@ -569,6 +794,31 @@ def check_urls(urls: str | Sequence[str]) -> list[str]:
     return clean
 
 
+# The options of Client and AsyncClient after the URLs: (kind, least value, whether None is allowed). Kinds: whole
+# numbers, or seconds (a finite int or float).
+CLIENT_OPTIONS: dict[str, tuple[type, int, bool]] = {
+    "batch": (int, 1, True),
+    "low_water": (int, 0, True),
+    "timeout": (float, 1, False),
+    "retries": (int, 0, False),
+    "backoff": (float, 0, False),
+    "probe_interval": (float, 1, True),
+    "max_wait": (float, 1, True),
+    "max_age": (float, 1, True),
+}
+
+
+def check_option(name: str, value: Any) -> Any:
+    """``value`` checked as option ``name`` of :data:`CLIENT_OPTIONS` (seconds as a float, above 0 unless the least
+    value is 0); :class:`InvalidInput` saying what is wrong."""
+    kind, least, optional = CLIENT_OPTIONS[name]
+    if value is None and optional:
+        return None
+    if kind is int:
+        return _check_int(name, value, least)
+    return _check_seconds(name, value, zero=least == 0)
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidInput(f"{name} must be a whole number of at least {minimum}, not {value!r}")
@@ -607,12 +857,15 @@ class Client:
     """A thread-safe client of one or more idgen servers, with a prefetch buffer refilled by a daemon thread.
 
     ``urls``: one base URL or several (``http://host:8080``, a path prefix allowed). ``batch``: IDs per request
-    (at most the servers' ``--max-count``; default None: sized from demand, up to 4096, see the module docstring).
-    ``low_water``: refill below this many buffered IDs (default ``batch // 2``, or two batches when sized from
-    demand; 0 fetches only when a caller needs IDs). ``timeout``: seconds per request. ``retries``: extra passes
-    over all servers in a refill round. ``probe_interval``: see the module docstring. ``max_wait``: the longest a
-    call waits (default: one round's worst case, :attr:`max_wait`). ``max_age``: seconds a fetched ID may stay
-    buffered (default 5; None: no limit). The buffer starts filling at once.
+    (each server is asked for at most its ``--max-count``, read from its ``/info``; default None: sized from
+    demand, up to 4096, see the module docstring). ``low_water``: refill below this many buffered IDs (default
+    ``batch // 2``, or two batches when sized from demand; 0 fetches only when a caller needs IDs). ``timeout``:
+    the total deadline, in seconds, of one attempt on one server, whole answer included (see "Deadlines" in the
+    module docstring). ``retries``: extra passes over all servers in a refill round. ``probe_interval``: see the
+    module docstring. ``max_wait``: the longest a call waits (default: one round's worst case, ``(retries + 1) *
+    len(urls) * timeout`` plus the backoffs, plus one ``timeout``: :attr:`max_wait`). ``max_age``: seconds a
+    fetched ID may stay buffered (default 5; None: no limit). The buffer starts filling at once. The process
+    default (``IDGEN_URL``) takes these options from ``IDGEN_CLIENT_*`` (:func:`idgen.default.client_options`).
     """
 
     def __init__(
@@ -769,12 +1022,8 @@ class _Refiller:
         self.ids_ready = threading.Condition(self.lock)  # callers wait on it
         self.wake = threading.Condition(self.lock)  # the thread waits on it
         self.stop = threading.Event()
-        self.pools = [
-            urllib3.connection_from_url(
-                url, maxsize=1, retries=False, timeout=urllib3.Timeout(total=core.timeout), headers=_HEADERS
-            )
-            for url in core.urls
-        ]
+        self.deadline = [math.inf]  # of the request under way (one at a time: this refiller's thread sends them all)
+        self.pools = [_deadline_pool(url, self.deadline) for url in core.urls]
         self.thread = threading.Thread(target=self.run, name="idgen-client-refill", daemon=True)
 
     def shutdown(self) -> None:
@@ -800,57 +1049,165 @@ class _Refiller:
                     while True:
                         if core.closed:
                             return
-                        step, server, delay = core.next_step(time.monotonic())
-                        if step != "wait":
+                        steps, delay = core.next_step(time.monotonic())
+                        if steps is not None:
                             break
                         self.wake.wait(delay)
-                if step == "fill":
-                    self.fill()
-                elif server is not None:
-                    self.probe(server)
+                self.drive(steps)
         except BaseException as exc:  # a bug: tell every caller rather than leave them waiting
             with self.lock:
                 core.crash = exc
                 self.ids_ready.notify_all()
             raise
 
-    def fill(self) -> None:
-        core = self.core
-        with self.lock:
-            plan, batch = core.plan(time.monotonic()), core.batch
-        for pause, server in plan:
-            if (pause and self.stop.wait(pause)) or self.stop.is_set():
+    def drive(self, steps: _Steps) -> None:
+        """Do what the core's ``steps`` ask (send a request, pause), handing each answer back under the lock; wake
+        the callers when they end."""
+        answer: _Answer | None = None
+        failure: _Failed | None = None
+        while True:
+            with self.lock:
+                try:
+                    step = steps.send(answer) if failure is None else steps.throw(failure)
+                except StopIteration:
+                    self.ids_ready.notify_all()
+                    return
+            answer = failure = None
+            if isinstance(step, _Request):
+                try:
+                    answer = self.get(step)
+                except _Failed as exc:
+                    failure = exc
+            elif self.stop.wait(step):
                 return
-            try:
-                ids = _ids_answer(*self.get(server, f"/id?count={batch}"), batch)
-            except (_Refused, _Failed) as failure:
-                with self.lock:
-                    core.failed(server, failure, time.monotonic())
-                continue
-            with self.lock:
-                core.accepted(server, ids, time.monotonic())
-                self.ids_ready.notify_all()
-            return
-        with self.lock:
-            core.round_failed(time.monotonic())
-            self.ids_ready.notify_all()
 
-    def probe(self, server: _Server) -> None:
+    def get(self, request: _Request) -> _Answer:
+        """``GET`` the request's path: its answer, read whole by its deadline and within its byte bound. The
+        deadline holds for every read and send on the socket (:class:`_DeadlineSocket`): a server that trickles
+        its answer, headers or body, a byte at a time is cut off at it."""
+        remaining = request.deadline - _monotonic()
+        if remaining <= 0:
+            raise _Failed(f"no answer within {self.core.timeout:g} s")
+        self.deadline[0] = request.deadline
+        pool = self.pools[request.server.index]
+        response = None
         try:
-            _readiness_answer(*self.get(server, "/readyz"))
-        except (_Refused, _Failed) as failure:
-            with self.lock:
-                self.core.failed(server, failure, time.monotonic())
-        else:
-            with self.lock:
-                self.core.ready(server, time.monotonic())
-
-    def get(self, server: _Server, path: str) -> tuple[int, Mapping[str, str], bytes]:
-        try:
-            response = self.pools[server.index].request("GET", server.path + path, redirect=False)
+            response = pool.urlopen(
+                "GET",
+                request.server.path + request.path,
+                redirect=False,
+                preload_content=False,
+                decode_content=False,
+                timeout=urllib3.Timeout(connect=remaining, read=remaining),
+            )
+            _check_length(response.headers, request.limit_bytes)
+            body = response.read(request.limit_bytes + 1)
+            if len(body) > request.limit_bytes:
+                raise _too_large(request.limit_bytes)
+            return _Answer(response.status, response.headers, body)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _Failed(_describe(exc, self.core.timeout)) from None
-        return response.status, response.headers, response.data
+        finally:
+            if response is not None:
+                if not response.closed:
+                    response.close()  # cut off: the connection cannot carry another request
+                response.release_conn()
+
+
+# -- the sync transport: urllib3 with a deadline on every socket operation ------------------------------------------
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads a socket through ``raw`` (its own unbuffered file, which keeps it open until closed), each read
+    bounded by the time left to ``deadline[0]`` (monotonic): a per-operation socket timeout alone would let a byte
+    every few seconds hold a request forever."""
+
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, deadline: list[float]) -> None:
+        self._raw, self._sock, self._deadline = raw, sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        self._sock.settimeout(_time_left(self._deadline))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """A connected socket (plain or TLS) whose reads (through :meth:`makefile`, as http.client reads headers and
+    body) and sends end by ``deadline[0]``; everything else goes to the socket itself."""
+
+    def __init__(self, sock: socket.socket, deadline: list[float]) -> None:
+        self._sock, self._deadline = sock, deadline
+
+    def makefile(self, mode: str = "r", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        assert mode == "rb", mode  # http.client reads answers in binary only
+        raw = self._sock.makefile("rb", buffering=0)
+        return io.BufferedReader(_DeadlineReader(raw, self._sock, self._deadline))
+
+    def sendall(self, data: bytes, *flags: int) -> None:
+        self._sock.settimeout(_time_left(self._deadline))
+        self._sock.sendall(data, *flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _time_left(deadline: list[float]) -> float:
+    left = deadline[0] - _monotonic()
+    if left <= 0:
+        raise TimeoutError("the request's deadline passed")
+    return left
+
+
+class _DeadlineConnection(urllib3.connection.HTTPConnection):
+    def __init__(self, *args: Any, deadline: list[float], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock, self._deadline)  # type: ignore[assignment]
+
+
+class _DeadlineTLSConnection(urllib3.connection.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: list[float], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock, self._deadline)  # type: ignore[assignment]
+
+
+class _DeadlinePool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _DeadlineConnection
+
+
+class _DeadlineTLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _DeadlineTLSConnection
+
+
+def _deadline_pool(url: str, deadline: list[float]) -> urllib3.HTTPConnectionPool:
+    """A pool of one connection to ``url``'s server whose every socket operation ends by ``deadline[0]``."""
+    parts = urlsplit(url)
+    cls = _DeadlineTLSPool if parts.scheme == "https" else _DeadlinePool
+    return cls(str(parts.hostname), parts.port, maxsize=1, retries=False, headers=_HEADERS, deadline=deadline)
+
+
+def _check_length(headers: Mapping[str, str], limit_bytes: int) -> None:
+    """Fail at once an answer whose Content-Length says it is over the bound."""
+    length = headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > limit_bytes:
+        raise _too_large(limit_bytes)
+
+
+def _too_large(limit_bytes: int) -> _Failed:
+    return _Failed(f"answer larger than {limit_bytes:,} bytes, more than any idgen server sends for it")
 
 
 # -- the asyncio client ----------------------------------------------------------------------------------------
@@ -973,9 +1330,7 @@ class _AsyncRefiller:
     def start(self) -> None:
         self.core.check_open()
         if self.task is None:
-            self.session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.core.timeout), headers=_HEADERS
-            )
+            self.session = aiohttp.ClientSession(headers=_HEADERS, auto_decompress=False)
             self.task = asyncio.create_task(self.run(), name="idgen-client-refill")
 
     async def close(self) -> None:
@@ -1028,11 +1383,9 @@ class _AsyncRefiller:
         core = self.core
         try:
             while not core.closed:
-                step, server, delay = core.next_step(time.monotonic())
-                if step == "fill":
-                    await self.fill()
-                elif server is not None:
-                    await self.probe(server)
+                steps, delay = core.next_step(time.monotonic())
+                if steps is not None:
+                    await self.drive(steps)
                 else:
                     self.wake.clear()  # no await since next_step: nothing it missed can have happened
                     with contextlib.suppress(TimeoutError):
@@ -1044,35 +1397,44 @@ class _AsyncRefiller:
             await self.notify()
             raise
 
-    async def fill(self) -> None:
-        core = self.core
-        plan, batch = core.plan(time.monotonic()), core.batch
-        for pause, server in plan:
-            if pause:
-                await asyncio.sleep(pause)
+    async def drive(self, steps: _Steps) -> None:
+        """Do what the core's ``steps`` ask (send a request, pause), handing each answer back; wake the callers when
+        they end."""
+        answer: _Answer | None = None
+        failure: _Failed | None = None
+        while True:
             try:
-                ids = _ids_answer(*await self.get(server, f"/id?count={batch}"), batch)
-            except (_Refused, _Failed) as failure:
-                core.failed(server, failure, time.monotonic())
-                continue
-            core.accepted(server, ids, time.monotonic())
-            await self.notify()
-            return
-        core.round_failed(time.monotonic())
-        await self.notify()
+                step = steps.send(answer) if failure is None else steps.throw(failure)
+            except StopIteration:
+                await self.notify()
+                return
+            answer = failure = None
+            if isinstance(step, _Request):
+                try:
+                    answer = await self.get(step)
+                except _Failed as exc:
+                    failure = exc
+            else:
+                await asyncio.sleep(step)
 
-    async def probe(self, server: _Server) -> None:
-        try:
-            _readiness_answer(*await self.get(server, "/readyz"))
-        except (_Refused, _Failed) as failure:
-            self.core.failed(server, failure, time.monotonic())
-        else:
-            self.core.ready(server, time.monotonic())
-
-    async def get(self, server: _Server, path: str) -> tuple[int, Mapping[str, str], bytes]:
+    async def get(self, request: _Request) -> _Answer:
+        """``GET`` the request's path: its answer, read whole by its deadline and within its byte bound."""
         assert self.session is not None
+        remaining = request.deadline - _monotonic()
+        if remaining <= 0:
+            raise _Failed(f"no answer within {self.core.timeout:g} s")
         try:
-            async with self.session.get(server.url + path, allow_redirects=False) as response:
-                return response.status, response.headers, await response.read()
+            async with self.session.get(
+                request.server.url + request.path,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=remaining),
+            ) as response:
+                _check_length(response.headers, request.limit_bytes)
+                body = bytearray()
+                while chunk := await response.content.read(request.limit_bytes + 1 - len(body)):
+                    body += chunk
+                    if len(body) > request.limit_bytes:
+                        raise _too_large(request.limit_bytes)
+                return _Answer(response.status, response.headers, bytes(body))
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _Failed(_describe(exc, self.core.timeout)) from None

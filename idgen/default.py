@@ -3,7 +3,9 @@
 It is made on first use from the ``IDGEN_*`` environment, read as ``idgen serve`` reads it
 (:meth:`idgen.config.Settings.from_env`): a :class:`~idgen.generator.Generator` under a local lease by default, under a
 ZooKeeper lease with ``IDGEN_ZK`` (credentials from ``IDGEN_ZK_AUTH`` or ``IDGEN_ZK_AUTH_FILE``, always), or a
-:class:`~idgen.client.Client` of the running servers listed, comma-separated, in ``IDGEN_URL``. A bad variable raises
+:class:`~idgen.client.Client` of the running servers listed, comma-separated, in ``IDGEN_URL``, with its options from
+``IDGEN_CLIENT_TIMEOUT``, ``IDGEN_CLIENT_BATCH``, ... (:func:`client_options`). :func:`source_from_env` makes that
+source; ``idgen mint`` takes its IDs from it too. A bad variable raises
 :class:`~idgen.errors.InvalidInput` naming it, on the first use and on every use after it until it is fixed. No worker
 ID to lease (all held, ZooKeeper unreachable) raises :class:`~idgen.errors.LeaseUnavailable`, an
 :class:`~idgen.errors.Unavailable`; nothing is kept then, and the next use tries again.
@@ -28,13 +30,21 @@ from __future__ import annotations
 
 import atexit
 import os
-from typing import TYPE_CHECKING
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+from idgen.errors import InvalidInput
 from idgen.forking import ProcessLock
 
 if TYPE_CHECKING:
     from idgen.client import Client
+    from idgen.config import Settings
     from idgen.generator import Generator
+
+CLIENT_ENV_PREFIX = "IDGEN_CLIENT_"  # IDGEN_CLIENT_TIMEOUT sets the Client's ``timeout``, and so on
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?", re.ASCII)
+_NONE = ("none", "off")  # what an option that may be None (no limit, no probe) takes for it
 
 _source: Generator | Client | None = None
 _making = ProcessLock()  # under which a process makes (or forgets) its source
@@ -50,9 +60,7 @@ def default_generator() -> Generator | Client:
         return source
     with _making():
         if _source is None:
-            from idgen.config import Settings, source_for
-
-            _source = source_for(Settings.from_env())
+            _source = source_from_env()
             _close_as_this_process_exits()
             if not _at_exit_registered:
                 from multiprocessing import util
@@ -61,6 +69,54 @@ def default_generator() -> Generator | Client:
                 util.register_after_fork(_close_at_exit, _close_in_multiprocessing_child)
                 _at_exit_registered = True
         return _source
+
+
+def source_from_env(environ: Mapping[str, str] | None = None, settings: Settings | None = None) -> Generator | Client:
+    """A new ID source as the ``IDGEN_*`` environment (``environ``, default ``os.environ``) configures it: a
+    :class:`~idgen.client.Client` of the ``IDGEN_URL`` servers with :func:`client_options`, else a generator under a
+    lease (:func:`idgen.config.generator_for`). ``settings``: the settings to use instead of the environment's (a
+    command line's); the client options still come from the environment. ``IDGEN_CLIENT_*`` without servers is
+    refused, never ignored."""
+    from idgen.config import Settings, env_name, generator_for
+
+    settings = Settings.from_env(environ) if settings is None else settings
+    options = client_options(environ)
+    if settings.url:
+        from idgen.client import Client
+
+        return Client(settings.url, **options)
+    if options:
+        names = ", ".join(CLIENT_ENV_PREFIX + name.upper() for name in options)
+        raise InvalidInput(f"{names}: client options, for servers named in {env_name('url')}; it is unset")
+    return generator_for(settings)
+
+
+def client_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The :class:`~idgen.client.Client` options set in the environment: ``IDGEN_CLIENT_<OPTION>`` for each of
+    :data:`~idgen.client.CLIENT_OPTIONS` (``TIMEOUT``, ``BATCH``, ``LOW_WATER``, ``RETRIES``, ``BACKOFF``,
+    ``PROBE_INTERVAL``, ``MAX_WAIT``, ``MAX_AGE``). A number in ASCII digits (seconds may have a fraction); ``none``
+    or ``off`` where the option may be None. Unset or empty: the client's default. A bad value is
+    :class:`InvalidInput`, one line starting with the variable's name."""
+    from idgen.client import CLIENT_OPTIONS, check_option
+
+    environ = os.environ if environ is None else environ
+    options: dict[str, Any] = {}
+    for name, (kind, _, optional) in CLIENT_OPTIONS.items():
+        variable = CLIENT_ENV_PREFIX + name.upper()
+        text = environ.get(variable, "").strip()
+        if not text:
+            continue
+        try:
+            if optional and text.lower() in _NONE:
+                options[name] = None
+            elif _NUMBER.fullmatch(text) and (kind is float or "." not in text):
+                options[name] = check_option(name, kind(text))
+            else:
+                what = "a whole number" if kind is int else "a number of seconds"
+                raise InvalidInput(f"{text!r} is not {what}{' or none' if optional else ''}")
+        except InvalidInput as exc:
+            raise InvalidInput(f"{variable}: {exc}") from None
+    return options
 
 
 def made_default() -> Generator | Client | None:

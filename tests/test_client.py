@@ -11,12 +11,15 @@ import asyncio
 import ctypes
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import random
 import select
 import signal
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -26,6 +29,19 @@ from typing import Any, TypeVar
 import pytest
 from kazoo.client import KazooClient
 from prometheus_client.parser import text_string_to_metric_families
+from rawhttp import (
+    RUNS,
+    RawServer,
+    Route,
+    caching_proxy,
+    flooding,
+    forwarding,
+    http_response,
+    recorded,
+    refusing,
+    replaying,
+    trickling,
+)
 from serverproc import ServerProcess as Server
 from serverproc import wait_until
 from zkharness import TEST_CREDENTIALS
@@ -214,11 +230,21 @@ def test_bad_arguments_are_clear_errors(connect: Callable[..., Any], dead_url: s
             call()
 
 
-def test_a_batch_the_server_refuses_is_named_in_the_error(connect: Callable[..., Any], first: Server) -> None:
-    client = connect([url(first)], batch=5000)  # the server's --max-count is 4096
-    with pytest.raises(AllServersFailed, match="HTTP 400 invalid_count: count must be between 1 and 4096") as caught:
-        client.next_id()
-    assert set(caught.value.failures) == {url(first)}
+def test_a_batch_above_the_servers_max_count_is_asked_in_pieces_it_takes(
+    connect: Callable[..., Any], first: Server
+) -> None:
+    client = connect([url(first)], batch=5000)  # the server's --max-count is 4096: it says so in /info
+    ids = client.next_ids(6000)
+    assert len(set(ids)) == 6000 and increasing(ids) and client.status()[0].last_error is None
+
+
+def test_the_default_batch_keeps_within_a_smaller_max_count(connect: Callable[..., Any], state_dir: Path) -> None:
+    """A batch sized from demand grows to 4,096 IDs; a server started with ``--max-count 100`` takes at most 100 per
+    request, and the client learns so from its ``/info`` (before: AllServersFailed once the batch passed 100)."""
+    with Server("--state-dir", str(state_dir), "--max-count", "100") as small:
+        client = connect([url(small)], probe_interval=None)
+        ids = [client.next_id() for _ in range(3000)] + client.next_ids(3000)
+        assert len(set(ids)) == 6000 and client.status()[0].last_error is None
 
 
 # -- the prefetch buffer -----------------------------------------------------------------------------------------
@@ -606,3 +632,251 @@ def test_a_fork_while_another_thread_holds_the_clients_lock(first: Server) -> No
         assert not set(theirs["ids"]) & set(mine)
         assert "error" not in theirs, theirs["error"]
         assert len(theirs["ids"]) == 330
+
+
+# -- answers no idgen server gives: replays, trickles, floods, bad Retry-After -----------------------------------------
+# Real HTTP servers on loopback ports (tests/rawhttp.py), standing for a cache, a proxy or a broken server in front of
+# idgen.
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[dict[str, Route]], RawServer]]:
+    made: list[RawServer] = []
+
+    def make(routes: dict[str, Route]) -> RawServer:
+        made.append(RawServer(routes))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def test_a_replayed_answer_is_dropped_never_handed_out_twice(
+    connect: Callable[..., Any], raw_server: Callable[..., RawServer], first: Server, second: Server
+) -> None:
+    """A cache in front of a server replays one valid answer: its IDs are handed out once, the replays are dropped
+    and counted, and the client fails over to a server that answers afresh."""
+    cache = raw_server(
+        {"/id": replaying(recorded(first, "/id?count=100")), "/info": replaying(recorded(first, "/info"))}
+    )
+    client = connect([cache.url, url(second)], batch=100, low_water=0, probe_interval=None)
+    ids = client.next_ids(100) + client.next_ids(500)
+    assert len(set(ids)) == 600, f"{600 - len(set(ids))} duplicates"
+    replayer, healthy = client.status()
+    assert replayer.fetched == 100 and replayer.replays >= 1 and conserved(client.status())
+    assert replayer.last_error is not None and "replayed" in replayer.last_error
+    assert workers(ids[100:]) == {worker_of(second)} and healthy.replays == 0
+
+
+def test_a_replaying_server_alone_fails_rather_than_repeat_itself(
+    connect: Callable[..., Any], raw_server: Callable[..., RawServer], first: Server
+) -> None:
+    cache = raw_server(
+        {"/id": replaying(recorded(first, "/id?count=50")), "/info": replaying(recorded(first, "/info"))}
+    )
+    client = connect([cache.url], batch=50, low_water=0, probe_interval=None, retries=0)
+    ids = client.next_ids(50)
+    with pytest.raises(AllServersFailed, match="replayed"):
+        client.next_ids(50)
+    assert len(set(ids)) == 50 and client.status()[0].replays == 1
+
+
+def test_a_cache_in_front_of_a_server_never_makes_a_duplicate(
+    connect: Callable[..., Any], raw_server: Callable[..., RawServer], first: Server
+) -> None:
+    """The default client (a batch sized from demand) through a cache that stores every answer: the issue's 344
+    duplicates in 600 IDs. Every ID handed out is distinct; each replay is dropped and counted."""
+    cache = caching_proxy(first)
+    proxy = raw_server({"/id": cache, "/info": cache, "/readyz": cache})
+    client = connect([proxy.url], retries=0)
+    ids: list[int] = []
+    for _ in range(600):
+        try:
+            ids.append(client.next_id())
+        except AllServersFailed as failure:
+            assert "replayed" in str(failure)
+    assert len(ids) == len(set(ids)) and ids
+    status = client.status()[0]
+    assert status.replays >= 1 and conserved([status])
+
+
+def test_several_workers_behind_one_url_are_not_taken_for_replays(
+    connect: Callable[..., Any], raw_server: Callable[..., RawServer], state_dir: Path
+) -> None:
+    """``--processes 2`` behind a proxy: one URL, two worker IDs whose answers interleave (a lower worker ID's IDs
+    lie below a higher one's of the same tick). Floors are kept per worker ID: none is taken for a replay."""
+    with Server("--state-dir", str(state_dir), "--processes", "2") as server:
+        proxy = raw_server({path: forwarding(server) for path in ("/id", "/info", "/readyz")})
+        client = connect([proxy.url], batch=16, low_water=0, probe_interval=None)
+        ids: list[int] = []
+        switches = 0
+        while switches < 20 and len(ids) < 100_000:
+            batch = client.next_ids(16)
+            switches += bool(ids) and workers(ids[-1:]) != workers(batch[:1])
+            ids += batch
+        assert switches >= 20 and len(workers(ids)) == 2
+        assert len(set(ids)) == len(ids) and client.status()[0].replays == 0
+
+
+def test_a_server_redeployed_with_a_smaller_max_count_is_asked_again(
+    connect: Callable[..., Any], raw_server: Callable[..., RawServer], state_dir: Path, first: Server
+) -> None:
+    """Behind one URL, the server is replaced by one with ``--max-count 100`` after the client read ``/info``: its
+    400 ``invalid_count`` makes the client ask ``/info`` again, and it keeps within the new limit."""
+    upstreams = [first]
+    proxy = raw_server({path: forwarding(upstreams) for path in ("/id", "/info", "/readyz")})
+    client = connect([proxy.url], batch=1000, low_water=0, probe_interval=None, retries=0)
+    before = client.next_ids(1000)
+    with Server("--state-dir", str(state_dir), "--max-count", "100") as small:
+        upstreams.append(small)
+        after = client.next_ids(1000)
+        assert workers(after) == {worker_of(small)} and len(set(before + after)) == 2000
+        assert client.status()[0].last_error is None
+        assert sum(target.startswith("/info") for target in proxy.requests) == 2
+
+
+@pytest.mark.parametrize("head_too", [False, True], ids=["body", "headers"])
+def test_a_trickling_server_costs_one_timeout_then_the_next_server_answers(
+    connect: Callable[..., Any], raw_server: Callable[..., RawServer], first: Server, second: Server, head_too: bool
+) -> None:
+    """A server (or proxy) that sends its answer a byte at a time, each byte well within the socket timeout: the
+    whole attempt is bounded by ``timeout``, and the next server's IDs come within the call's ``max_wait``."""
+    slow = trickling(recorded(first, "/id?count=100"), 0.05, head_too)
+    info = trickling(recorded(first, "/info"), 0.05, head_too)
+    trickler = raw_server({"/id": slow, "/info": info})
+    client = connect([trickler.url, url(second)], batch=100, timeout=1.0, low_water=0, probe_interval=None)
+    began = time.monotonic()
+    ids = client.next_ids(10)
+    assert workers(ids) == {worker_of(second)} and time.monotonic() - began < client.max_wait
+    assert client.status()[0].last_error == "no answer within 1 s"
+    # at one byte per 50 ms, the client hung up after about 1 s: nowhere near the whole answer
+    wait_until(lambda: trickler.sent, what="the trickling server to notice the client left")
+    assert trickler.sent[0] < 60
+
+
+def test_the_sync_clients_deadline_holds_over_tls(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, first: Server, second: Server
+) -> None:
+    """HTTPS goes through another socket (``ssl.SSLSocket``) and another urllib3 connection class: a server that
+    trickles over TLS is cut off at ``timeout`` as well, and one that answers at once serves. The certificate is a
+    self-signed one the test makes, trusted through ``SSL_CERT_FILE``."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    info = replaying(recorded(first, "/info"))
+    trickler = RawServer({"/id": trickling(recorded(first, "/id?count=100"), 0.05), "/info": info}, tls)
+    cache = RawServer({"/id": replaying(recorded(second, "/id?count=100")), "/info": info}, tls)
+    try:
+        with Client([trickler.url, cache.url], batch=100, timeout=1.0, low_water=0, probe_interval=None) as client:
+            assert workers(client.next_ids(100)) == {worker_of(second)}
+            assert client.status()[0].last_error == "no answer within 1 s"
+            with pytest.raises(AllServersFailed, match="replayed"):  # the TLS cache's second answer is its first
+                client.next_ids(100)
+    finally:
+        trickler.close(), cache.close()
+
+
+@pytest.mark.parametrize("with_length", [True, False], ids=["content-length", "until-close"])
+def test_an_answer_too_large_for_the_batch_is_cut_off(
+    connect: Callable[..., Any], raw_server: Callable[..., RawServer], first: Server, second: Server, with_length: bool
+) -> None:
+    """A 300 MB answer to ``/id?count=100``: the client reads at most a bound derived from the count, then hangs
+    up, and takes its IDs from the next server."""
+    flood = raw_server({"/id": flooding(300 << 20, with_length), "/info": replaying(recorded(first, "/info"))})
+    client = connect([flood.url, url(second)], batch=100, low_water=0, probe_interval=None)
+    assert workers(client.next_ids(10)) == {worker_of(second)}
+    assert (client.status()[0].last_error or "").startswith("answer larger than")
+    wait_until(lambda: flood.sent, what="the flooding server to notice the client left")
+    assert flood.sent[0] < 64 << 20  # what the sockets' buffers took, at most; not 300 MB
+
+
+NESTED = b"[" * 60_000  # deeper than Python's JSON decoder goes: it raises RecursionError, not ValueError
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "content_type", "body"),
+    [
+        ("/id", 200, RUNS, b'{"runs":' + NESTED),
+        ("/id", 200, "application/json", b'{"ids":' + NESTED),
+        ("/id", 400, "application/json", b'{"error":' + NESTED),
+        ("/info", 200, "application/json", b'{"layout":' + NESTED),
+    ],
+    ids=["runs", "json", "error", "info"],
+)
+def test_json_nested_too_deep_is_a_malformed_answer_not_a_crash(
+    connect: Callable[..., Any],
+    raw_server: Callable[..., RawServer],
+    first: Server,
+    second: Server,
+    path: str,
+    status: int,
+    content_type: str,
+    body: bytes,
+) -> None:
+    """Within the byte bound, an answer can still nest its JSON deeper than the decoder's recursion limit. That is a
+    malformed answer from that server (the next one is asked), not a crash of the client's refill loop."""
+    routes = {"/id": replaying(recorded(first, "/id?count=100")), "/info": replaying(recorded(first, "/info"))}
+    routes[path] = replaying(http_response(status, {"Content-Type": content_type}, body))
+    bomb = raw_server(routes)
+    client = connect([bomb.url, url(second)], batch=100, low_water=0, probe_interval=None)
+    assert workers(client.next_ids(10)) == {worker_of(second)}
+    assert client.status()[0].last_error is not None
+
+
+GARBAGE = {
+    "not-http": b"garbage\r\n\r\n",
+    "200-headers": b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n",
+    "long-header": b"HTTP/1.1 200 OK\r\nX: " + b"y" * 100_000 + b"\r\n\r\n",
+    "bad-chunks": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "bad-length": b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("answer", GARBAGE.values(), ids=GARBAGE.keys())
+def test_an_answer_that_is_not_http_fails_that_server_only(
+    connect: Callable[..., Any], raw_server: Callable[..., RawServer], first: Server, second: Server, answer: bytes
+) -> None:
+    broken = raw_server({"/id": replaying(answer), "/info": replaying(recorded(first, "/info"))})
+    client = connect([broken.url, url(second)], batch=100, low_water=0, probe_interval=None)
+    assert workers(client.next_ids(10)) == {worker_of(second)}
+    assert client.status()[0].last_error is not None
+
+
+BAD_RETRY_AFTER = ["inf", "-inf", "nan", "-5", "1e308", "99999999999999999999", "soon", ""]
+
+
+@pytest.mark.parametrize("retry_after", [*BAD_RETRY_AFTER, "date+30", "date-30", "7"])
+def test_retry_after_is_clamped_to_a_finite_wait(
+    connect: Callable[..., Any], raw_server: Callable[..., RawServer], first: Server, retry_after: str
+) -> None:
+    """Whatever a server says in Retry-After (delay-seconds or an HTTP-date, RFC 9110), the error's
+    ``retry_after`` is a number of seconds from 1 to 3600, and the PYTHON.md recipe (``math.ceil``) works."""
+    expected: tuple[float, float]
+    if retry_after.startswith("date"):
+        import email.utils
+
+        offset = int(retry_after[4:])
+        retry_after = email.utils.formatdate(time.time() + offset, usegmt=True)
+        expected = (25.0, 31.0) if offset > 0 else (1.0, 1.0)
+    elif retry_after == "7":
+        expected = (7.0, 7.0)
+    elif retry_after == "99999999999999999999":
+        expected = (3600.0, 3600.0)
+    else:
+        expected = (1.0, 1.0)
+    refuser = raw_server({"/id": refusing(retry_after), "/info": replaying(recorded(first, "/info"))})
+    client = connect([refuser.url], retries=0, probe_interval=None)
+    with pytest.raises(Unavailable) as caught:
+        client.next_id()
+    assert expected[0] <= caught.value.retry_after <= expected[1]
+    assert 1 <= math.ceil(caught.value.retry_after) <= 3600

@@ -24,6 +24,7 @@ from zkharness import TEST_CREDENTIALS
 import idgen
 from idgen import Generator, InvalidInput, decode
 from idgen.client import Client
+from idgen.default import source_from_env
 from idgen.errors import NoLease
 from idgen.leases.local import LocalLease
 from idgen.leases.zookeeper import ZK_AUTH_ENV, ZkLease
@@ -131,6 +132,84 @@ def test_with_idgen_url_it_is_a_client_of_the_servers(monkeypatch: pytest.Monkey
             f"http://127.0.0.1:{first.port}",
             f"http://127.0.0.1:{second.port}",
         ]
+
+
+@pytest.fixture
+def one_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server named in ``IDGEN_URL`` (with ``--max-count 100``: smaller than the client's batch grows to)."""
+    with ServerProcess("--state-dir", str(tmp_path / "ids"), "--max-count", "100") as server:
+        server.started()
+        monkeypatch.delenv("IDGEN_STATE_DIR")
+        monkeypatch.setenv("IDGEN_URL", f"http://127.0.0.1:{server.port}")
+        yield server
+
+
+def test_the_client_default_keeps_within_the_servers_max_count(one_server: ServerProcess) -> None:
+    """Before: the batch, sized from demand, outgrew the server's ``--max-count`` and every request was refused
+    (AllServersFailed after 250 IDs). The client learns the limit from the server's ``/info``."""
+    ids = [idgen.next_id() for _ in range(3000)] + idgen.next_ids(3000)
+    assert len(set(ids)) == 6000
+    source = idgen.default_generator()
+    assert isinstance(source, Client) and source.status()[0].last_error is None
+
+
+def test_client_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, one_server: ServerProcess) -> None:
+    monkeypatch.setenv("IDGEN_CLIENT_TIMEOUT", "0.5")
+    monkeypatch.setenv("IDGEN_CLIENT_RETRIES", "0")
+    monkeypatch.setenv("IDGEN_CLIENT_BATCH", "10")
+    monkeypatch.setenv("IDGEN_CLIENT_LOW_WATER", "0")
+    monkeypatch.setenv("IDGEN_CLIENT_PROBE_INTERVAL", "off")
+    monkeypatch.setenv("IDGEN_CLIENT_MAX_AGE", "none")
+    idgen.next_id()
+    source = idgen.default_generator()
+    assert isinstance(source, Client)
+    assert source.max_wait == 1.0  # one server, one pass of 0.5 s, plus one probe's 0.5 s
+    assert source.status()[0].buffered == 9  # a batch of 10, no refill before it runs out
+    monkeypatch.setenv("IDGEN_CLIENT_MAX_WAIT", "7.5")
+    idgen.reset_default()
+    assert idgen.default_generator().max_wait == 7.5  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("IDGEN_CLIENT_TIMEOUT", "0"),
+        ("IDGEN_CLIENT_TIMEOUT", "soon"),
+        ("IDGEN_CLIENT_TIMEOUT", "inf"),
+        ("IDGEN_CLIENT_TIMEOUT", "1e3"),
+        ("IDGEN_CLIENT_BATCH", "1.5"),
+        ("IDGEN_CLIENT_BATCH", "0"),
+        ("IDGEN_CLIENT_BATCH", "٣"),  # an Arabic-Indic 3: int() would take it
+        ("IDGEN_CLIENT_RETRIES", "-1"),
+        ("IDGEN_CLIENT_BACKOFF", "nan"),
+        ("IDGEN_CLIENT_PROBE_INTERVAL", "0"),
+        ("IDGEN_CLIENT_MAX_AGE", "never"),
+    ],
+)
+def test_a_bad_client_option_is_invalid_input_that_names_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.delenv("IDGEN_STATE_DIR")
+    monkeypatch.setenv("IDGEN_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidInput, match=f"^{variable}: ") as raised:
+        idgen.next_id()
+    assert "\n" not in str(raised.value)
+
+
+def test_client_options_without_servers_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDGEN_CLIENT_TIMEOUT", "1")
+    with pytest.raises(InvalidInput, match="IDGEN_CLIENT_TIMEOUT: client options, for servers named in IDGEN_URL"):
+        idgen.next_id()
+
+
+def test_source_from_env_is_what_the_default_is_made_of(one_server: ServerProcess) -> None:
+    """The function ``idgen mint`` calls: a new source each time, configured as the process default."""
+    source = source_from_env({"IDGEN_URL": f"http://127.0.0.1:{one_server.port}", "IDGEN_CLIENT_MAX_WAIT": "4"})
+    try:
+        assert isinstance(source, Client) and source.max_wait == 4.0 and len(set(source.next_ids(300))) == 300
+    finally:
+        source.close()
 
 
 def test_with_idgen_zk_it_leases_from_zookeeper(
