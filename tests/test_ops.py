@@ -184,10 +184,11 @@ def test_promtool_accepts_a_live_servers_metrics(processes: int, tmp_path: Path)
 
 
 def test_every_metric_the_rules_and_the_dashboard_read_is_one_a_server_exports(tmp_path: Path) -> None:
-    """Names come from every expression. A server with one process declares every family (a labelled one without
-    samples too), so it is the reference; with several processes, every family with samples there is also here."""
+    """Names come from every expression, and from the runbook. A server with one process declares every family (a
+    labelled one without samples too), so it is the reference; with two, every family with samples there is here."""
     used = {name for rule in alerts() for name in metric_names(rule["expr"])}
     used |= {name for expr in dashboard_expressions() for name in metric_names(expr)}
+    used |= set(re.findall(r"`(idgen_\w+)", RUNBOOK.read_text()))  # what the runbook tells operators to look at
     assert {"idgen_namespace_worker_ids", "idgen_time_bits_remaining_seconds", "idgen_refusals_total"} <= used
     with serving(tmp_path / "one", 1) as single, serving(tmp_path / "two", 2) as double:
         for server in (single, double):
