@@ -26,7 +26,7 @@ from polling import poll
 from prometheus_client.parser import text_string_to_metric_families
 from serverproc import REPO
 from serverproc import ServerProcess as Server
-from zkharness import TEST_CREDENTIALS, four_letter_word
+from zkharness import TEST_CREDENTIALS, ZkServer, four_letter_word
 
 from idgen import DEFAULT_LAYOUT, Layout
 from idgen.app import CENSUS_INTERVAL_S
@@ -152,7 +152,11 @@ def samples(server: Server, name: str) -> list[float]:
 
 def census_of(server: Server) -> dict[str, float]:
     """The namespace gauges of ``server``'s ``/metrics`` ({} before its first census)."""
-    text = server.get("/metrics").body.decode()
+    return census_in(server.get("/metrics").body.decode())
+
+
+def census_in(text: str) -> dict[str, float]:
+    """The namespace gauges in a ``/metrics`` text."""
     values = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -327,3 +331,24 @@ def test_a_live_servers_namespace_gauges_on_zookeeper(zk_hosts: str, zk_namespac
             second.stop()
         expected = {"capacity": 4, "held": 1, "free": 2, "quarantined": 1}
         poll(lambda: census_of(first) == expected, f"{expected} after it released", CENSUS_WAIT_S)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_metrics_never_wait_on_a_frozen_zookeeper(fresh_zk: ZkServer, processes: int) -> None:
+    """ZooKeeper frozen (SIGSTOP) for two census intervals: each census waits on it for up to 5 s (the ZooKeeper call
+    bound), on a thread of its own; every ``/metrics`` meanwhile answers within half that, with the last census."""
+    options = ("--zk", fresh_zk.hosts, "--namespace", "/frozen", "--layout", TINY.spec_string())
+    with Server(*options, "--processes", str(processes), "--zk-session-timeout", "30") as server:
+        poll(lambda: census_of(server).get("held") == processes, "the first census", CENSUS_WAIT_S)
+        fresh_zk.pause()
+        try:
+            frozen_until = time.monotonic() + 2 * CENSUS_INTERVAL_S + 1
+            answers = 0
+            while time.monotonic() < frozen_until:
+                reply = server.get("/metrics", timeout=2.5)  # raises if it waits on the census
+                assert reply.status == 200 and census_in(reply.body.decode())["held"] == processes
+                answers += 1
+                time.sleep(0.25)  # pacing the scrapes, not waiting for anything
+        finally:
+            fresh_zk.resume()
+    assert answers >= 2 * CENSUS_INTERVAL_S  # every scrape answered
