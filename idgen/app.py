@@ -60,7 +60,7 @@ from idgen.encoding import FORMS, format_ids, parse_id
 from idgen.errors import ClockBehind, InvalidInput, Unavailable
 from idgen.generator import Generator
 from idgen.layout import iso_ms
-from idgen.leases.base import Lease, LeaseState
+from idgen.leases.base import Census, Lease, LeaseState
 from idgen.openapi import document
 from idgen.runs import RUNS_TYPE, runs_body
 from idgen.version import __version__
@@ -76,6 +76,7 @@ WATCH_INTERVAL_S = 0.5  # readiness log events, lease gauges and batched counter
 GENERATOR_COUNTERS = ("minted", "overflow_waits", "clock_rollbacks", "clock_rides", "worker_switches")
 FORMAT_SLICE = 512  # IDs formatted per turn of the event loop: about 0.3 ms in base32 or base58 (bench/bench_format.py)
 ID_LATENCY_SAMPLE = 16  # GET /id's fast path times one request in this many (Service._id_endpoint)
+CENSUS_INTERVAL_S = 10.0  # the lease's census (the namespace gauges) is taken this often, on a thread (Service.refresh)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 _JSON = "application/json"
@@ -85,6 +86,7 @@ _TEXT_HEADERS = CIMultiDict({"Content-Type": "text/plain; charset=utf-8", "Cache
 _DIGITS = re.compile(r"-?[0-9]+")
 _UNMATCHED = "(unmatched)"
 _PER_PROCESS: dict[str, Any] = {"multiprocess_mode": "liveall"}  # gauges: one series per live process (pid label)
+_PER_SERVER: dict[str, Any] = {"multiprocess_mode": "livemostrecent"}  # gauges of what all processes share: one series
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -171,6 +173,31 @@ class Metrics:
             registry=registry,
             **_PER_PROCESS,
         )
+        self.namespace_worker_ids = Gauge(
+            "idgen_namespace_worker_ids",
+            f"Worker IDs of the lease's namespace (ZooKeeper namespace, state directory's range) by state: held by a"
+            f" live holder, free, or quarantined (as this server found them). From a census every"
+            f" {CENSUS_INTERVAL_S:g} s.",
+            ["state"],
+            registry=registry,
+            **_PER_SERVER,
+        )
+        self.namespace_capacity = Gauge(
+            "idgen_namespace_worker_id_capacity",
+            "Worker IDs the lease's namespace has in all.",
+            registry=registry,
+            **_PER_SERVER,
+        )
+        self.time_bits_remaining = Gauge(
+            "idgen_time_bits_remaining_seconds",
+            "Time left until the layout's time bits run out; after that no ID can be minted.",
+            registry=registry,
+            **_PER_SERVER,
+        )
+        self.refusals = Counter(
+            "idgen_refusals", "Requests refused with 503, by reason (the error code).", ["reason"], registry=registry
+        )
+        self._refused: dict[str, int] = {}
         if multiprocess_dir:
             self.exposition = CollectorRegistry()
             MultiProcessCollector(self.exposition, path=multiprocess_dir)
@@ -189,6 +216,13 @@ class Metrics:
     def flush(self) -> None:
         for tally in self._tallies.values():
             tally.flush()
+        refused, self._refused = self._refused, {}
+        for reason, count in refused.items():
+            self.refusals.labels(reason).inc(count)
+
+    def refused(self, reason: str) -> None:
+        """One request refused with 503 for ``reason``; counted in plain numbers until :meth:`flush`."""
+        self._refused[reason] = self._refused.get(reason, 0) + 1
 
     def render(self) -> bytes:
         return generate_latest(self.exposition)
@@ -290,6 +324,10 @@ class Service:
         self._was_ready: bool | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._fallback_resource: AbstractResource | None = None
+        self._census: Census | None = None  # the last census taken (Lease.census)
+        self._census_due = 0.0  # time.monotonic() when the next census is taken
+        self._census_worker_id: int | None = None  # this process's worker ID when the census was last due
+        self._census_running = False
 
     @property
     def lease(self) -> Lease:
@@ -477,6 +515,7 @@ class Service:
                 response = await handler(request)
             except Unavailable as exc:
                 response = _error(503, exc.code, str(exc), retry_after=exc.retry_after)
+                self.metrics.refused(exc.code)
             except BadRequest as exc:
                 response = _error(400, exc.code, str(exc))
             except InvalidInput as exc:
@@ -510,6 +549,7 @@ class Service:
         metrics.ready.set(1 if ready else 0)
         metrics.zk_insecure.set(1 if self.lease.insecure else 0)
         metrics.quarantined.set(len(self.lease.quarantined))
+        self._refresh_census(reservation.worker_id if reservation else None)
         metrics.flush()
         self._sync_counters()
         if ready != self._was_ready:
@@ -519,6 +559,35 @@ class Service:
                 log.warning("not ready: %s", reason, extra={"event": "not_ready", "reason": reason})
             self._was_ready = ready
         return ready, reason
+
+    def _refresh_census(self, worker_id: int | None) -> None:
+        """Set the namespace gauges from the last census, and start the next one on a thread if it is due (every
+        ``CENSUS_INTERVAL_S``, and at once when this process's own worker ID changes). Never waits for it: a slow
+        coordinator delays only the census, never ``/metrics`` or the loop."""
+        metrics, census = self.metrics, self._census
+        metrics.time_bits_remaining.set(max(0.0, (self.layout.expires_ms - time.time() * 1000) / 1000))
+        if census is not None:
+            metrics.namespace_capacity.set(census.capacity)
+            for state in ("held", "free", "quarantined"):
+                metrics.namespace_worker_ids.labels(state).set(getattr(census, state))
+        if worker_id != self._census_worker_id:
+            self._census_worker_id, self._census_due = worker_id, 0.0
+        if self._census_running or time.monotonic() < self._census_due:
+            return
+        self._census_running, self._census_due = True, time.monotonic() + CENSUS_INTERVAL_S
+        try:
+            self._executor.submit(self._take_census, self.lease)
+        except RuntimeError:  # shutting down
+            self._census_running = False
+
+    def _take_census(self, lease: Lease) -> None:
+        """On a thread of ``_executor``: the lease's census, kept for :meth:`_refresh_census`."""
+        try:
+            self._census = lease.census()
+        except Exception as exc:  # kept from the last census; the lease's own gauges and logs tell the outage
+            log.debug("census failed: %s", exc, extra={"event": "census_failed"})
+        finally:
+            self._census_running = False
 
     async def _watch(self) -> None:
         while True:

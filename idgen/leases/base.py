@@ -247,6 +247,21 @@ class LeaseStatus:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class Census:
+    """How the worker IDs a lease draws from stand, as of one cheap scan (:meth:`Lease.census`): ``held`` by a live
+    holder, ``quarantined`` (records this lease found unreadable; never claimed) and not held, and ``free``, the
+    rest of ``capacity``."""
+
+    capacity: int
+    held: int
+    quarantined: int
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.held - self.quarantined
+
+
 class Lease(ABC):
     """Base of the backends. Subclasses implement the four storage operations; this class runs the lifecycle.
 
@@ -614,3 +629,16 @@ class Lease(ABC):
             )
             return self.window_ms / 2000
         return min((reservation.fence_ms - now - self.window_ms) / 1000 + 0.001, self.window_ms / 1000)
+
+    # -- census (metrics) ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def census(self) -> Census:
+        """How this lease's worker IDs stand now. Cheap at any scale: O(1) coordination requests (one listing of the
+        claims), never a read of every record, so quarantined IDs are those this lease found in its own claims' scans.
+        Blocking I/O: call it off the event loop. Raises :class:`LeaseUnavailable` when it cannot be told."""
+
+    def _census_of(self, worker_ids: range, held: set[int]) -> Census:
+        """The census of ``worker_ids`` of which ``held`` have a live claim."""
+        quarantined = {w for w in self.quarantined if w in worker_ids} - held
+        return Census(len(worker_ids), sum(1 for w in held if w in worker_ids), len(quarantined))

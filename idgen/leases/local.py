@@ -37,11 +37,12 @@ from typing import Any, Self
 
 from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable, UnreadableRecord
 from idgen.layout import Layout
-from idgen.leases.base import Holder, Lease, LeaseLost, Reservation, remember
+from idgen.leases.base import Census, Holder, Lease, LeaseLost, Reservation, remember
 from idgen.leases.records import load_record, parse_worker_record
 
 DIRECTORY_LOCK_TIMEOUT_S = 5.0
 _RECORD_NAME = re.compile(r"worker-([0-9]{5})\.json", re.ASCII)
+_LOCK_NAME = re.compile(r"worker-([0-9]{5})\.lock", re.ASCII)
 STATE_DIR_ENV = "IDGEN_STATE_DIR"
 
 
@@ -266,6 +267,33 @@ class LocalLease(Lease):
             raise LayoutMismatch(
                 f"state directory {self.state_dir} belongs to layout {stored.summary()}, not {self.layout.summary()}"
             )
+
+    def census(self) -> Census:
+        """One listing of the state directory, and a non-blocking ``flock`` probe of each lock file in range (no
+        record is read), under the directory lock: a claim, which locks under it too, never meets a probe."""
+        held: set[int] = set()
+        if self.state_dir.is_dir():
+            with self._directory_locked(), os.scandir(self.state_dir) as entries:
+                for entry in entries:
+                    name = _LOCK_NAME.fullmatch(entry.name)
+                    if name and int(name.group(1)) in self.worker_ids and _locked(entry.path):
+                        held.add(int(name.group(1)))
+        return self._census_of(self.worker_ids, held)
+
+
+def _locked(path: str) -> bool:
+    """Whether another open file (another process, or this one's claim) holds the ``flock`` of ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops the probe's lock, if it got one
+    return False
 
 
 def _write_durably(path: Path, text: str) -> None:

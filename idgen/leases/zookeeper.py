@@ -50,7 +50,7 @@ from kazoo.security import ACL, Permissions, make_digest_acl
 
 from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable, UnreadableRecord
 from idgen.layout import Layout
-from idgen.leases.base import Holder, Lease, LeaseLost, Reservation, remember
+from idgen.leases.base import Census, Holder, Lease, LeaseLost, Reservation, remember
 from idgen.leases.records import WORKER_ID, load_record, parse_fence, parse_history, parse_holder
 
 log = logging.getLogger("idgen.lease")
@@ -642,6 +642,17 @@ class ZkLease(Lease):
         except NoNodeError:
             return None, None
         return parse(bytes(data), path), stat
+
+    def census(self) -> Census:
+        """One ``get_children`` of the claims (``NS/leases``), on this lease's connection; none is opened for it."""
+        namespace = self._ns
+        if namespace is None or not namespace.client.connected:
+            raise LeaseUnavailable("not connected to ZooKeeper")
+        try:
+            held = set(namespace.worker_ids("leases"))
+        except KazooException as exc:
+            raise LeaseUnavailable(explain(exc)) from None
+        return self._census_of(range(self.layout.worker_capacity), held)
 
 
 def _json(value: Any) -> bytes:
