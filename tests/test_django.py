@@ -331,6 +331,20 @@ with connection.cursor() as cursor:
         cursor.execute("SELECT sql FROM sqlite_master WHERE name = 'notes_note'")
         sql = cursor.fetchone()[0]
         assert '"id" bigint NOT NULL PRIMARY KEY' in sql and "AUTOINCREMENT" not in sql, sql
+
+from idgen.django.rest_framework import IdModelSerializer
+
+
+class NoteSerializer(IdModelSerializer):
+    class Meta:
+        model = Note
+        fields = ["id", "text"]
+
+
+assert NoteSerializer(note).data == {"id": str(note.pk), "text": "one"}  # a string: the key maps to IdSerializerField
+incoming = NoteSerializer(data={"id": "1", "text": "posted"})
+assert incoming.is_valid(), incoming.errors
+assert incoming.save().pk > 2**40  # read-only: minted, never taken from the client
 print("ok", keys)
 """
 

@@ -187,6 +187,29 @@ def test_the_strict_ascii_int_parser_refuses_what_int_would_take(text: str) -> N
         parse_ascii_int(text, "count")
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "time:\u0664\u0661,worker_id:10,sequence:12;epoch=2025-01-01",  # Arabic-Indic 41 bits
+        "time:41,worker_id:10,sequence:12;epoch=\u0662\u0660\u0662\u0665-01-01",
+        "time:41,worker_id:10,sequence:12;epoch=\u0661\u0667\u0663\u0665\u0666\u0668\u0669\u0666\u0660\u0660\u0660\u0660\u0660",
+        "time:41,worker_id:10,sequence:12;epoch=2025-01-01;unit=\u0661ms",
+        "time:41,worker_id:\uff11\uff10,sequence:12;epoch=2025-01-01",  # fullwidth 10
+    ],
+)
+def test_layout_specs_refuse_non_ascii_digits(text: str) -> None:
+    with pytest.raises(InvalidInput, match="layout spec"):
+        get_layout(text)
+
+
+@pytest.mark.parametrize("form", [None, *FORMS])
+def test_no_form_reads_non_ascii_digits(form: str | None) -> None:
+    for digit in ("\u0663", "\uff13", "\u00b3", "\u09e9"):  # Arabic-Indic, fullwidth, superscript, Bengali 3
+        for text in (digit, "1" * 10 + digit, "0" * 12 + digit, "0x" + "0" * 15 + digit):
+            with pytest.raises(InvalidInput):
+                parse_id(text, form)
+
+
 def test_the_strict_ascii_int_parser_reads_ascii_digits() -> None:
     assert [parse_ascii_int(t, "n") for t in ("0", "7", "007", "4096", "9" * 30)] == [0, 7, 7, 4096, int("9" * 30)]
 
