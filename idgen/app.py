@@ -371,10 +371,9 @@ class Service:
         except InvalidInput as exc:
             raise BadRequest("invalid_layout", str(exc)) from None
         try:
-            value = parse_id(request.match_info["id"], form)
+            fields: dict[str, Any] = layout.decode(parse_id(request.match_info["id"], form))  # fits the layout?
         except InvalidInput as exc:  # AmbiguousId's code is ambiguous_id
             raise BadRequest(exc.code if isinstance(exc, AmbiguousId) else "invalid_id", str(exc)) from None
-        fields: dict[str, Any] = layout.decode(value)
         if layout == self.layout:
             fields.update(await self._trace(fields["worker"], fields["timestamp_ms"]))
         else:  # this server's lease history is of its own layout's worker IDs

@@ -142,8 +142,9 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                             "required": False,
                             "description": "Decode in this layout (default: this server's): a preset, or a spec"
                             " string such as time:41,worker_id:10,sequence:12;epoch=2025-01-01 (400 invalid_layout"
-                            " if it is not one). In another layout than this server's, node is null with node_reason"
-                            " other_layout: the ID was not minted here.",
+                            " if it is not one). An ID with more bits than the layout has is 400 invalid_id. In"
+                            " another layout than this server's, node is null with node_reason other_layout: the ID"
+                            " was not minted here.",
                             "schema": {"type": "string", "enum": list(dict.fromkeys([*PRESETS, layout.name]))},
                         },
                     ],

@@ -28,7 +28,7 @@ from schemathesis.generation.modes import GenerationMode
 from serverproc import Reply
 from serverproc import ServerProcess as Server
 
-from idgen import DEFAULT_LAYOUT, FORMS, Generator, decode, format_id, parse_id
+from idgen import DEFAULT_LAYOUT, FORMS, Generator, decode, format_id, get_layout, parse_id
 from idgen.app import ID_LATENCY_SAMPLE, Metrics, make_app
 from idgen.clock import ManualClock
 from idgen.leases.local import LocalLease
@@ -229,6 +229,8 @@ def test_decode_takes_a_layout_by_preset_or_spec_and_says_the_node_is_not_here(s
     own = server.get("/id").json()["id"]
     assert server.get(f"/decode/{own}?layout=idgen").json()["node"]["pid"] == server.pid  # its own layout: traced
     assert assert_error(server.get(f"/decode/{own}?layout=nope"), 400)["code"] == "invalid_layout"
+    too_wide = assert_error(server.get(f"/decode/{own}?layout=js53"), 400, "invalid_id")  # 63 bits in a 53-bit layout
+    assert "more than the 53 bits of layout 'js53'" in too_wide["message"]
     assert_error(server.get(f"/decode/{own}?layout=time:70,sequence:1;epoch=2020-01-01"), 400, "invalid_layout")
 
 
@@ -395,19 +397,23 @@ def api_schema(server: Server) -> Any:
 
 
 def id_in_the_form_format_names(document: dict[str, Any]) -> Callable[[Any, Any], bool]:
-    """The one rule of the document that OpenAPI cannot state, as it states it in words: /decode/{id}'s id matches
-    the anyOf branch (titled by form) that format names, and without format exactly one branch. OpenAPI relates no
-    two parameters, so the generator draws id and format apart; a schemathesis filter keeps the positive cases that
-    keep the rule. Negative cases are all kept: each must be refused."""
+    """The rules of the document that OpenAPI cannot state, as it states them in words: /decode/{id}'s id matches
+    the anyOf branch (titled by form) that format names, and without format exactly one branch; and the ID fits the
+    bits of the layout it is decoded in. OpenAPI relates no two parameters, so the generator draws id, format and
+    layout apart; a schemathesis filter keeps the positive cases that keep the rules. Negative cases are all kept:
+    each must be refused."""
     [id_parameter] = [p for p in document["paths"]["/decode/{id}"]["get"]["parameters"] if p["name"] == "id"]
     branches = {b["title"]: re.compile(b["pattern"]) for b in id_parameter["schema"]["anyOf"]}
 
     def keep(context: Any, case: Any) -> bool:
         if case.operation.path != "/decode/{id}" or not case.meta.generation.mode.is_positive:
             return True
-        text, form = case.path_parameters["id"], (case.query or {}).get("format")
+        query = case.query or {}
+        text, form = case.path_parameters["id"], query.get("format")
         matched = [name for name, pattern in branches.items() if pattern.fullmatch(text)]
-        return form in matched if form is not None else len(matched) == 1
+        if (form not in matched) if form is not None else len(matched) != 1:
+            return False
+        return parse_id(text, form or matched[0]) >> get_layout(query.get("layout", "idgen")).bits_total == 0
 
     return keep
 
