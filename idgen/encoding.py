@@ -142,7 +142,8 @@ def parse_id(text: str, form: str | None = None) -> int:
         return next(iter(readings.values()))
     if readings:
         shown = " and ".join(f"{f} {value}" for f, value in readings.items())
-        raise AmbiguousId(f"{_shown(text)} is an ambiguous ID: it reads as {shown}; say which form it is in", readings)
+        forms = " or ".join(readings)
+        raise AmbiguousId(f"{_shown(text)} is an ambiguous ID: it reads as {shown}; give its form, {forms}", readings)
     return _parse_in(text, _form_by_shape(text))  # raises, saying why in the form it looks most like
 
 
