@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -349,28 +350,61 @@ print("ok", keys)
 """
 
 
-def test_idautofield_is_a_default_auto_field_a_real_project_migrates_and_fills(db_url: str, tmp_path: Path) -> None:
-    """A project of its own in a child process (``DEFAULT_AUTO_FIELD`` is read once per process): makemigrations,
-    makemigrations --check (the field deconstructs stably), migrate and inserts, on SQLite and on PostgreSQL."""
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "__init__.py").write_text("")
-    (tmp_path / "notes" / "models.py").write_text(AUTO_MODELS)
-    (tmp_path / "settings.py").write_text(AUTO_SETTINGS.format(database=database(db_url)))
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings", "PYTHONPATH": str(tmp_path)}
-    env["IDGEN_STATE_DIR"] = str(tmp_path / "idgen-state")
+def auto_field_project(db_url: str, path: Path, auto_field: str = "idgen.django.IdAutoField") -> Callable[..., str]:
+    """A Django project in ``path`` whose ``notes`` app keys its models with ``DEFAULT_AUTO_FIELD``; its ``manage``,
+    run in a child process (``DEFAULT_AUTO_FIELD`` is read once per process)."""
+    (path / "notes").mkdir(exist_ok=True)
+    (path / "notes" / "__init__.py").write_text("")
+    (path / "notes" / "models.py").write_text(AUTO_MODELS)
+    settings = AUTO_SETTINGS.format(database=database(db_url)).replace("idgen.django.IdAutoField", auto_field)
+    (path / "settings.py").write_text(settings)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings", "PYTHONPATH": str(path)}
+    env["IDGEN_STATE_DIR"] = str(path / "idgen-state")
 
     def manage(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "django", *args], cwd=tmp_path, env=env, capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "django", *args], cwd=path, env=env, capture_output=True,
                               text=True, timeout=120)  # fmt: skip
         assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
+    return manage
+
+
+def test_idautofield_is_a_default_auto_field_a_real_project_migrates_and_fills(db_url: str, tmp_path: Path) -> None:
+    """makemigrations, makemigrations --check (the field deconstructs stably), migrate and inserts, on SQLite and on
+    PostgreSQL."""
+    manage = auto_field_project(db_url, tmp_path)
     manage("makemigrations", "notes")
     migration = (tmp_path / "notes" / "migrations" / "0001_initial.py").read_text()
     assert "idgen.django.IdAutoField(auto_created=True, primary_key=True, serialize=False" in migration
     manage("makemigrations", "--check", "--dry-run")
     manage("migrate")
     assert "\nok [" in "\n" + manage("shell", "-c", AUTO_SHELL)
+
+
+def test_a_project_on_bigautofield_switches_to_idautofield_and_keeps_its_rows(db_url: str, tmp_path: Path) -> None:
+    """The migration Django writes for the switch drops the sequence (identity on PostgreSQL, AUTOINCREMENT on
+    SQLite); old rows keep their small keys and foreign keys, new rows get idgen IDs, far above them."""
+    manage = auto_field_project(db_url, tmp_path, auto_field="django.db.models.BigAutoField")
+    manage("makemigrations", "notes")
+    manage("migrate")
+    manage(
+        "shell", "-c", "from notes.models import Note, Tag; Tag.objects.create(note=Note.objects.create(text='old'))"
+    )
+    manage = auto_field_project(db_url, tmp_path)
+    manage("makemigrations", "notes")
+    altered = (tmp_path / "notes" / "migrations" / "0002_alter_note_id_alter_tag_id.py").read_text()
+    assert altered.count("idgen.django.IdAutoField(auto_created=True, primary_key=True, serialize=False") == 2
+    manage("migrate")
+    check = (
+        "from notes.models import Note, Tag\n"
+        "old = Note.objects.get(text='old')\n"
+        "assert old.pk == 1 and Tag.objects.get().note == old\n"
+        "new = Note.objects.create(text='new')\n"
+        "assert new.pk > 2**40 and Tag.objects.create(note=new).pk > 2**40\n"
+        "print('ok')\n"
+    )
+    assert manage("shell", "-c", check).endswith("ok\n")
 
 
 def test_an_idautofield_is_an_idfield_key() -> None:
