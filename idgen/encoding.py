@@ -206,7 +206,7 @@ def _parse_base32(text: str) -> int:
     return value
 
 
-def _at_most(digits: str, top: str, fold_case: bool = False) -> str:
+def _at_most(digits: str, top: str) -> str:
     """A regular expression for the strings of ``len(top)`` characters of ``digits`` (listed in ascending order) that
     are at most ``top``: ``top`` itself, or its first ``i`` characters, a smaller one, then any."""
     branches = [top]
@@ -214,8 +214,8 @@ def _at_most(digits: str, top: str, fold_case: bool = False) -> str:
         smaller = digits[: digits.index(char)]
         if smaller:
             rest = len(top) - i - 1
-            tail = f"[{_ranges(digits, fold_case)}]" + (f"{{{rest}}}" if rest > 1 else "") if rest else ""
-            branches.append(top[:i] + f"[{_ranges(smaller, fold_case)}]" + tail)
+            tail = f"[{_ranges(digits)}]" + (f"{{{rest}}}" if rest > 1 else "") if rest else ""
+            branches.append(top[:i] + f"[{_ranges(smaller)}]" + tail)
     return "|".join(branches)
 
 
