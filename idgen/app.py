@@ -7,7 +7,8 @@ Routes (all GET; the OpenAPI document in :mod:`idgen.openapi` describes each one
   an ``Accept`` naming ``application/vnd.idgen.runs+json`` gets the compact runs form (:mod:`idgen.runs`).
 - ``/decode/{id}``: what an ID says (the shape of ``idgen decode --json``) plus ``node``, the lease holder that
   minted it, from the lease history; when that is null, ``node_reason`` says why no recorded holder minted it, or
-  ``node_error`` why the history could not be read.
+  ``node_error`` why the history could not be read. ``?format=`` names the ID's string form (without it, a string
+  that reads in two forms is a 400 ``ambiguous_id``); ``?layout=`` decodes in another layout (a preset or a spec).
 - ``/healthz``, ``/readyz``, ``/info``, ``/metrics`` (Prometheus), ``/openapi.json``.
 
 Invariants:
@@ -57,9 +58,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from idgen import inspector
 from idgen.encoding import FORMS, format_ids, parse_id
-from idgen.errors import ClockBehind, InvalidInput, Unavailable
+from idgen.errors import AmbiguousId, ClockBehind, InvalidInput, Unavailable
 from idgen.generator import Generator
-from idgen.layout import iso_ms
+from idgen.layout import get_layout, iso_ms
 from idgen.leases.base import Census, Lease, LeaseState
 from idgen.openapi import document
 from idgen.runs import RUNS_TYPE, runs_body
@@ -404,11 +405,18 @@ class Service:
         if form is not None:
             form = _parse_form(form)
         try:
-            value = parse_id(request.match_info["id"], form)
+            layout = get_layout(request.query.get("layout", self.layout))
         except InvalidInput as exc:
-            raise BadRequest("invalid_id", str(exc)) from None
-        fields: dict[str, Any] = self.layout.decode(value)
-        fields.update(await self._trace(fields["worker"], fields["timestamp_ms"]))
+            raise BadRequest("invalid_layout", str(exc)) from None
+        try:
+            fields: dict[str, Any] = layout.decode(parse_id(request.match_info["id"], form))  # fits the layout?
+        except InvalidInput as exc:  # AmbiguousId's code is ambiguous_id
+            raise BadRequest(exc.code if isinstance(exc, AmbiguousId) else "invalid_id", str(exc)) from None
+        if layout == self.layout:
+            fields.update(await self._trace(fields["worker"], fields["timestamp_ms"]))
+        else:  # this server's lease history is of its own layout's worker IDs
+            why = f"decoded in layout {layout.name}, not this server's ({self.layout.name}): not minted here"
+            fields.update(node=None, node_reason={"code": "other_layout", "message": why})
         return web.json_response(fields)
 
     async def healthz(self, request: web.Request) -> web.Response:

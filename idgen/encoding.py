@@ -8,12 +8,16 @@ Forms (``FORMS``):
 - ``base58``: Bitcoin alphabet, always 11 characters (left-padded with ``1``, its zero digit).
 
 Invariants: ``parse(format(i, f), f) == i`` for every form and every ``0 <= i < 2**63``; every parser
-rejects anything that :func:`format_id` would not produce (up to ASCII letter case for hex and base32; any
-non-ASCII character is refused, so no Unicode case mapping can sneak in: U+017F, long s, upper-cases to ``S``); and
-hex, base32 and base58 are fixed-width in alphabets listed in ASCII order, so they sort like the integers.
+rejects anything that :func:`format_id` would not produce (up to ASCII letter case for hex and base32, and leading
+zeros in decimal; any non-ASCII character is refused, so no Unicode case mapping or digit can sneak in: U+017F, long
+s, upper-cases to ``S``, and ``'٣'`` is a digit to ``int``); hex, base32 and base58 are fixed-width in alphabets
+listed in ASCII order, so they sort like the integers; :data:`FORM_PATTERNS` match exactly what each parser accepts.
 
-Auto-detection (``form=None``) goes by shape: all digits mean decimal, ``0x`` hex, 13 characters base32
-and 11 characters base58. A base32 or base58 string made only of digits reads as decimal; pass ``form``.
+Without a form (``form=None``) a string is read in every form whose parser accepts it, and it must read in exactly
+one. Two readings are :class:`~idgen.errors.AmbiguousId`, never a guess: 13 digits starting with 0 to 7 are both
+decimal and base32, and 11 digits from 1 to 9 both decimal and base58 (a few all-digit base32 and base58 IDs are
+minted; ``0737185780000`` is base32 for 255826949459410944 and decimal for 737185780000). ``0x`` hex, and base32 and
+base58 strings with a letter, are never ambiguous; nor is decimal of another length.
 
 The encoders are table-driven: two digits per lookup (32**2 and 58**2 entries), about 0.6 µs per base32 or
 base58 ID, a fifth of a digit-by-digit loop; the HTTP service formats thousands per request.
@@ -21,12 +25,13 @@ base58 ID, a fifth of a digit-by-digit loop; the HTTP service formats thousands 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 
 import base58
 
-from idgen.errors import InvalidInput
+from idgen.errors import AmbiguousId, InvalidInput
 
 MAX_ID = (1 << 63) - 1
 FORMS = ("decimal", "hex", "base32", "base58")
@@ -41,6 +46,7 @@ _BITCOIN = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # the b
 _BITCOIN_PAIRS = [a + b for a in _BITCOIN for b in _BITCOIN]  # a value below 58**2 -> 2 digits
 _BASE58_WIDTH = 11  # 58 ** 11 > 2 ** 63
 _BASE58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]{11}")
+_NUMBER = re.compile(r"[0-9]{1,4000}")  # CPython's int() refuses more than 4300 digits
 
 
 def _hex(value: int) -> str:
@@ -80,14 +86,29 @@ def check_id(value: int) -> int:
     return value
 
 
-def to_id(value: object) -> int:
-    """An ID given as an int or in any string form (detected by shape); :class:`InvalidInput` for anything else,
-    bools and floats included. What the framework integrations accept on assignment."""
+def to_id(value: object, form: str | None = None) -> int:
+    """An ID given as an int or as a string in ``form`` (``None``: in the one form it reads in, see :func:`parse_id`);
+    :class:`InvalidInput` for anything else, bools and floats included. What the framework integrations accept."""
     if isinstance(value, str):
-        return parse_id(value)
+        return parse_id(value, form)
     if isinstance(value, int) and not isinstance(value, bool):
         return check_id(value)
     raise InvalidInput(f"an ID must be an integer or a string, not {type(value).__name__}")
+
+
+def check_form(form: str | None) -> str | None:
+    """``form`` if it is one of ``FORMS`` or ``None`` (any form), else :class:`InvalidInput`: for a field's ``form``."""
+    if form is not None:
+        _encoder(form)
+    return form
+
+
+def parse_ascii_int(text: str, what: str) -> int:
+    """A non-negative whole number written in ASCII digits (``"007"`` is 7), else :class:`InvalidInput` naming
+    ``what``. ``int()`` would also take ``"٣"`` and other Unicode digits, ``"1_000"``, signs and spaces."""
+    if not isinstance(text, str) or not _NUMBER.fullmatch(text):
+        raise InvalidInput(f"{what} {_shown(str(text))} is not a whole number (ASCII digits 0-9)")
+    return int(text)
 
 
 def format_id(value: int, form: str = "decimal") -> str:
@@ -109,8 +130,34 @@ def _encoder(form: str) -> Callable[[int], str]:
     return encoder
 
 
-def detect_form(text: str) -> str:
-    """The form a string is written in, by its shape (see the module docstring)."""
+def parse_id(text: str, form: str | None = None) -> int:
+    """Parse an ID written in ``form``; with ``form=None`` in the one form it reads in (see the module docstring).
+    :class:`InvalidInput` on anything else, :class:`AmbiguousId` for a string that reads in two forms."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"an ID string must be str, not {type(text).__name__}")
+    if form is not None:
+        return _parse_in(text, form)
+    readings = read_id(text)
+    if len(readings) == 1:
+        return next(iter(readings.values()))
+    if readings:
+        shown = " and ".join(f"{f} {value}" for f, value in readings.items())
+        forms = " or ".join(readings)
+        raise AmbiguousId(f"{_shown(text)} is an ambiguous ID: it reads as {shown}; give its form, {forms}", readings)
+    return _parse_in(text, _form_by_shape(text))  # raises, saying why in the form it looks most like
+
+
+def read_id(text: str) -> dict[str, int]:
+    """Every form ``text`` is a valid ID in, with the ID it reads as there (in ``FORMS`` order; empty for junk)."""
+    readings = {}
+    for form in FORMS:
+        with contextlib.suppress(InvalidInput):
+            readings[form] = _parse_in(text, form)
+    return readings
+
+
+def _form_by_shape(text: str) -> str:
+    """The form a string that is no ID looks most like, to say what is wrong with it."""
     if text.isascii() and text.isdigit():
         return "decimal"
     if text[:2].lower() == "0x":
@@ -125,13 +172,9 @@ def detect_form(text: str) -> str:
     )
 
 
-def parse_id(text: str, form: str | None = None) -> int:
-    """Parse an ID written in ``form`` (detected when ``None``); raise :class:`InvalidInput` on anything else."""
-    if not isinstance(text, str):
-        raise InvalidInput(f"an ID string must be str, not {type(text).__name__}")
+def _parse_in(text: str, form: str) -> int:
     if not text.isascii():
         raise InvalidInput(f"{_shown(text)} is not an ID: IDs are written in ASCII letters and digits only")
-    form = form or detect_form(text)
     if form == "decimal":
         if not _DECIMAL.fullmatch(text):
             raise InvalidInput(f"{_shown(text)} is not a decimal ID (1 to 19 digits)")
@@ -161,6 +204,43 @@ def _parse_base32(text: str) -> int:
             raise InvalidInput(f"{_shown(text)} is not a base32 ID ({char!r} is not a Crockford digit)")
         value = value * 32 + digit
     return value
+
+
+def _at_most(digits: str, top: str) -> str:
+    """A regular expression for the strings of ``len(top)`` characters of ``digits`` (listed in ascending order) that
+    are at most ``top``: ``top`` itself, or its first ``i`` characters, a smaller one, then any."""
+    branches = [top]
+    for i, char in enumerate(top):
+        smaller = digits[: digits.index(char)]
+        if smaller:
+            rest = len(top) - i - 1
+            tail = f"[{_ranges(digits)}]" + (f"{{{rest}}}" if rest > 1 else "") if rest else ""
+            branches.append(top[:i] + f"[{_ranges(smaller)}]" + tail)
+    return "|".join(branches)
+
+
+def _ranges(chars: str, fold_case: bool = False) -> str:
+    """A character class body for ``chars`` (ASCII letters and digits), consecutive runs written as ranges."""
+    if fold_case:
+        chars = chars.lower() + chars.upper()
+    codes = sorted(set(map(ord, chars)))
+    runs: list[list[int]] = []
+    for code in codes:
+        if runs and code == runs[-1][1] + 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    return "".join(chr(a) if a == b else chr(a) + chr(b) if b == a + 1 else f"{chr(a)}-{chr(b)}" for a, b in runs)
+
+
+#: What each form's parser accepts, exactly, as an anchored regular expression (Python's and ECMA-262's, for JSON
+#: schema ``pattern``): ``re.fullmatch`` agrees with :func:`parse_id` with that form on every ASCII string.
+FORM_PATTERNS: dict[str, str] = {
+    "decimal": f"^(?:[0-9]{{1,18}}|{_at_most(_CROCKFORD[:10], str(MAX_ID))})$",
+    "hex": f"^0[xX][0-7][{_ranges('0123456789abcdef', fold_case=True)}]{{15}}$",
+    "base32": f"^[0-7][{_ranges(_CROCKFORD, fold_case=True)}]{{12}}$",
+    "base58": f"^(?:{_at_most(_BITCOIN, _base58(MAX_ID))})$",
+}
 
 
 def _shown(text: str) -> str:

@@ -100,3 +100,15 @@ class TimeExhausted(Unavailable):
 def missing_extra(integration: str, package: str, extra: str) -> ImportError:
     """The error an optional integration raises on import when its framework is not installed."""
     return ImportError(f"{integration} needs {package}, which is not installed: pip install 'idgen[{extra}]'")
+
+
+class AmbiguousId(InvalidInput):
+    """An ID string that reads as a valid ID in more than one string form (an all-digit base32 or base58 string is a
+    decimal number too): refused rather than guessed. ``readings`` maps each form to the ID the string reads as; the
+    caller chooses by giving the form."""
+
+    code = "ambiguous_id"
+
+    def __init__(self, message: str, readings: dict[str, int]) -> None:
+        super().__init__(message)
+        self.readings = readings

@@ -3,7 +3,9 @@
 The page reads this worker's state from ``GET /info`` and ``GET /metrics`` every ``REFRESH_MS`` and shows the worker
 ID, the lease, the fence headroom, the clock skew and the rate of IDs minted; its form decodes an ID pasted in any
 string form through ``GET /decode/{id}`` and shows its time, fields and the node that minted it, or the server's
-error message.
+error message. The form's format (default: the one form the string reads in) and layout (default: this server's)
+go to ``/decode`` as ``?format=`` and ``?layout=``: an all-digit base32 or base58 ID is refused as ambiguous
+without its format.
 
 Invariants: the page loads nothing but itself and same-origin API calls, which its Content-Security-Policy enforces
 (the inline script and style are allowed by their SHA-256 hashes, computed here); it writes server data into the
@@ -16,6 +18,9 @@ import base64
 import hashlib
 
 from aiohttp import web
+
+from idgen.encoding import FORMS
+from idgen.layout import PRESETS
 
 REFRESH_MS = 2000
 
@@ -33,7 +38,7 @@ td { font-family: ui-monospace, monospace; word-break: break-all; }
 .error { background: #fef2f2; border: 1px solid #fca5a5; color: #991b1b; padding: .5rem .8rem; border-radius: 4px; }
 form { display: flex; gap: .5rem; margin-bottom: .8rem; }
 input { flex: 1; font: inherit; font-family: ui-monospace, monospace; padding: .4rem .5rem; }
-button { font: inherit; padding: .4rem 1rem; }
+select, button { font: inherit; padding: .4rem .5rem; }
 [hidden] { display: none !important; }
 """
 
@@ -127,7 +132,9 @@ async function decodeId(event) {
   result.replaceChildren(); result.hidden = true; error.hidden = true;
   if (!text) { error.textContent = "paste an ID first"; error.hidden = false; return; }
   try {
-    const d = await getJson("/decode/" + encodeURIComponent(text));
+    const query = new URLSearchParams();
+    for (const name of ["format", "layout"]) if ($(name + "-input").value) query.set(name, $(name + "-input").value);
+    const d = await getJson("/decode/" + encodeURIComponent(text) + (String(query) ? "?" + query : ""));
     const table = document.createElement("table");
     row(table, "ID (decimal)", d.id, "id");
     row(table, "time", d.time, "time");
@@ -199,6 +206,14 @@ PAGE = f"""<!doctype html>
 <form id="decode-form">
 <input id="id-input" name="id" autocomplete="off" spellcheck="false"
  placeholder="an ID: decimal, 0x-hex, base32 or base58" aria-label="ID">
+<select id="format-input" name="format" aria-label="format">
+<option value="">any format</option>
+{"".join(f'<option value="{form}">{form}</option>' for form in FORMS)}
+</select>
+<select id="layout-input" name="layout" aria-label="layout">
+<option value="">this server's layout</option>
+{"".join(f'<option value="{name}">{name}</option>' for name in PRESETS)}
+</select>
 <button id="decode-button" type="submit">Decode</button>
 </form>
 <p id="decode-error" class="error" role="alert" hidden></p>

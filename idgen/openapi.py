@@ -8,15 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from idgen.encoding import FORMS
-from idgen.layout import Layout
+from idgen.encoding import FORM_PATTERNS, FORMS
+from idgen.layout import PRESETS, Layout
 
 _ID_STRING = {
     "type": "string",
-    "pattern": "^[0-9A-Za-z]{1,19}$",
+    "anyOf": [{"title": form, "pattern": FORM_PATTERNS[form]} for form in FORMS],
     "description": "An ID in the requested string form (decimal by default).",
 }
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
+#: An ID string to read: in one of the forms, each branch titled by its form and matching exactly what idgen reads.
+_ANY_FORM = {
+    **_ID_STRING,
+    "description": "An ID in one of the string forms: the branch that ?format= names; without ?format=, exactly one"
+    " branch (an all-digit base32 or base58 string is decimal too: 400 ambiguous_id).",
+}
 
 
 def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
@@ -117,15 +123,29 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                             "name": "id",
                             "in": "path",
                             "required": True,
-                            "description": "An ID in any string form: decimal, 0x-hex, base32 or base58.",
-                            "schema": {"type": "string", "minLength": 1},
+                            "description": "An ID in a string form: decimal, 0x-hex, base32 or base58. In the form"
+                            " that format names; without format, a string that reads in two forms (13 digits"
+                            " starting with 0 to 7: decimal and base32; 11 digits 1 to 9: decimal and base58) is"
+                            " refused with 400 ambiguous_id, naming both readings.",
+                            "schema": _ANY_FORM,
                         },
                         {
                             "name": "format",
                             "in": "query",
                             "required": False,
-                            "description": "The ID's string form (default: detected from its shape).",
+                            "description": "The ID's string form (default: the one form it reads in).",
                             "schema": {"type": "string", "enum": list(FORMS)},
+                        },
+                        {
+                            "name": "layout",
+                            "in": "query",
+                            "required": False,
+                            "description": "Decode in this layout (default: this server's): a preset, or a spec"
+                            " string such as time:41,worker_id:10,sequence:12;epoch=2025-01-01 (400 invalid_layout"
+                            " if it is not one). An ID with more bits than the layout has is 400 invalid_id. In"
+                            " another layout than this server's, node is null with node_reason other_layout: the ID"
+                            " was not minted here.",
+                            "schema": {"type": "string", "enum": list(dict.fromkeys([*PRESETS, layout.name]))},
                         },
                     ],
                     "responses": {
@@ -216,7 +236,7 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                     "required": ["id", "layout", "timestamp_ms", "time", "sequence", "worker", "node"],
                     "properties": {
                         "id": {"type": "string", "pattern": "^[0-9]{1,19}$", "description": "The ID in decimal."},
-                        "layout": {"type": "string", "enum": [layout.name]},
+                        "layout": {"type": "string", "description": "The layout it was decoded in."},
                         "timestamp_ms": {"type": "integer", "description": "Unix ms of the ID's time unit."},
                         "time": {"type": "string", "description": "The same instant, ISO 8601 UTC."},
                         **node_fields,
@@ -233,14 +253,21 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                             "type": "object",
                             "required": ["code", "message"],
                             "description": "Present only when the history was read and no recorded holder minted"
-                            " the ID (node is null): why.",
+                            " the ID, or it was decoded in another layout (node is null): why.",
                             "properties": {
                                 "code": {
                                     "type": "string",
-                                    "enum": ["before_history", "future", "outside_windows", "no_history"],
+                                    "enum": [
+                                        "before_history",
+                                        "future",
+                                        "outside_windows",
+                                        "no_history",
+                                        "other_layout",
+                                    ],
                                     "description": "before_history: at or below the oldest retained holder's"
                                     " after_ms; future: above the worker ID's current fence; outside_windows:"
-                                    " between two holders' windows; no_history: no holder is recorded.",
+                                    " between two holders' windows; no_history: no holder is recorded; other_layout:"
+                                    " decoded in a layout other than this server's.",
                                 },
                                 "message": {"type": "string"},
                             },
@@ -331,7 +358,10 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                 },
             },
             "responses": {
-                "BadRequest": _json(_ERROR_REF, "A malformed parameter (count, format or ID)."),
+                "BadRequest": _json(
+                    _ERROR_REF,
+                    "A malformed parameter (count, format, layout or ID), or an ambiguous ID (ambiguous_id).",
+                ),
                 "Unavailable": _json(
                     _ERROR_REF,
                     "Uniqueness cannot be proven now: no lease, past the fence, or the clock behind by more than the"

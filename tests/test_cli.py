@@ -68,6 +68,17 @@ def test_decode_accepts_every_string_form(form: str) -> None:
     assert json.loads(result.stdout)["id"] == "175928847299117063"
 
 
+def test_decode_refuses_an_all_digit_base32_id_in_one_line_unless_format_says_which() -> None:
+    """``0737185780000`` is base32 for 255826949459410944 and decimal for 737185780000: never a guess."""
+    refused = idgen("decode", "0737185780000", "--json")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "ambiguous ID" in refused.stderr
+    assert "decimal 737185780000 and base32 255826949459410944" in refused.stderr
+    read = idgen("decode", "0737185780000", "--format", "base32", "--json")
+    assert json.loads(read.stdout)["id"] == "255826949459410944"
+    assert json.loads(idgen("decode", "0737185780000", "--format", "decimal", "--json").stdout)["id"] == "737185780000"
+
+
 def test_decode_plain_text_is_readable() -> None:
     result = idgen("decode", "175928847299117063", "--layout", "discord")
     assert "time          2016-04-30T11:18:25.796Z" in result.stdout

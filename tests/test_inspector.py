@@ -14,7 +14,7 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from serverproc import ServerProcess as Server
 
 from idgen import PRESETS, decode
@@ -79,7 +79,9 @@ def wait_for_text(browser: webdriver.Chrome, element_id: str, predicate: Any, ti
     return WebDriverWait(browser, timeout, poll_frequency=0.05).until(probe, f"#{element_id} never matched")
 
 
-def decode_in_page(browser: webdriver.Chrome, text: str) -> None:
+def decode_in_page(browser: webdriver.Chrome, text: str, form: str = "", layout: str = "") -> None:
+    Select(browser.find_element(By.ID, "format-input")).select_by_value(form)
+    Select(browser.find_element(By.ID, "layout-input")).select_by_value(layout)
     field = browser.find_element(By.ID, "id-input")
     field.clear()
     field.send_keys(text)
@@ -178,3 +180,23 @@ def test_the_page_loads_nothing_from_elsewhere_and_logs_no_errors(browser: webdr
     assert resources and all(name.startswith(base(server) + "/") for name in resources), resources
     severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not severe, severe  # a blocked inline script or style (CSP hash mismatch) would be logged here
+
+
+def test_the_form_refuses_an_ambiguous_id_and_decodes_it_in_the_chosen_format(
+    browser: webdriver.Chrome, server: Server
+) -> None:
+    """0737185780000 is base32 for 255826949459410944 and decimal for 737185780000: refused until a format is
+    chosen (the page sent none, and showed the decimal reading)."""
+    browser.get(base(server) + "/")
+    message = server.get("/decode/0737185780000").json()["error"]["message"]
+    decode_in_page(browser, "0737185780000")
+    assert wait_for_text(browser, "decode-error", bool) == f"ambiguous_id: {message}"
+    assert "decimal 737185780000 and base32 255826949459410944" in message
+    decode_in_page(browser, "0737185780000", form="base32")
+    wait_for_text(browser, "decode-result", lambda t: "255826949459410944" in t)
+    assert result_fields(browser)["id"] == "255826949459410944"
+    decode_in_page(browser, "175928847299117063", layout="discord")  # Discord's documented example
+    wait_for_text(browser, "decode-result", lambda t: "2016-04-30T11:18:25.796Z" in t)
+    fields = result_fields(browser)
+    assert (fields["layout"], fields["worker_id"], fields["process_id"]) == ("discord", "1", "0")
+    assert fields["node"].startswith("none: decoded in layout discord")

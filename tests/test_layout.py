@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keyword
+import re
 import time
 
 import base58
@@ -11,8 +12,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from idgen import PRESETS, Layout, decode, format_id, get_layout, parse_id
-from idgen.encoding import FORMS, MAX_ID, format_ids
-from idgen.errors import InvalidInput
+from idgen.encoding import FORM_PATTERNS, FORMS, MAX_ID, format_ids, parse_ascii_int, read_id
+from idgen.errors import AmbiguousId, InvalidInput
 from idgen.layout import RESERVED_NAMES
 
 ids = st.integers(min_value=0, max_value=MAX_ID)
@@ -117,13 +118,100 @@ def test_spec_round_trips() -> None:
         assert Layout.from_spec(layout.spec()) == layout
 
 
+def all_digit_ids(form: str) -> st.SearchStrategy[int]:
+    """IDs whose ``form`` string is all digits: the ones a reader could take for decimal."""
+    width, digits = (13, "01234567") if form == "base32" else (11, "123456789")
+    first = st.sampled_from(digits)
+    return st.tuples(first, st.text("0123456789" if form == "base32" else digits, min_size=width - 1,
+                                    max_size=width - 1)).map(lambda t: parse_id(t[0] + t[1], form))  # fmt: skip
+
+
+# Random IDs, small ones (11 and 13 decimal digits), and IDs whose base32 or base58 string is all digits.
+any_ids = st.one_of(ids, st.integers(0, 10**13), all_digit_ids("base32"), all_digit_ids("base58"))
+
+
 @pytest.mark.parametrize("form", FORMS)
-@given(value=ids)
-def test_every_form_round_trips(form: str, value: int) -> None:
+@given(value=any_ids)
+@example(value=255826949459410944)  # 0737185780000 in base32, which decimal reads as 737185780000
+def test_every_form_round_trips_and_without_a_form_never_reads_another_id(form: str, value: int) -> None:
     text = format_id(value, form)
     assert parse_id(text, form) == value
-    if form in ("decimal", "hex") or not text.isdigit():
-        assert parse_id(text) == value  # auto-detected
+    try:
+        assert parse_id(text) == value
+    except AmbiguousId as refused:
+        assert refused.readings[form] == value and len(refused.readings) == 2, refused.readings
+        assert refused.code == "ambiguous_id" and "ambiguous" in str(refused)
+
+
+def test_an_all_digit_base32_id_is_refused_without_a_form_and_read_with_one() -> None:
+    with pytest.raises(AmbiguousId, match="decimal 737185780000 and base32 255826949459410944") as refused:
+        parse_id("0737185780000")
+    assert refused.value.readings == {"decimal": 737185780000, "base32": 255826949459410944}
+    assert parse_id("0737185780000", "base32") == 255826949459410944
+    assert parse_id("0737185780000", "decimal") == 737185780000
+    assert read_id("12345678912") == {"decimal": 12345678912, "base58": parse_id("12345678912", "base58")}
+    for unambiguous in ("8737185780000", "1234567891", "123456789123", "10345678912", "0x0271065ac1020007"):
+        assert len(read_id(unambiguous)) == 1  # base32 past 63 bits; 10 and 12 digits; a 0 is no base58 digit
+
+
+id_texts = st.one_of(
+    st.text("0123456789", min_size=1, max_size=20),
+    st.text("0123456789abcdefxABCDEFXILOUZz", min_size=1, max_size=20),
+    st.builds(lambda v, f: format_id(v, f), any_ids, st.sampled_from(FORMS)),
+    st.builds(
+        lambda v, f, c: format_id(v, f)[:-1] + c, any_ids, st.sampled_from(FORMS), st.characters(max_codepoint=127)
+    ),
+)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@given(text=id_texts)
+@example(text=str(MAX_ID)).via("the largest decimal")
+@example(text=str(MAX_ID + 1)).via("one too many")
+@example(text="NQm6nKp8qFC").via("the largest base58")
+@example(text="NQm6nKp8qFD").via("one too many")
+def test_each_forms_pattern_matches_exactly_what_its_parser_accepts(form: str, text: str) -> None:
+    try:
+        parse_id(text, form)
+        parsed = True
+    except InvalidInput:
+        parsed = False
+    assert (re.fullmatch(FORM_PATTERNS[form], text) is not None) == parsed, text
+
+
+@pytest.mark.parametrize(
+    "text", ["", "-1", "+1", " 1", "1 ", "1_000", "\u0663", "1\u0663", "\uff11", "\u00b2", "1.0", "1e3"]
+)
+def test_the_strict_ascii_int_parser_refuses_what_int_would_take(text: str) -> None:
+    with pytest.raises(InvalidInput, match=r"count .* is not a whole number"):
+        parse_ascii_int(text, "count")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "time:\u0664\u0661,worker_id:10,sequence:12;epoch=2025-01-01",  # Arabic-Indic 41 bits
+        "time:41,worker_id:10,sequence:12;epoch=\u0662\u0660\u0662\u0665-01-01",
+        "time:41,worker_id:10,sequence:12;epoch=\u0661\u0667\u0663\u0665\u0666\u0668\u0669\u0666\u0660\u0660\u0660\u0660\u0660",
+        "time:41,worker_id:10,sequence:12;epoch=2025-01-01;unit=\u0661ms",
+        "time:41,worker_id:\uff11\uff10,sequence:12;epoch=2025-01-01",  # fullwidth 10
+    ],
+)
+def test_layout_specs_refuse_non_ascii_digits(text: str) -> None:
+    with pytest.raises(InvalidInput, match="layout spec"):
+        get_layout(text)
+
+
+@pytest.mark.parametrize("form", [None, *FORMS])
+def test_no_form_reads_non_ascii_digits(form: str | None) -> None:
+    for digit in ("\u0663", "\uff13", "\u00b3", "\u09e9"):  # Arabic-Indic, fullwidth, superscript, Bengali 3
+        for text in (digit, "1" * 10 + digit, "0" * 12 + digit, "0x" + "0" * 15 + digit):
+            with pytest.raises(InvalidInput):
+                parse_id(text, form)
+
+
+def test_the_strict_ascii_int_parser_reads_ascii_digits() -> None:
+    assert [parse_ascii_int(t, "n") for t in ("0", "7", "007", "4096", "9" * 30)] == [0, 7, 7, 4096, int("9" * 30)]
 
 
 @pytest.mark.parametrize("form", ["hex", "base32", "base58"])

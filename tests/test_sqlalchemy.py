@@ -33,6 +33,7 @@ class Order(Base):
     id: Mapped[int] = mapped_column(IdType, primary_key=True, default=idgen.next_id)
     item: Mapped[str] = mapped_column(sa.String(40))
     parent_id: Mapped[int | None] = mapped_column(IdType)
+    base32_ref: Mapped[int | None] = mapped_column(IdType(form="base32"))
 
 
 @pytest.fixture
@@ -97,6 +98,27 @@ def test_every_string_form_is_stored_as_the_same_bigint(engine: sa.Engine) -> No
         found = session.scalars(sa.select(Order.item).where(Order.id == format_id(value + 1, "hex"))).one()
     assert [tuple(r) for r in rows] == [(value + n, form, value) for n, form in enumerate(FORMS)]
     assert found == "hex"
+
+
+ALL_DIGIT_BASE32 = "0737185780000"  # base32 for 255826949459410944; decimal for 737185780000
+
+
+def test_an_all_digit_base32_id_is_refused_unless_the_column_names_its_form(engine: sa.Engine) -> None:
+    with Session(engine) as session, session.begin():
+        session.add(Order(id=idgen.next_id(), item="pinned", base32_ref=ALL_DIGIT_BASE32))
+    with Session(engine) as session:
+        assert session.scalars(sa.select(Order.base32_ref).where(Order.item == "pinned")).one() == 255826949459410944
+        where = sa.select(Order.item).where(Order.base32_ref == ALL_DIGIT_BASE32)
+        assert session.scalars(where).one() == "pinned"
+    with Session(engine) as session, pytest.raises(sa.exc.StatementError, match="ambiguous ID") as caught:
+        session.add(Order(id=idgen.next_id(), item="guessed", parent_id=ALL_DIGIT_BASE32))
+        session.flush()
+    assert caught.value.orig.readings == {"decimal": 737185780000, "base32": 255826949459410944}
+    with Session(engine) as session, pytest.raises(sa.exc.StatementError, match="not a base32 ID"):
+        session.add(Order(id=idgen.next_id(), item="decimal", base32_ref="175928847299117063"))
+        session.flush()
+    with pytest.raises(InvalidInput, match="unknown ID format 'octal'"):
+        IdType(form="octal")
 
 
 @pytest.mark.parametrize("junk", ["junk", "0x12", -1, 2**63, 1.5, True])

@@ -9,6 +9,7 @@ class Order(models.Model):
     id = IdField(primary_key=True)
     item = models.CharField(max_length=40)
     parent = IdField(null=True, blank=True)  # an ID minted elsewhere
+    ref32 = IdField(null=True, blank=True, form="base32")  # one handed out in base32: read in that form only
 
 
 class Row(models.Model):
