@@ -4,9 +4,12 @@ real local leases; the fault suite (tests/faults/test_fault_clock.py) does the s
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import multiprocessing
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from idgen import DEFAULT_LAYOUT, Generator, Layout, generator
 from idgen.clock import ManualClock
 from idgen.errors import ClockBehind, FenceReached, InvalidInput, LeaseUnavailable
 from idgen.generator import SWITCH_RETRY_AFTER_S
+from idgen.leases.base import DEFAULT_WINDOW_MS
 from idgen.leases.local import LocalLease
 
 WINDOW_MS = 1_000
@@ -170,6 +174,83 @@ def test_a_crash_leaves_a_fence_ahead_and_the_restart_rides_above_it(tmp_path: P
     with make(tmp_path, clock) as second:
         new = second.next_id()
     assert stamp(new) == fence + 1 and clock.slept_s == 0
+
+
+def crash(gen: Generator) -> None:
+    """The process dies: its claim goes, its fence stays where it was, nothing is released."""
+    gen.lease._drop_claim()
+    gen.lease._closing.set()
+
+
+def mint_past_the_fence(gen: Generator, n: int) -> tuple[list[int], int]:
+    """``gen.next_ids(n)``, and how many times it first had to wait for its lease to extend the fence."""
+    for waits in itertools.count():
+        fence_ms = gen.lease.status().reservation.fence_ms
+        try:
+            return gen.next_ids(n), waits
+        except FenceReached:
+            poll(lambda fence_ms=fence_ms: gen.lease.status().reservation.fence_ms > fence_ms, "an extension", 5)
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("found_ahead_ms", [0, 3_000], ids=["after a clean holder", "after a clock step"])
+def test_successors_that_crash_leave_no_more_lead_than_they_found(
+    tmp_path: Path, clock: ManualClock, found_ahead_ms: int
+) -> None:
+    """A crash leaves the fence up to 1.5 windows ahead; the successor rides above it. What it reserves must not add
+    a window on top of that lead, or a few crashes in a row put the fence beyond max_lead_ms (DESIGN.md 3a). Only a
+    holder that found a lead beyond 1.5 windows (a clock step) reserves as the clock runs, never ahead of it."""
+    with make(tmp_path, clock) as first:
+        first.next_id()
+    clock.advance(-found_ahead_ms)  # the host's clock went back while nobody held worker 3
+    bound_ms = max(found_ahead_ms, WINDOW_MS * 3 // 2) + DEFAULT_LAYOUT.unit_ms
+    last, leads_ms, waits = 0, [], 0
+    for _ in range(12):
+        gen = make(tmp_path, clock, max_lead_ms=5_000)
+        ids: list[int] = []
+        for _ in range(20):  # 0.2 s of traffic, then the crash
+            minted, waited = mint_past_the_fence(gen, 500)
+            ids, waits = ids + minted, waits + waited
+            clock.advance(10)
+        assert ids == sorted(set(ids)) and ids[0] > last
+        last = ids[-1]
+        gen.lease._closing.set()  # the process dies: its renewals stop, its claim goes, its fence stays
+        gen.lease._thread.join()
+        gen.lease._drop_claim()
+        leads_ms.append(record(tmp_path, 3)["fence_ms"] - clock.now_ms())
+        clock.advance(50)  # the restart
+    assert max(leads_ms) <= bound_ms, leads_ms
+    assert waits == 0 if found_ahead_ms == 0 else waits <= 12
+
+
+def _mint_and_die(state: str, workers: range) -> None:
+    """A multiprocessing child that mints one ID on a local lease and exits without closing (os._exit): exit code 0
+    if it minted, 3 if it was refused ClockBehind."""
+    code = 1
+    try:
+        Generator(lease=LocalLease(DEFAULT_LAYOUT, state, worker_ids=workers)).next_id()
+        code = 0
+    except ClockBehind:
+        code = 3
+    finally:
+        os._exit(code)
+
+
+def test_rounds_of_children_that_exit_without_closing_are_all_served(tmp_path: Path) -> None:
+    """Each round's children find the fences the last round's left (up to 1.5 windows ahead of the clock) and ride
+    above them; what they reserve must not add up round after round until a successor is beyond ``max_lead_ms``."""
+    workers, codes = range(3), []
+    context = multiprocessing.get_context("fork")
+    for _ in range(6):
+        children = [context.Process(target=_mint_and_die, args=(str(tmp_path), workers)) for _ in workers]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(30)
+        codes += [child.exitcode for child in children]
+    assert codes == [0] * len(codes), f"{codes.count(3)} of {len(codes)} children refused ClockBehind"
+    leads_ms = [record(tmp_path, w)["fence_ms"] - time.time_ns() // 1_000_000 for w in workers]
+    assert max(leads_ms) <= DEFAULT_WINDOW_MS * 3 // 2  # never further ahead than a clean holder's fence
 
 
 # -- switching worker IDs --------------------------------------------------------------------------------------
