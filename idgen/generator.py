@@ -127,7 +127,9 @@ class Generator:
         self.overflow_waits = 0
         self.clock_rollbacks = 0  # times the clock was seen behind the last tick used (each episode once)
         self.clock_rides = 0  # ... and ridden through
-        self.worker_switches = 0  # times it moved to another worker ID, the clock beyond max_lead_ms behind
+        # Times it moved to another worker ID, the clock beyond max_lead_ms behind; raised only once the old worker
+        # ID's snapshot is gone, so a batch that reads it unchanged before its first ID and after its last is in order.
+        self.worker_switches = 0
         self.lead_max_ms = 0.0  # the furthest ahead of the clock a tick was served
         self._now_ns = clock.now_ns
         self._lock = threading.Lock()
@@ -215,8 +217,9 @@ class Generator:
                 out.append(self._next_id_locked())  # a new tick, or the wait for one
             if self.worker_switches == switches:
                 return out
-            # A switch of worker IDs came between two ticks, so ``out`` is not in order: drop it (never returned,
-            # so never a duplicate) and mint the batch afresh under the new worker ID.
+            # A switch of worker IDs came during the batch, so ``out`` may not be in order: drop it (never returned,
+            # so never a duplicate) and mint the batch afresh under the new worker ID. The count is raised only once
+            # the old worker ID's snapshot is gone, so a batch that read it after the raise took no old ID.
 
     def _next_id_locked(self) -> int:
         self._check_fork()
@@ -391,7 +394,7 @@ class Generator:
         """The switch thread: one attempt (:meth:`_switch_once`); it stays registered until every lease it made or
         left is closed, so that :meth:`close` can wait for it."""
         try:
-            if not self._switch_once():
+            if not self._switch_once() and self._switch_failure:
                 self._switch_log.warning(  # once per episode, whatever the numbers in each attempt's reason
                     "no switch of worker IDs: %s", self._switch_failure, event="worker_id_switch_failed", key="switch"
                 )
@@ -416,7 +419,9 @@ class Generator:
         with self._lock:
             switched = self.lease is candidate
             retired, self._retired, self._candidate = self._retired, None, None
-            self._switch_failure = None if switched else failure or "the generator was closed"
+            if not switched and failure is None and self._closed:
+                failure = "the generator was closed"
+            self._switch_failure = None if switched else failure  # None too if the clock came back: none needed
         if not switched:
             candidate.close(-1)  # nothing was minted under it: its fence comes down to its after_ms
         elif retired is not None:
@@ -433,22 +438,17 @@ class Generator:
 
     def _on_reservation(self, lease: Lease, reservation: Reservation | None) -> None:
         """Called by ``lease`` on acquisition, extension, loss and release. Only the current lease is heard, and the
-        first reservation of a switch's candidate, which makes that lease current."""
+        first reservation of a switch's candidate, which makes that lease current if the clock is still beyond
+        ``max_lead_ms`` behind the last tick used (else the switch thread closes it: no switch is needed any more)."""
         with self._lock:
             if self._closed and reservation is not None:
                 return  # an extension racing close(): the final fence is computed already; never mint again
-            if lease is not self.lease:
-                if lease is not self._candidate or reservation is None:
-                    return  # a lease switched away from, or a candidate that failed
+            switching = lease is not self.lease
+            if switching:
+                if lease is not self._candidate or reservation is None or not self._beyond_lead():
+                    return  # a lease switched away from, a candidate that failed, or the clock has come back
                 self._retired = (self.lease, self.layout.tick_ms(self._tick))
                 self.lease, self._reservation = lease, None
-                self._leave_floor()
-                log.warning(
-                    "switched to worker ID %d: the clock is beyond %d ms behind the fence of the one before",
-                    reservation.worker_id,
-                    self.max_lead_ms,
-                    extra={"event": "worker_id_switched", "worker_id": reservation.worker_id},
-                )
             previous, self._reservation = self._reservation, reservation
             if reservation is None:
                 self._publish(_NO_TICK)  # stop at once
@@ -457,25 +457,31 @@ class Generator:
             self._fence_tick = self.layout.tick_of(reservation.fence_ms)
             if previous is None or previous.lease_id != reservation.lease_id:
                 # A new claim: mint only above the old holder's fence, and above all this generator minted, unless
-                # that is a worker ID left behind beyond max_lead_ms (a lost claim re-acquired elsewhere): then this
-                # claim's own window is the floor (DESIGN.md section 3a), and it counts as a switch.
-                after_tick = self.layout.tick_of(reservation.after_ms)
-                if (
-                    self.max_lead_ns
-                    and reservation.worker_id != self._tick_worker
-                    and self._tick_start_ns(self._tick) - self._now_ns() > self.max_lead_ns
-                ):
-                    self._leave_floor()
+                # that is a worker ID left behind beyond max_lead_ms (a switch, or a lost claim re-acquired elsewhere):
+                # then this claim's own window is the floor (DESIGN.md section 3a), and it counts as a switch.
+                leaving = switching or (reservation.worker_id != self._tick_worker and self._beyond_lead())
+                if leaving:
+                    self._tick, self._behind, self._riding = -1, False, False
                 self._node = self.layout.node_bits(reservation.worker_id)
-                self._tick = max(self._tick, after_tick)
+                self._tick = max(self._tick, self.layout.tick_of(reservation.after_ms))
                 self._tick_worker = reservation.worker_id
                 self._publish(_NO_TICK)
+                if leaving:
+                    # Only now, with no snapshot of the old worker ID left to take from: a batch that reads the same
+                    # count before its first ID and after its last was minted on one side of the switch (next_ids).
+                    self.worker_switches += 1
+                    if switching:
+                        log.warning(
+                            "switched to worker ID %d: the clock is beyond %d ms behind the fence of the one before",
+                            reservation.worker_id,
+                            self.max_lead_ms,
+                            extra={"event": "worker_id_switched", "worker_id": reservation.worker_id},
+                        )
 
-    def _leave_floor(self) -> None:
-        """Mint from the next claim's own window, not above the ticks used so far: they were under another worker ID,
-        beyond ``max_lead_ms`` ahead of the clock (a switch). The caller holds the lock."""
-        self._tick, self._behind, self._riding = -1, False, False
-        self.worker_switches += 1  # next_ids and the HTTP app drop a batch this crosses: it goes down here
+    def _beyond_lead(self) -> bool:
+        """Whether the last tick used is more than ``max_lead_ms`` ahead of the clock (never with ``max_lead_ms=0``);
+        the caller holds the lock."""
+        return bool(self.max_lead_ns) and self._tick_start_ns(self._tick) - self._now_ns() > self.max_lead_ns
 
     # -- state ------------------------------------------------------------------------------------
 

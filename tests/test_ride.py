@@ -4,19 +4,21 @@ real local leases; the fault suite (tests/faults/test_fault_clock.py) does the s
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import multiprocessing
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from forks import Child
-from polling import poll
+from polling import eventually, poll
 
 from idgen import DEFAULT_LAYOUT, Generator, Layout, generator
 from idgen.clock import ManualClock
@@ -420,3 +422,72 @@ def test_a_child_forked_far_behind_mints_on_its_own_fresh_claim_at_once(tmp_path
         child.close()
         gen.close()
     assert minted["worker"] == 4 and stamp(minted["id"]) == clock.now_ms()
+
+
+class _OnRecord(logging.Handler):
+    """Runs ``action`` in the logging thread when a record with ``event`` is logged there: a seam to act at a precise
+    moment of another thread's work (the generator's lock may be held)."""
+
+    def __init__(self, event: str, action: Callable[[], None]) -> None:
+        super().__init__(logging.DEBUG)
+        self.event, self.action = event, action
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "event", None) == self.event and threading.current_thread().name == "idgen-switch":
+            self.action()
+
+
+@contextlib.contextmanager
+def on_record(logger: str, event: str, action: Callable[[], None]) -> Iterator[None]:
+    handler, target = _OnRecord(event, action), logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.DEBUG)
+    target.addHandler(handler)
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(level)
+
+
+def test_a_batch_racing_a_switch_is_strictly_increasing_and_a_switch_the_clock_outran_is_dropped(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A switch is claimed on a thread of its own; the clock may come back within max_lead_ms meanwhile, and the
+    generator rides on the old worker ID. A batch minted as the claim lands must not mix the old ridden tick's last
+    IDs with the new worker ID's lower ones, and the switch, no longer needed, is not made."""
+    batches: list[list[int]] = []
+    racers: list[threading.Thread] = []
+
+    def race_a_batch() -> None:
+        batches.append(gen.next_ids(6_000))  # more than the ridden tick has left: it crosses ticks
+
+    def clock_comes_back() -> None:  # the candidate holds worker 4; its reservation is not yet published
+        clock.advance(1_000)  # 14.5 s behind the last tick: within max_lead_ms, ridden (and below worker 4's fence)
+        gen.next_id()
+
+    def batch_as_the_switch_lands() -> None:  # the generator's lock is held by the switch
+        racers.append(threading.Thread(target=race_a_batch))
+        racers[0].start()
+        snapshot = gen._snapshot
+        eventually(lambda: snapshot.left() == 0 or not racers[0].is_alive(), 1)
+
+    with make(tmp_path, clock, range(3, 5)) as gen:
+        before = gen.next_ids(10)
+        clock.advance(-15_500)  # beyond max_lead_ms (15 s)
+        with (
+            on_record("idgen.lease", "lease_acquired", clock_comes_back),
+            on_record("idgen.generator", "worker_id_switched", batch_as_the_switch_lands),
+        ):
+            with pytest.raises(ClockBehind):
+                gen.next_id()  # starts the switch
+            poll(lambda: gen._switcher is None, "the switch attempt to end")
+        for racer in racers:
+            racer.join(5)
+        if not racers:  # no switch landed: nothing to race, mint the batch now
+            race_a_batch()
+        [batch] = batches
+        assert batch == sorted(set(batch)), "a batch went down across the switch"
+        assert batch[0] > before[-1]
+        assert gen.worker_switches == 0 and gen.worker_id == 3  # the clock came back: no switch was needed
+        poll(lambda: 4 in claimable(tmp_path, clock, range(4, 5)), "the unneeded candidate's release")
