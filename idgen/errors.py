@@ -100,3 +100,11 @@ class TimeExhausted(Unavailable):
 def missing_extra(integration: str, package: str, extra: str) -> ImportError:
     """The error an optional integration raises on import when its framework is not installed."""
     return ImportError(f"{integration} needs {package}, which is not installed: pip install 'idgen[{extra}]'")
+
+
+def whole_number(name: str, value: object, minimum: int, unit: str = "") -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum``; else :class:`InvalidInput` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        units = f" {unit}" if unit else ""
+        raise InvalidInput(f"{name} must be a whole number{units}, at least {minimum}, not {value!r}")
+    return value

@@ -60,7 +60,15 @@ from types import TracebackType
 from typing import Any
 
 from idgen.clock import SYSTEM_CLOCK, Clock
-from idgen.errors import ClockBehind, FenceReached, InvalidInput, LayoutMismatch, NoLease, TimeExhausted
+from idgen.errors import (
+    ClockBehind,
+    FenceReached,
+    InvalidInput,
+    LayoutMismatch,
+    NoLease,
+    TimeExhausted,
+    whole_number,
+)
 from idgen.forking import ProcessLock, process_marker
 from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout, iso_ms
 from idgen.leases.base import Lease, RepeatLimitedLog, Reservation
@@ -108,13 +116,21 @@ class Generator:
         max_lead_ms: int = DEFAULT_MAX_LEAD_MS,
         **lease_options: Any,
     ) -> None:
-        if isinstance(max_lead_ms, bool) or not isinstance(max_lead_ms, int) or max_lead_ms < 0:
-            raise InvalidInput(f"max_lead_ms must be a whole number of milliseconds, 0 or more, not {max_lead_ms!r}")
+        whole_number("max_lead_ms", max_lead_ms, 0, "of milliseconds")
+        whole_number("rollback_tolerance_ms", rollback_tolerance_ms, 0, "of milliseconds")
+        if not (callable(getattr(clock, "now_ns", None)) and callable(getattr(clock, "sleep", None))):
+            raise InvalidInput(f"clock must be a Clock (with now_ns() and sleep()), not {clock!r}")
         self.layout = get_layout(layout)
         if lease is None:
             from idgen.leases.local import LocalLease
 
             lease = LocalLease(self.layout, clock=clock, **lease_options)
+        elif not isinstance(lease, Lease):
+            raise InvalidInput(f"lease must be a Lease (such as LocalLease or ZkLease), not {lease!r}")
+        elif lease_options:
+            raise InvalidInput(
+                f"{', '.join(sorted(lease_options))}: options of the default lease, not of the one given"
+            )
         elif lease.layout != self.layout:
             raise LayoutMismatch(
                 f"the lease is for layout {lease.layout.name!r}, the generator for {self.layout.name!r}"

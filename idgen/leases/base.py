@@ -44,7 +44,7 @@ from enum import Enum
 from typing import Any, Self
 
 from idgen.clock import SYSTEM_CLOCK, Clock
-from idgen.errors import ClockUntrusted, LeaseUnavailable
+from idgen.errors import ClockUntrusted, LeaseUnavailable, whole_number
 from idgen.layout import Layout, iso_ms
 
 log = logging.getLogger("idgen.lease")
@@ -267,11 +267,11 @@ class Lease(ABC):
         address: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        if window_ms < 10:
-            raise ValueError(f"lease window {window_ms} ms is too short (at least 10 ms)")
+        whole_number("window_ms", window_ms, 10, "of milliseconds")
+        whole_number("history_size", history_size, 1)
         self.layout = layout
         self.window_ms = window_ms
-        self.history_size = max(history_size, 1)
+        self.history_size = history_size
         self.address = address
         self.clock = clock
         self.host = socket.gethostname()
