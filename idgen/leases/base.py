@@ -398,8 +398,8 @@ class Lease(ABC):
         if unix_ms > self._minting_ms:
             self._minting_ms = unix_ms
             reservation = self._reservation
-            if reservation is not None and self._extension_due(reservation.fence_ms, self._now_ms()):
-                self._wake.set()  # an extension is due now; otherwise the renewal thread's schedule covers it
+            if reservation is not None and reservation.fence_ms - unix_ms < self.window_ms // 2:
+                self._wake.set()  # an extension is due, or will be as the clock runs: the renewal thread reschedules
 
     def status(self) -> LeaseStatus:
         with self._lock:
@@ -545,11 +545,18 @@ class Lease(ABC):
         return max(now_ms + ahead_ms, min(minting_ms + ahead_ms, allowed_ms))
 
     def _extension_due(self, fence_ms: int, now_ms: int) -> bool:
-        """Whether the fence ``fence_ms`` is to be raised now: it has fallen half a window below its target, or the
-        tick the holder mints is within half a window of it (and the target is above it)."""
+        """Whether the fence ``fence_ms`` is to be raised now: it has fallen half a window below its target, or it is
+        nearer the tick the holder mints than the target is above it (so the fence keeps its distance to a rider's
+        ticks growing, in writes that double it, and a tick past it gets an extension at once)."""
+        return self._due_in_ms(fence_ms, now_ms) <= 0
+
+    def _due_in_ms(self, fence_ms: int, now_ms: int) -> int:
+        """In how many ms of the clock an extension of ``fence_ms`` is due (0 or less: now). The target rises with
+        the clock; a rider's next tick can make it due sooner (:meth:`minting_at` wakes the renewal thread then)."""
         target_ms = self._fence_target_ms(now_ms)
-        slack_ms = self.window_ms // 2
-        return fence_ms < target_ms and (fence_ms < target_ms - slack_ms or fence_ms - self._minting_ms < slack_ms)
+        below_target_ms = fence_ms + self.window_ms // 2 - target_ms
+        near_rider_ms = 2 * fence_ms - self._minting_ms - target_ms  # 0 once target - fence >= fence - tick
+        return max(min(below_target_ms, near_rider_ms), fence_ms - target_ms + 1)
 
     def _none_claimable(self, all_held: str) -> LeaseUnavailable:
         """What a claim that found no worker ID raises: ``all_held`` (the backend's account), or for a switch, that
@@ -649,10 +656,5 @@ class Lease(ABC):
         return self._next_step_s(fence, now)
 
     def _next_step_s(self, fence_ms: int, now_ms: int) -> float:
-        """How long until an extension of ``fence_ms`` is due (:meth:`_extension_due`), as the target rises with the
-        clock; a rider's new ticks can make it due sooner, and :meth:`minting_at` wakes the renewal thread then."""
-        near = (
-            fence_ms - self._minting_ms < self.window_ms // 2
-        )  # a rider near the fence: due once the target passes it
-        due_in_ms = fence_ms + (0 if near else self.window_ms // 2) - self._fence_target_ms(now_ms)
-        return min(max(due_in_ms, 0) / 1000 + 0.001, self.window_ms / 1000)
+        """How long the renewal thread may sleep before an extension of ``fence_ms`` is due, unless woken."""
+        return min(max(self._due_in_ms(fence_ms, now_ms), 0) / 1000 + 0.001, self.window_ms / 1000)
