@@ -335,7 +335,7 @@ class Generator:
         tick_ms = self.layout.tick_ms(tick)
         ahead_ns = tick_ms * 1_000_000 - start_ns
         if ahead_ns > 0:
-            self.lease.minting_at(tick_ms)  # so the lease keeps its fence a window above the lead
+            self.lease.minting_at(tick_ms)  # so the lease keeps its fence above the ridden ticks
         if tick > self._fence_tick:
             self.lease.renew_soon()
             raise FenceReached(
