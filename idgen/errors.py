@@ -112,3 +112,11 @@ class AmbiguousId(InvalidInput):
     def __init__(self, message: str, readings: dict[str, int]) -> None:
         super().__init__(message)
         self.readings = readings
+
+
+def whole_number(name: str, value: object, minimum: int, unit: str = "") -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum``; else :class:`InvalidInput` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        units = f" {unit}" if unit else ""
+        raise InvalidInput(f"{name} must be a whole number{units}, at least {minimum}, not {value!r}")
+    return value

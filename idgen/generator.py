@@ -60,7 +60,15 @@ from types import TracebackType
 from typing import Any
 
 from idgen.clock import SYSTEM_CLOCK, Clock
-from idgen.errors import ClockBehind, FenceReached, InvalidInput, LayoutMismatch, NoLease, TimeExhausted
+from idgen.errors import (
+    ClockBehind,
+    FenceReached,
+    InvalidInput,
+    LayoutMismatch,
+    NoLease,
+    TimeExhausted,
+    whole_number,
+)
 from idgen.forking import ProcessLock, process_marker
 from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout, iso_ms
 from idgen.leases.base import Lease, RepeatLimitedLog, Reservation
@@ -108,13 +116,21 @@ class Generator:
         max_lead_ms: int = DEFAULT_MAX_LEAD_MS,
         **lease_options: Any,
     ) -> None:
-        if isinstance(max_lead_ms, bool) or not isinstance(max_lead_ms, int) or max_lead_ms < 0:
-            raise InvalidInput(f"max_lead_ms must be a whole number of milliseconds, 0 or more, not {max_lead_ms!r}")
+        whole_number("max_lead_ms", max_lead_ms, 0, "of milliseconds")
+        whole_number("rollback_tolerance_ms", rollback_tolerance_ms, 0, "of milliseconds")
+        if not (callable(getattr(clock, "now_ns", None)) and callable(getattr(clock, "sleep", None))):
+            raise InvalidInput(f"clock must be a Clock (with now_ns() and sleep()), not {clock!r}")
         self.layout = get_layout(layout)
         if lease is None:
             from idgen.leases.local import LocalLease
 
             lease = LocalLease(self.layout, clock=clock, **lease_options)
+        elif not isinstance(lease, Lease):
+            raise InvalidInput(f"lease must be a Lease (such as LocalLease or ZkLease), not {lease!r}")
+        elif lease_options:
+            raise InvalidInput(
+                f"{', '.join(sorted(lease_options))}: options of the default lease, not of the one given"
+            )
         elif lease.layout != self.layout:
             raise LayoutMismatch(
                 f"the lease is for layout {lease.layout.name!r}, the generator for {self.layout.name!r}"
@@ -127,7 +143,9 @@ class Generator:
         self.overflow_waits = 0
         self.clock_rollbacks = 0  # times the clock was seen behind the last tick used (each episode once)
         self.clock_rides = 0  # ... and ridden through
-        self.worker_switches = 0  # times it moved to another worker ID, the clock beyond max_lead_ms behind
+        # Times it moved to another worker ID, the clock beyond max_lead_ms behind; raised only once the old worker
+        # ID's snapshot is gone, so a batch that reads it unchanged before its first ID and after its last is in order.
+        self.worker_switches = 0
         self.lead_max_ms = 0.0  # the furthest ahead of the clock a tick was served
         self._now_ns = clock.now_ns
         self._lock = threading.Lock()
@@ -215,8 +233,9 @@ class Generator:
                 out.append(self._next_id_locked())  # a new tick, or the wait for one
             if self.worker_switches == switches:
                 return out
-            # A switch of worker IDs came between two ticks, so ``out`` is not in order: drop it (never returned,
-            # so never a duplicate) and mint the batch afresh under the new worker ID.
+            # A switch of worker IDs came during the batch, so ``out`` may not be in order: drop it (never returned,
+            # so never a duplicate) and mint the batch afresh under the new worker ID. The count is raised only once
+            # the old worker ID's snapshot is gone, so a batch that read it after the raise took no old ID.
 
     def _next_id_locked(self) -> int:
         self._check_fork()
@@ -316,7 +335,7 @@ class Generator:
         tick_ms = self.layout.tick_ms(tick)
         ahead_ns = tick_ms * 1_000_000 - start_ns
         if ahead_ns > 0:
-            self.lease.minting_at(tick_ms)  # so the lease keeps its fence a window above the lead
+            self.lease.minting_at(tick_ms)  # so the lease keeps its fence above the ridden ticks
         if tick > self._fence_tick:
             self.lease.renew_soon()
             raise FenceReached(
@@ -391,7 +410,7 @@ class Generator:
         """The switch thread: one attempt (:meth:`_switch_once`); it stays registered until every lease it made or
         left is closed, so that :meth:`close` can wait for it."""
         try:
-            if not self._switch_once():
+            if not self._switch_once() and self._switch_failure:
                 self._switch_log.warning(  # once per episode, whatever the numbers in each attempt's reason
                     "no switch of worker IDs: %s", self._switch_failure, event="worker_id_switch_failed", key="switch"
                 )
@@ -416,7 +435,9 @@ class Generator:
         with self._lock:
             switched = self.lease is candidate
             retired, self._retired, self._candidate = self._retired, None, None
-            self._switch_failure = None if switched else failure or "the generator was closed"
+            if not switched and failure is None and self._closed:
+                failure = "the generator was closed"
+            self._switch_failure = None if switched else failure  # None too if the clock came back: none needed
         if not switched:
             candidate.close(-1)  # nothing was minted under it: its fence comes down to its after_ms
         elif retired is not None:
@@ -433,22 +454,17 @@ class Generator:
 
     def _on_reservation(self, lease: Lease, reservation: Reservation | None) -> None:
         """Called by ``lease`` on acquisition, extension, loss and release. Only the current lease is heard, and the
-        first reservation of a switch's candidate, which makes that lease current."""
+        first reservation of a switch's candidate, which makes that lease current if the clock is still beyond
+        ``max_lead_ms`` behind the last tick used (else the switch thread closes it: no switch is needed any more)."""
         with self._lock:
             if self._closed and reservation is not None:
                 return  # an extension racing close(): the final fence is computed already; never mint again
-            if lease is not self.lease:
-                if lease is not self._candidate or reservation is None:
-                    return  # a lease switched away from, or a candidate that failed
+            switching = lease is not self.lease
+            if switching:
+                if lease is not self._candidate or reservation is None or not self._beyond_lead():
+                    return  # a lease switched away from, a candidate that failed, or the clock has come back
                 self._retired = (self.lease, self.layout.tick_ms(self._tick))
                 self.lease, self._reservation = lease, None
-                self._leave_floor()
-                log.warning(
-                    "switched to worker ID %d: the clock is beyond %d ms behind the fence of the one before",
-                    reservation.worker_id,
-                    self.max_lead_ms,
-                    extra={"event": "worker_id_switched", "worker_id": reservation.worker_id},
-                )
             previous, self._reservation = self._reservation, reservation
             if reservation is None:
                 self._publish(_NO_TICK)  # stop at once
@@ -457,25 +473,31 @@ class Generator:
             self._fence_tick = self.layout.tick_of(reservation.fence_ms)
             if previous is None or previous.lease_id != reservation.lease_id:
                 # A new claim: mint only above the old holder's fence, and above all this generator minted, unless
-                # that is a worker ID left behind beyond max_lead_ms (a lost claim re-acquired elsewhere): then this
-                # claim's own window is the floor (DESIGN.md section 3a), and it counts as a switch.
-                after_tick = self.layout.tick_of(reservation.after_ms)
-                if (
-                    self.max_lead_ns
-                    and reservation.worker_id != self._tick_worker
-                    and self._tick_start_ns(self._tick) - self._now_ns() > self.max_lead_ns
-                ):
-                    self._leave_floor()
+                # that is a worker ID left behind beyond max_lead_ms (a switch, or a lost claim re-acquired elsewhere):
+                # then this claim's own window is the floor (DESIGN.md section 3a), and it counts as a switch.
+                leaving = switching or (reservation.worker_id != self._tick_worker and self._beyond_lead())
+                if leaving:
+                    self._tick, self._behind, self._riding = -1, False, False
                 self._node = self.layout.node_bits(reservation.worker_id)
-                self._tick = max(self._tick, after_tick)
+                self._tick = max(self._tick, self.layout.tick_of(reservation.after_ms))
                 self._tick_worker = reservation.worker_id
                 self._publish(_NO_TICK)
+                if leaving:
+                    # Only now, with no snapshot of the old worker ID left to take from: a batch that reads the same
+                    # count before its first ID and after its last was minted on one side of the switch (next_ids).
+                    self.worker_switches += 1
+                    if switching:
+                        log.warning(
+                            "switched to worker ID %d: the clock is beyond %d ms behind the fence of the one before",
+                            reservation.worker_id,
+                            self.max_lead_ms,
+                            extra={"event": "worker_id_switched", "worker_id": reservation.worker_id},
+                        )
 
-    def _leave_floor(self) -> None:
-        """Mint from the next claim's own window, not above the ticks used so far: they were under another worker ID,
-        beyond ``max_lead_ms`` ahead of the clock (a switch). The caller holds the lock."""
-        self._tick, self._behind, self._riding = -1, False, False
-        self.worker_switches += 1  # next_ids and the HTTP app drop a batch this crosses: it goes down here
+    def _beyond_lead(self) -> bool:
+        """Whether the last tick used is more than ``max_lead_ms`` ahead of the clock (never with ``max_lead_ms=0``);
+        the caller holds the lock."""
+        return bool(self.max_lead_ns) and self._tick_start_ns(self._tick) - self._now_ns() > self.max_lead_ns
 
     # -- state ------------------------------------------------------------------------------------
 

@@ -234,3 +234,36 @@ def test_without_the_gil_next_ids_takes_the_lock_as_next_id_does(
         for thread in threads:
             thread.join(5)
         assert len(results["next_id"]) == 1 and len(results["next_ids"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"layout": "twitter", "lease": "not a lease"}, "lease"),
+        ({"lease": 5}, "lease"),
+        ({"clock": "not a clock"}, "clock"),
+        ({"clock": None}, "clock"),
+        ({"rollback_tolerance_ms": "5"}, "rollback_tolerance_ms"),
+        ({"rollback_tolerance_ms": -1}, "rollback_tolerance_ms"),
+        ({"rollback_tolerance_ms": 1.5}, "rollback_tolerance_ms"),
+        ({"rollback_tolerance_ms": True}, "rollback_tolerance_ms"),
+        ({"max_lead_ms": "15"}, "max_lead_ms"),
+        ({"window_ms": "5000"}, "window_ms"),
+        ({"window_ms": 5}, "window_ms"),
+        ({"history_size": "x"}, "history_size"),
+    ],
+)
+def test_a_bad_argument_is_refused_at_construction_naming_it(
+    tmp_path: Path, options: dict[str, object], named: str
+) -> None:
+    """Not an AttributeError or a TypeError from deep inside, nor a value accepted now that fails at the first ID."""
+    with pytest.raises(InvalidInput, match=named):
+        Generator(**{"state_dir": tmp_path, **options})  # type: ignore[arg-type]
+    assert not list(tmp_path.glob("*/*.lock")), "a refused generator left a worker ID claimed"
+
+
+def test_options_of_the_default_lease_given_with_a_lease_are_refused_not_ignored(tmp_path: Path) -> None:
+    lease = LocalLease(DEFAULT_LAYOUT, tmp_path)
+    with pytest.raises(InvalidInput, match="window_ms"):
+        Generator(lease=lease, window_ms=60_000)
+    assert lease.status().state.value == "acquiring"  # never started: nothing to release

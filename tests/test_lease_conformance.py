@@ -158,6 +158,31 @@ def test_after_kill_9_the_successor_starts_strictly_above_the_fence_the_crash_le
     assert first > crashed.first_id
 
 
+def test_holders_killed_one_after_another_leave_no_more_lead_than_a_clean_holder(
+    backend: Backend, spawn_holder: Callable[..., HolderProcess]
+) -> None:
+    """Each successor rides above the fence the last one left; what it reserves must not add up from one to the next
+    (DESIGN.md 3a). A 4 s window (fences 6 s ahead) outlasts a ZooKeeper session's expiry, so leads would add up
+    there too."""
+    window_ms, leads_ms, last = 4_000, [], 0
+
+    def successor() -> HolderProcess | None:
+        try:
+            return backend.holder(spawn_holder, SOLO, window_ms=window_ms).ready()
+        except RuntimeError:  # the last one's claim is not gone yet (its session has to expire)
+            return None
+
+    for _ in range(4):
+        holder = poll(successor, what="the killed holder's claim to be freed", timeout=30)
+        assert holder.first_id > last
+        last = holder.first_id
+        holder.kill()
+        fence = backend.fence(SOLO, 0)
+        assert fence is not None
+        leads_ms.append(fence - now_ms())
+    assert max(leads_ms) <= window_ms * 3 // 2, f"leads of the fences left: {leads_ms} ms"
+
+
 def test_release_lowers_the_fence_to_the_high_water_mark_but_never_below_after_nor_above_the_fence(
     backend: Backend, leases: list[Lease]
 ) -> None:

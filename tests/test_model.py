@@ -33,6 +33,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -262,6 +263,34 @@ class LeaseModel(RuleBasedStateMachine):
         refusal that starts a switch of worker IDs."""
         self.clock.advance(-ms)
         self.mint(self.slot(index), lambda gen: gen.next_ids(20))
+
+    @precondition(lambda self: any(s.gen.max_lead_ms for s in self.live))
+    @rule(index=st.integers(0, MAX_LIVE), beyond_ms=st.integers(1, 1_000), back_ms=st.integers(0, 2_000))
+    def batches_race_a_switch(self, index: int, beyond_ms: int, back_ms: int) -> None:
+        """The clock steps back beyond a generator's ``max_lead_ms``: a refusal starts a switch of worker IDs on a
+        thread of its own. While it claims, another thread mints batches and the clock comes back by ``back_ms``,
+        within ``max_lead_ms`` again if that is more than ``beyond_ms``. The switch may land inside a batch, or find
+        that it is no longer needed; either way every batch strictly increases (``record``)."""
+        slot = next(s for s in self.live[index % len(self.live) :] + self.live if s.gen.max_lead_ms)
+        self.clock.advance(-(slot.gen.max_lead_ms + beyond_ms))
+        self.mint(slot, lambda gen: gen.next_ids(20))  # refused: starts the switch
+        failures: list[BaseException] = []
+
+        def race() -> None:
+            try:
+                for _ in range(8):
+                    self.mint(slot, lambda gen: gen.next_ids(40))
+            except BaseException as exc:  # an assertion of record(): fail the step in the main thread
+                failures.append(exc)
+
+        racer = threading.Thread(target=race)
+        racer.start()
+        for _ in range(4):
+            self.clock.advance(back_ms / 4)
+        racer.join(10)
+        eventually(lambda: slot.gen._switcher is None, timeout=0.5, interval=0.002)
+        if failures:
+            raise failures[0]
 
     @precondition(lambda self: self.live)
     @rule(index=st.integers(0, MAX_LIVE))

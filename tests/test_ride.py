@@ -4,21 +4,27 @@ real local leases; the fault suite (tests/faults/test_fault_clock.py) does the s
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
+import multiprocessing
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from forks import Child
-from polling import poll
+from polling import eventually, poll
 
 from idgen import DEFAULT_LAYOUT, Generator, Layout, generator
 from idgen.clock import ManualClock
 from idgen.errors import ClockBehind, FenceReached, InvalidInput, LeaseUnavailable
 from idgen.generator import SWITCH_RETRY_AFTER_S
+from idgen.leases.base import DEFAULT_WINDOW_MS
 from idgen.leases.local import LocalLease
 
 WINDOW_MS = 1_000
@@ -170,6 +176,83 @@ def test_a_crash_leaves_a_fence_ahead_and_the_restart_rides_above_it(tmp_path: P
     with make(tmp_path, clock) as second:
         new = second.next_id()
     assert stamp(new) == fence + 1 and clock.slept_s == 0
+
+
+def crash(gen: Generator) -> None:
+    """The process dies: its claim goes, its fence stays where it was, nothing is released."""
+    gen.lease._drop_claim()
+    gen.lease._closing.set()
+
+
+def mint_past_the_fence(gen: Generator, n: int) -> tuple[list[int], int]:
+    """``gen.next_ids(n)``, and how many times it first had to wait for its lease to extend the fence."""
+    for waits in itertools.count():
+        fence_ms = gen.lease.status().reservation.fence_ms
+        try:
+            return gen.next_ids(n), waits
+        except FenceReached:
+            poll(lambda fence_ms=fence_ms: gen.lease.status().reservation.fence_ms > fence_ms, "an extension", 5)
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("found_ahead_ms", [0, 3_000], ids=["after a clean holder", "after a clock step"])
+def test_successors_that_crash_leave_no_more_lead_than_they_found(
+    tmp_path: Path, clock: ManualClock, found_ahead_ms: int
+) -> None:
+    """A crash leaves the fence up to 1.5 windows ahead; the successor rides above it. What it reserves must not add
+    a window on top of that lead, or a few crashes in a row put the fence beyond max_lead_ms (DESIGN.md 3a). Only a
+    holder that found a lead beyond 1.5 windows (a clock step) reserves as the clock runs, never ahead of it."""
+    with make(tmp_path, clock) as first:
+        first.next_id()
+    clock.advance(-found_ahead_ms)  # the host's clock went back while nobody held worker 3
+    bound_ms = max(found_ahead_ms, WINDOW_MS * 3 // 2) + DEFAULT_LAYOUT.unit_ms
+    last, leads_ms, waits = 0, [], 0
+    for _ in range(12):
+        gen = make(tmp_path, clock, max_lead_ms=5_000)
+        ids: list[int] = []
+        for _ in range(20):  # 0.2 s of traffic, then the crash
+            minted, waited = mint_past_the_fence(gen, 500)
+            ids, waits = ids + minted, waits + waited
+            clock.advance(10)
+        assert ids == sorted(set(ids)) and ids[0] > last
+        last = ids[-1]
+        gen.lease._closing.set()  # the process dies: its renewals stop, its claim goes, its fence stays
+        gen.lease._thread.join()
+        gen.lease._drop_claim()
+        leads_ms.append(record(tmp_path, 3)["fence_ms"] - clock.now_ms())
+        clock.advance(50)  # the restart
+    assert max(leads_ms) <= bound_ms, leads_ms
+    assert waits == 0 if found_ahead_ms == 0 else waits <= 12
+
+
+def _mint_and_die(state: str, workers: range) -> None:
+    """A multiprocessing child that mints one ID on a local lease and exits without closing (os._exit): exit code 0
+    if it minted, 3 if it was refused ClockBehind."""
+    code = 1
+    try:
+        Generator(lease=LocalLease(DEFAULT_LAYOUT, state, worker_ids=workers)).next_id()
+        code = 0
+    except ClockBehind:
+        code = 3
+    finally:
+        os._exit(code)
+
+
+def test_rounds_of_children_that_exit_without_closing_are_all_served(tmp_path: Path) -> None:
+    """Each round's children find the fences the last round's left (up to 1.5 windows ahead of the clock) and ride
+    above them; what they reserve must not add up round after round until a successor is beyond ``max_lead_ms``."""
+    workers, codes = range(3), []
+    context = multiprocessing.get_context("fork")
+    for _ in range(6):
+        children = [context.Process(target=_mint_and_die, args=(str(tmp_path), workers)) for _ in workers]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(30)
+        codes += [child.exitcode for child in children]
+    assert codes == [0] * len(codes), f"{codes.count(3)} of {len(codes)} children refused ClockBehind"
+    leads_ms = [record(tmp_path, w)["fence_ms"] - time.time_ns() // 1_000_000 for w in workers]
+    assert max(leads_ms) <= DEFAULT_WINDOW_MS * 3 // 2  # never further ahead than a clean holder's fence
 
 
 # -- switching worker IDs --------------------------------------------------------------------------------------
@@ -339,3 +422,72 @@ def test_a_child_forked_far_behind_mints_on_its_own_fresh_claim_at_once(tmp_path
         child.close()
         gen.close()
     assert minted["worker"] == 4 and stamp(minted["id"]) == clock.now_ms()
+
+
+class _OnRecord(logging.Handler):
+    """Runs ``action`` in the logging thread when a record with ``event`` is logged there: a seam to act at a precise
+    moment of another thread's work (the generator's lock may be held)."""
+
+    def __init__(self, event: str, action: Callable[[], None]) -> None:
+        super().__init__(logging.DEBUG)
+        self.event, self.action = event, action
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "event", None) == self.event and threading.current_thread().name == "idgen-switch":
+            self.action()
+
+
+@contextlib.contextmanager
+def on_record(logger: str, event: str, action: Callable[[], None]) -> Iterator[None]:
+    handler, target = _OnRecord(event, action), logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.DEBUG)
+    target.addHandler(handler)
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(level)
+
+
+def test_a_batch_racing_a_switch_is_strictly_increasing_and_a_switch_the_clock_outran_is_dropped(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A switch is claimed on a thread of its own; the clock may come back within max_lead_ms meanwhile, and the
+    generator rides on the old worker ID. A batch minted as the claim lands must not mix the old ridden tick's last
+    IDs with the new worker ID's lower ones, and the switch, no longer needed, is not made."""
+    batches: list[list[int]] = []
+    racers: list[threading.Thread] = []
+
+    def race_a_batch() -> None:
+        batches.append(gen.next_ids(6_000))  # more than the ridden tick has left: it crosses ticks
+
+    def clock_comes_back() -> None:  # the candidate holds worker 4; its reservation is not yet published
+        clock.advance(1_000)  # 14.5 s behind the last tick: within max_lead_ms, ridden (and below worker 4's fence)
+        gen.next_id()
+
+    def batch_as_the_switch_lands() -> None:  # the generator's lock is held by the switch
+        racers.append(threading.Thread(target=race_a_batch))
+        racers[0].start()
+        snapshot = gen._snapshot
+        eventually(lambda: snapshot.left() == 0 or not racers[0].is_alive(), 1)
+
+    with make(tmp_path, clock, range(3, 5)) as gen:
+        before = gen.next_ids(10)
+        clock.advance(-15_500)  # beyond max_lead_ms (15 s)
+        with (
+            on_record("idgen.lease", "lease_acquired", clock_comes_back),
+            on_record("idgen.generator", "worker_id_switched", batch_as_the_switch_lands),
+        ):
+            with pytest.raises(ClockBehind):
+                gen.next_id()  # starts the switch
+            poll(lambda: gen._switcher is None, "the switch attempt to end")
+        for racer in racers:
+            racer.join(5)
+        if not racers:  # no switch landed: nothing to race, mint the batch now
+            race_a_batch()
+        [batch] = batches
+        assert batch == sorted(set(batch)), "a batch went down across the switch"
+        assert batch[0] > before[-1]
+        assert gen.worker_switches == 0 and gen.worker_id == 3  # the clock came back: no switch was needed
+        poll(lambda: 4 in claimable(tmp_path, clock, range(4, 5)), "the unneeded candidate's release")

@@ -19,8 +19,11 @@ A lease grants a :class:`Reservation`: mint under ``worker_id`` only timestamps 
 Invariants:
 
 - the reservation published to the listener never has a fence above the durable fence;
-- in HELD the fence is kept at least ``window_ms`` ahead of the clock, and of the last timestamp the holder said it
+- in HELD the fence is kept at least ``window_ms`` ahead of the clock, and above the last timestamp the holder said it
   mints at (:meth:`Lease.minting_at`, a generator riding a clock step); SUSPENDED never extends it;
+- a holder never reserves further ahead of the clock than 1.5 windows, or the lead its claim found, unless it mints
+  further ahead than that (:meth:`Lease._fence_target_ms`): holders that die without closing leave fences whose leads
+  do not add up from one to the next;
 - on LOST the listener gets ``None`` before anything else happens, then the lease is acquired afresh.
 """
 
@@ -41,7 +44,7 @@ from enum import Enum
 from typing import Any, Self
 
 from idgen.clock import SYSTEM_CLOCK, Clock
-from idgen.errors import ClockUntrusted, LeaseUnavailable
+from idgen.errors import ClockUntrusted, LeaseUnavailable, whole_number
 from idgen.layout import Layout, iso_ms
 
 log = logging.getLogger("idgen.lease")
@@ -265,9 +268,9 @@ class Census:
 class Lease(ABC):
     """Base of the backends. Subclasses implement the four storage operations; this class runs the lifecycle.
 
-    ``window_ms``: the fence is kept between ``window_ms`` and ``1.5 * window_ms`` ahead of the clock (or of where
-    the holder mints, if that is ahead). A clock behind the previous holder's fence is the generator's to handle:
-    the lease never waits for it.
+    ``window_ms``: the fence is kept between ``window_ms`` and ``1.5 * window_ms`` ahead of the clock, and above where
+    the holder mints if that is ahead (:meth:`_fence_target_ms`). A clock behind the previous holder's fence is the
+    generator's to handle: the lease never waits for it.
     """
 
     def __init__(
@@ -279,11 +282,11 @@ class Lease(ABC):
         address: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        if window_ms < 10:
-            raise ValueError(f"lease window {window_ms} ms is too short (at least 10 ms)")
+        whole_number("window_ms", window_ms, 10, "of milliseconds")
+        whole_number("history_size", history_size, 1)
         self.layout = layout
         self.window_ms = window_ms
-        self.history_size = max(history_size, 1)
+        self.history_size = history_size
         self.address = address
         self.clock = clock
         self.host = socket.gethostname()
@@ -307,6 +310,7 @@ class Lease(ABC):
         self.renewal_failures = 0  # renewal steps that failed; each is followed by a back-off
         self._failure_log = RepeatLimitedLog(log)
         self._minting_ms = -1  # the last timestamp the holder said it mints at (minting_at)
+        self._lead_found_ms = 0  # how far the first tick the claim allows was ahead of the clock at the claim
         self.clock_untrusted: str | None = None  # why the last clock check failed; None: trusted (or never checked)
         self._fence_below_ms: int | None = None  # a switch's first claim takes only a fence below this
 
@@ -405,12 +409,12 @@ class Lease(ABC):
 
     def minting_at(self, unix_ms: int) -> None:
         """The holder mints at ``unix_ms``, ahead of the clock (a generator riding a clock step): from now on the
-        fence is kept a window above that, not above the clock alone. Cheap; the renewal thread does the writing."""
+        fence covers that too (:meth:`_fence_target_ms`). Cheap; the renewal thread does the writing."""
         if unix_ms > self._minting_ms:
             self._minting_ms = unix_ms
             reservation = self._reservation
-            if reservation is not None and reservation.fence_ms - unix_ms < self.window_ms:
-                self._wake.set()  # an extension is due now; otherwise the renewal thread's schedule covers it
+            if reservation is not None and reservation.fence_ms - unix_ms < self.window_ms // 2:
+                self._wake.set()  # an extension is due, or will be as the clock runs: the renewal thread reschedules
 
     def status(self) -> LeaseStatus:
         with self._lock:
@@ -526,13 +530,48 @@ class Lease(ABC):
         return max(found_ms or 0, self._now_ms() - self.window_ms)
 
     def _first_fence(self, after_ms: int) -> int:
-        """The fence a new holder writes: as far above both the clock and the old fence as an extension puts it, so
-        that the renewal thread has nothing to write right after the claim."""
-        return max(self._now_ms(), after_ms) + self._fence_ahead_ms()
+        """The fence a new holder writes: 1.5 windows above the clock, as any extension puts it, or, if the old fence
+        is further ahead than that, just high enough for the first tick above it. Never a window above the old fence:
+        a holder that dies without closing leaves its fence for the next, and leads would add up (DESIGN.md 3a)."""
+        return max(self._now_ms() + self._fence_ahead_ms(), self._first_tick_ms(after_ms))
+
+    def _first_tick_ms(self, after_ms: int) -> int:
+        """The start of the first tick a holder whose window starts after ``after_ms`` can mint."""
+        return self.layout.tick_ms(self.layout.tick_of(after_ms) + 1)
 
     def _fence_ahead_ms(self) -> int:
         """How far above the clock a fence is written: 1.5 windows, so it is extended every half window."""
         return self.window_ms + self.window_ms // 2
+
+    def _fence_target_ms(self, now_ms: int) -> int:
+        """Where the fence should be now. 1.5 windows above the clock, as for any holder; a holder riding ahead of the
+        clock (:meth:`minting_at`) needs more only if the tick it mints comes close to that:
+
+        - up to the lead its claim found (``_lead_found_ms``, the first tick it may mint less the clock then) above
+          the clock, and at most 1.5 windows above the tick it mints. A rider consumes ticks no faster than the clock
+          runs, unless it outpaces it, so this covers it, and a holder that dies leaves its fence no further ahead
+          than the larger of 1.5 windows and the lead it found: its successors' leads never add up.
+        - beyond that (its ticks outpace the clock, or the clock stepped back under it), 1.5 windows above the tick
+          it mints: its lead is bounded by ``max_lead_ms`` instead."""
+        ahead_ms, minting_ms = self._fence_ahead_ms(), self._minting_ms
+        allowed_ms = now_ms + max(self._lead_found_ms, ahead_ms)
+        if minting_ms > allowed_ms:
+            return minting_ms + ahead_ms
+        return max(now_ms + ahead_ms, min(minting_ms + ahead_ms, allowed_ms))
+
+    def _extension_due(self, fence_ms: int, now_ms: int) -> bool:
+        """Whether the fence ``fence_ms`` is to be raised now: it has fallen half a window below its target, or it is
+        nearer the tick the holder mints than the target is above it (so the fence keeps its distance to a rider's
+        ticks growing, in writes that double it, and a tick past it gets an extension at once)."""
+        return self._due_in_ms(fence_ms, now_ms) <= 0
+
+    def _due_in_ms(self, fence_ms: int, now_ms: int) -> int:
+        """In how many ms of the clock an extension of ``fence_ms`` is due (0 or less: now). The target rises with
+        the clock; a rider's next tick can make it due sooner (:meth:`minting_at` wakes the renewal thread then)."""
+        target_ms = self._fence_target_ms(now_ms)
+        below_target_ms = fence_ms + self.window_ms // 2 - target_ms
+        near_rider_ms = 2 * fence_ms - self._minting_ms - target_ms  # 0 once target - fence >= fence - tick
+        return max(min(below_target_ms, near_rider_ms), fence_ms - target_ms + 1)
 
     def _none_claimable(self, all_held: str) -> LeaseUnavailable:
         """What a claim that found no worker ID raises: ``all_held`` (the backend's account), or for a switch, that
@@ -549,6 +588,7 @@ class Lease(ABC):
             raise ClockUntrusted(problem)
         reservation = self._acquire(self._new_holder())
         self._fence_below_ms, self._minting_ms = None, -1  # a new claim: the holder has minted nothing under it
+        self._lead_found_ms = max(0, self._first_tick_ms(reservation.after_ms) - self._now_ms())
         with self._lock:
             closing = self._closing.is_set()
             if not closing:
@@ -614,9 +654,10 @@ class Lease(ABC):
             self._reason = problem
         if problem:
             return 1.0  # do not push the fence ahead on a clock we do not trust
-        now = max(self._now_ms(), self._minting_ms)  # the clock, or where the holder mints if that is ahead
-        if reservation.fence_ms - now < self.window_ms:
-            fence = now + self._fence_ahead_ms()
+        now = self._now_ms()
+        fence = reservation.fence_ms
+        if self._extension_due(fence, now):
+            fence = self._fence_target_ms(now)
             try:
                 self._extend(reservation, fence)
             except LeaseLost as exc:
@@ -627,8 +668,11 @@ class Lease(ABC):
                 "fence extended",
                 extra={"event": "fence_extended", "worker_id": reservation.worker_id, "fence_ms": fence},
             )
-            return self.window_ms / 2000
-        return min((reservation.fence_ms - now - self.window_ms) / 1000 + 0.001, self.window_ms / 1000)
+        return self._next_step_s(fence, now)
+
+    def _next_step_s(self, fence_ms: int, now_ms: int) -> float:
+        """How long the renewal thread may sleep before an extension of ``fence_ms`` is due, unless woken."""
+        return min(max(self._due_in_ms(fence_ms, now_ms), 0) / 1000 + 0.001, self.window_ms / 1000)
 
     # -- census (metrics) ---------------------------------------------------------------------------
 

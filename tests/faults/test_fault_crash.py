@@ -7,12 +7,16 @@ resumed (SIGCONT): the zombie mints nothing above its old fence, notices LOST, a
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from faultkit import SOLO, IdgenServer, claim_owner, create_namespace, read_fence, read_holders, wait_until, zk_client
 from loadclient import LoadClient, Record, Report, check, ids_of, timestamps_ms
+
+from idgen import DEFAULT_LAYOUT, Layout
 
 SESSION_TIMEOUT = "2"
 
@@ -170,3 +174,105 @@ def _zombie_refusal(record: Record, resumed: float, relet: float) -> bool:
 def _between(records: list[Record], server: str, start: float, end: float) -> list[Record]:
     """Answers of ``server`` that came between ``start`` and ``end``."""
     return [r for r in records if r.server == server and start <= r.done <= end]
+
+
+# -- 16: crash loops on one worker ID ------------------------------------------------------------------------------
+
+CRASH_LOOP_STARTS = 8
+
+
+def _crash_loop(
+    spawn_server: Callable[..., IdgenServer],
+    start_load: Callable[..., LoadClient],
+    options: tuple[str, ...],
+    fence_of: Callable[[], int],
+    claim_gone: Callable[[], bool],
+    starts: int,
+) -> tuple[list[Record], list[int], list[float], list[float]]:
+    """``starts`` servers on one worker ID, each loaded from the moment it listens and SIGKILLed about 1 s later; each
+    starts once its predecessor's claim is gone. Returns the records, the 503s of each start, the lead (s) of the
+    fence each one left over the clock at its death, and how long each took from spawn to listening."""
+    load = start_load()
+    refused, leads_s, listening_s = [], [], []
+    for number in range(starts):
+        name = f"start{number + 1}"
+        wait_until(claim_gone, 20, "the previous holder's claim to go")
+        spawned = time.monotonic()
+        server = spawn_server(name, *options)
+        target = server.listening()
+        listening_s.append(time.monotonic() - spawned)
+        load.add(target)
+        load.wait_for(lambda r, name=name: r.server == name and r.status in (200, 503), 250)  # about 1 s of load
+        server.kill()
+        load.remove(name)
+        leads_s.append((fence_of() - time.time_ns() // 1_000_000) / 1000)
+        refused.append(sum(r.server == name and r.status == 503 for r in load.records))
+    return load.stop(), refused, leads_s, listening_s
+
+
+def _crash_loop_report(
+    records: list[Record],
+    scenario: str,
+    refused: list[int],
+    leads_s: list[float],
+    listening_s: list[float],
+    layout: Layout = DEFAULT_LAYOUT,
+) -> Report:
+    report = check(records, scenario, allow=lambda r: r.status == 0, layout=layout)  # in flight at a kill
+    report.notes.append(
+        f"503s per start: {refused}; lead of the fence each left over the clock at its death:"
+        f" {', '.join(f'{s:.1f}' for s in leads_s)} s; listening after {min(listening_s):.2f}"
+        f" to {max(listening_s):.2f} s"
+    )
+    return report
+
+
+def test_a_crash_loop_on_one_local_worker_id_serves_every_start_at_once(
+    spawn_server: Callable[..., IdgenServer],
+    start_load: Callable[..., LoadClient],
+    fault_results: list[Report],
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    options = ("--state-dir", str(state), "--worker-ids", "0-0")
+
+    def fence() -> int:
+        return json.loads((state / "worker-00000.json").read_text())["fence_ms"]
+
+    records, refused, leads_s, listening_s = _crash_loop(
+        spawn_server, start_load, options, fence, lambda: True, CRASH_LOOP_STARTS
+    )
+    report = _crash_loop_report(
+        records, "16a. crash loop: kill -9 about 1 s after each start, local lease", refused, leads_s, listening_s
+    )
+    fault_results.append(report)
+    report.assert_ok()
+    assert refused == [0] * CRASH_LOOP_STARTS, "a successor was refused: the fences ratcheted ahead of the clock"
+    assert max(leads_s) <= 7.5, "a holder reserved further ahead than a clean one"
+
+
+def test_a_crash_loop_on_one_zookeeper_worker_id_serves_every_start_at_once(
+    zk_hosts: str,
+    zk_namespace: str,
+    spawn_server: Callable[..., IdgenServer],
+    start_load: Callable[..., LoadClient],
+    fault_results: list[Report],
+) -> None:
+    create_namespace(zk_hosts, zk_namespace, SOLO)
+    options = ("--zk", zk_hosts, "--namespace", zk_namespace, "--zk-session-timeout", SESSION_TIMEOUT)
+    with zk_client(zk_hosts) as zk:
+        records, refused, leads_s, listening_s = _crash_loop(
+            spawn_server,
+            start_load,
+            options,
+            lambda: read_fence(zk, zk_namespace, 0)["fence_ms"],
+            lambda: claim_owner(zk, zk_namespace, 0) is None,
+            CRASH_LOOP_STARTS - 2,
+        )
+    report = _crash_loop_report(
+        records, "16b. crash loop: kill -9 about 1 s after each start, ZooKeeper", refused, leads_s, listening_s, SOLO
+    )
+    fault_results.append(report)
+    report.assert_ok()
+    assert refused == [0] * (CRASH_LOOP_STARTS - 2), "a successor was refused: the fences ratcheted ahead of the clock"
+    assert max(leads_s) <= 7.5, "a holder reserved further ahead than a clean one"
