@@ -751,3 +751,17 @@ def all_probe_paths() -> set[str]:
 
 def test_every_probe_path_is_a_route_of_the_app(app_routes: set[str]) -> None:
     assert {"/healthz", "/readyz"} <= all_probe_paths() <= app_routes
+
+
+# -- where the server listens ----------------------------------------------------------------------------------
+
+
+def test_idgen_alone_listens_on_loopback_and_every_deployment_says_where_it_listens() -> None:
+    """``idgen serve`` binds 127.0.0.1 by default, as gunicorn and uvicorn do. A container must listen on every
+    interface to be reached at all, so the image, each compose worker and the Kubernetes pod set the host
+    themselves rather than rely on a default."""
+    assert serve_defaults().host == "127.0.0.1"
+    assert final_stage().env()["IDGEN_HOST"] == "0.0.0.0"
+    for name, service in compose_services("idgen").items():
+        assert environment(service).get("IDGEN_HOST") == "0.0.0.0", name
+    assert container_env()["IDGEN_HOST"]["value"] == "0.0.0.0"
