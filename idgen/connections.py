@@ -6,6 +6,8 @@ aiohttp's ``RequestHandler`` is one connection; :class:`Connection` adds what id
   connection opened, or after the first byte of a later request, else the connection is closed (Go's
   ``ReadHeaderTimeout``, Apache's ``mod_reqtimeout``). aiohttp has none: its keep-alive timer is not reset by bytes
   received, but it is as long as the idle bound;
+- **a head size bound**: ``MAX_HEAD_BYTES`` received without a whole head, or after the answer while the connection
+  has no request, close the connection;
 - **an idle bound**: a keep-alive connection without a request is closed after ``IDLE_TIMEOUT_S`` (aiohttp's own
   ``keepalive_timeout``);
 - **a cap**: at most ``max_connections`` connections are open at once in a process (:class:`ConnectionCap`). One
@@ -45,6 +47,10 @@ from idgen.errors import InvalidInput
 log = logging.getLogger("idgen.http")
 
 HEAD_TIMEOUT_S = 5.0  # from a connection's opening, or a request's first byte, to the end of its head
+# The most bytes a request head may take (nginx allows about 40 KiB, Node and h11 16 KiB). aiohttp bounds only each
+# line (8,190 bytes) and the number of headers (128): about 1 MiB a head, and 1,000 connections sending heads that
+# never end took the server to 759 MB.
+MAX_HEAD_BYTES = 32 * 1024
 IDLE_TIMEOUT_S = 20.0  # a keep-alive connection without a request; above aiohttp's client pool (15 s)
 DEFAULT_MAX_CONNECTIONS = 1024
 # The listen backlog, which is also how many connections asyncio accepts in one turn of the event loop. A connection
@@ -153,6 +159,7 @@ class ConnectionCap:
         self.open: dict[Connection, None] = {}
         self.evicted = Tally("connection_limit", f"at the limit of {max_connections} connections, closed a waiting one")
         self.refused = Tally("connection_limit", f"at the limit of {max_connections} busy connections, refused one")
+        self.oversized = Tally("head_too_large", f"closed connections sending over {MAX_HEAD_BYTES} bytes of head")
         self.slow = Tally("head_timeout", f"closed connections whose request head took over {HEAD_TIMEOUT_S:g} s")
 
     def opened(self, connection: Connection) -> None:
@@ -192,6 +199,7 @@ class Connection(RequestHandler):
         self._cap = manager.cap
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_of = 0  # requests parsed when the head timer was armed: the next one must come in time
+        self._head_bytes = 0  # bytes received since the last whole head, while no request was being handled
 
     @property
     def waiting_for_head(self) -> bool:
@@ -217,12 +225,18 @@ class Connection(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         parsed = self._request_count
+        if not self._request_in_progress:
+            self._head_bytes += len(data)
         super().data_received(data)
         if self._request_count != parsed:
+            self._head_bytes = 0
             self._cap.active(self)
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+        elif self._head_bytes > MAX_HEAD_BYTES and self.transport is not None:
+            self._cap.oversized.add()
+            self.force_close()
         elif data and self._head_timer is None:
             self._arm_head_timer()
 

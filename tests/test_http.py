@@ -7,6 +7,7 @@ tests and the fault suite share.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import itertools
 import json
@@ -337,6 +338,21 @@ def test_a_request_head_sent_slowly_is_cut_off_at_the_head_deadline(server: Serv
                     raise ConnectionResetError("closed by the server")
         closed_after = time.monotonic() - opened
     assert HEAD_TIMEOUT_S - 1 < closed_after < HEAD_TIMEOUT_S + 2
+
+
+def test_a_request_head_over_32_kib_closes_the_connection_and_one_below_is_served(server: Server) -> None:
+    """aiohttp bounds a head's lines (8,190 bytes) and count (128), not its size: about 1 MiB each, and 1,000
+    connections sending heads that never ended took the server from 42 MB to 759 MB of RSS."""
+    header = b"X-Pad-%03d: " + b"p" * 1000 + b"\r\n"
+    below = b"".join(header % i for i in range(30))  # 30 KiB
+    assert raw_request(server.port, b"GET /id HTTP/1.1\r\nHost: x\r\n" + below + b"\r\n").status == 200
+    with socket.create_connection(("127.0.0.1", server.port), timeout=HEAD_TIMEOUT_S - 2) as sock:
+        sock.sendall(b"GET /id HTTP/1.1\r\nHost: x\r\n" + below)
+        with contextlib.suppress(ConnectionResetError):
+            sock.sendall(b"".join(header % i for i in range(30, 40)))  # 40 KiB, not ended
+            assert sock.recv(1) == b""  # closed before the head deadline: recv would time out
+    assert_error(server.get("/nope"), 404)  # answered after, so the closing is logged by now
+    assert [e for e in server.events if e.get("event") == "head_too_large"]
 
 
 def test_every_response_says_server_idgen_and_no_version(server: Server) -> None:
