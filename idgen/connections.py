@@ -53,12 +53,15 @@ HEAD_TIMEOUT_S = 5.0  # from a connection's opening, or a request's first byte, 
 MAX_HEAD_BYTES = 32 * 1024
 IDLE_TIMEOUT_S = 20.0  # a keep-alive connection without a request; above aiohttp's client pool (15 s)
 DEFAULT_MAX_CONNECTIONS = 1024
-# The listen backlog, which is also how many connections asyncio accepts in one turn of the event loop. A connection
-# reaches the cap (connection_made) two turns after its accept, and one closed to make room frees its descriptor a
-# turn later, so at the cap some bursts' worth of descriptors more are open. Measured under 400 slowloris
-# connections with 256 files: bursts of 128 and a cap of 64 reached all 256 descriptors, and accepts and the lease's
-# own file I/O failed with EMFILE; bursts of 32, still 256; bursts of 16 and a cap of 96, at most 138.
+# How many connections asyncio accepts in one turn of the event loop (it takes the listen backlog for it). A
+# connection reaches the cap (connection_made) two turns after its accept, and one closed to make room frees its
+# descriptor a turn later, so at the cap about three bursts' worth of descriptors more are open: measured under 400
+# slowloris connections with 256 files, a cap of 96 and bursts of 16, at most 147 sockets (51 over the cap).
+# asyncio's default burst, 128, would need 400 descriptors more.
 ACCEPT_BURST = 16
+# The kernel's queue of connections not accepted yet, set after asyncio listened with ACCEPT_BURST: they hold no
+# descriptor of ours. A queue of 16 made 13 of 300 connections in a row wait 1 s for a SYN to be resent.
+LISTEN_BACKLOG = 512
 # Descriptors never given to client connections: the lease, logs, metrics and lease history lookups (64), and the
 # bursts in flight.
 FD_RESERVE = 64 + 6 * ACCEPT_BURST
@@ -172,10 +175,11 @@ class ConnectionCap:
         )
         if victim is None:
             self.refused.add()
-            connection.force_close()
+            victim = connection
         else:
             self.evicted.add()
-            victim.force_close()
+        del self.open[victim]  # now: its descriptor is only freed a turn later, and it must not be chosen again
+        victim.force_close()
 
     def active(self, connection: Connection) -> None:
         """``connection`` just received a complete request head: its wait for the next one starts now."""
@@ -315,9 +319,11 @@ class Runner(web.AppRunner):
         super().__init__(app, keepalive_timeout=IDLE_TIMEOUT_S, auto_decompress=False, **kwargs)
         self.cap = ConnectionCap(max_connections)
 
-    def site(self, sock: socket.socket) -> web.SockSite:
-        """The site serving on ``sock``, with a listen backlog of ``ACCEPT_BURST`` (what ``FD_RESERVE`` covers)."""
-        return web.SockSite(self, sock, backlog=ACCEPT_BURST)
+    async def serve(self, sock: socket.socket) -> None:
+        """Accept connections on ``sock`` (bound): at most ``ACCEPT_BURST`` a turn, what ``FD_RESERVE`` covers, with
+        ``LISTEN_BACKLOG`` waiting in the kernel."""
+        await web.SockSite(self, sock, backlog=ACCEPT_BURST).start()
+        sock.listen(LISTEN_BACKLOG)  # a listening socket takes a new backlog; asyncio's accept loop keeps its own
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # runs the app's start-up and freezes it

@@ -268,7 +268,7 @@ async def _run(
         loop.add_signal_handler(signum, stop.set)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     try:
-        await runner.site(sock).start()
+        await runner.serve(sock)
         port = sock.getsockname()[1]
         log.info(
             "listening on port %d",
