@@ -11,6 +11,7 @@ import contextlib
 import email
 import itertools
 import json
+import logging
 import os
 import select
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 import schemathesis
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
@@ -32,9 +34,10 @@ from serverproc import Reply
 from serverproc import ServerProcess as Server
 
 from idgen import DEFAULT_LAYOUT, FORMS, Generator, decode, format_id, parse_id
-from idgen.app import ID_LATENCY_SAMPLE, Metrics, make_app
+from idgen import app as app_module
+from idgen.app import ID_LATENCY_SAMPLE, SERVICE, Metrics, make_app
 from idgen.clock import ManualClock
-from idgen.connections import HEAD_TIMEOUT_S
+from idgen.connections import HEAD_TIMEOUT_S, log_accept_errors
 from idgen.leases.local import LocalLease
 
 ROUTES = ["/", "/id", "/decode/{id}", "/healthz", "/readyz", "/info", "/metrics", "/openapi.json"]
@@ -618,6 +621,78 @@ def test_a_large_answer_is_formatted_in_slices_with_other_requests_served_in_bet
     samples = _samples(metrics.decode())
     assert samples[("idgen_ids_minted_total", ())] == 4096  # the batch was minted when /metrics was answered ...
     assert ("idgen_http_requests_total", (("route", "/id"), ("status", "200"))) not in samples  # ... not answered
+
+
+def test_a_client_that_does_not_read_a_batch_is_disconnected_and_its_budget_returned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch holds its share of the ID budget until its answer is taken; a client that never reads would hold it
+    for ever. The server's send buffer is made small (loopback's would take the whole answer), the send deadline
+    short; the batch's connection is then closed, the budget whole again, and other batches served."""
+    monkeypatch.setattr(app_module, "SEND_TIMEOUT_S", 0.5)
+    generator = Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path))
+    app = make_app(generator, max_count=65536)
+
+    async def small_send_buffer(request: web.Request, response: web.StreamResponse) -> None:
+        request.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    app.on_response_prepare.append(small_send_buffer)
+    service = app[SERVICE]
+
+    async def scenario() -> tuple[bytes, bytes]:
+        async with TestServer(app) as test_server:
+            sock = socket.create_connection((test_server.host, test_server.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /id?count=65536&format=base58 HTTP/1.1\r\nHost: idgen\r\n\r\n")  # never read
+            await asyncio.sleep(0.1)
+            assert service.budget.free == service.budget.capacity - 65536  # held while the answer is stuck
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if service.budget.free == service.budget.capacity:
+                    break
+            reader, writer = await asyncio.open_connection(test_server.host, test_server.port)
+            served = await http_get(reader, writer, "/id?count=1000")
+            writer.close()
+            sock.setblocking(False)
+            received = b""
+            with contextlib.suppress(BlockingIOError):
+                while chunk := sock.recv(1 << 20):
+                    received += chunk
+            sock.close()
+            return served, received
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="idgen.http"):
+            served, received = asyncio.run(scenario())
+    finally:
+        generator.close()
+    assert service.budget.free == service.budget.capacity
+    assert len(json.loads(served)["ids"]) == 1000
+    assert len(received) < 1_000_000  # cut off: the whole answer is about 920 KB of base58 plus JSON
+    assert [r for r in caplog.records if getattr(r, "event", None) == "send_timeout"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_failed_accepts_are_logged_once_every_few_seconds_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    """Out of descriptors, asyncio logs every failed accept with a traceback, and Python 3.11 retries the whole burst
+    each turn: 125,003 lines in 37 s under a slowloris (docs/RELIABILITY.md, 13a). Other loop errors still go to
+    asyncio's handler."""
+    loop = asyncio.new_event_loop()
+    try:
+        log_accept_errors(loop)
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(1000):
+                context = {"message": "socket.accept() out of system resource", "exception": OSError(24, "EMFILE")}
+                loop.call_exception_handler(context)
+            loop.call_exception_handler({"message": "something else"})
+    finally:
+        loop.close()
+    accept_lines = [r for r in caplog.records if "accept" in r.getMessage()]
+    assert [(r.levelname, getattr(r, "event", None), getattr(r, "count", None)) for r in accept_lines] == [
+        ("WARNING", "accept_failed", 1)  # the first at once; the next 999 wait for the next line, 5 s on
+    ]
+    assert not accept_lines[0].exc_info
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == ["something else"]
 
 
 def test_no_request_of_this_module_reached_the_catch_all(server: Server) -> None:
