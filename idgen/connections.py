@@ -4,10 +4,10 @@ aiohttp's ``RequestHandler`` is one connection; :class:`Connection` adds what id
 
 - **a head deadline**: a request's head (request line and headers) must be complete ``HEAD_TIMEOUT_S`` after the
   connection opened, or after the first byte of a later request, else the connection is closed (Go's
-  ``ReadHeaderTimeout``, Apache's ``mod_reqtimeout``). aiohttp has none: its keep-alive timer is not reset by bytes
-  received, but it is as long as the idle bound;
-- **a head size bound**: ``MAX_HEAD_BYTES`` received without a whole head, or after the answer while the connection
-  has no request, close the connection;
+  ``ReadHeaderTimeout``, Apache's ``mod_reqtimeout``). aiohttp has no deadline of its own: its keep-alive timer,
+  which bytes received do not reset, closes a connection whose head is not whole only after the idle bound;
+- **a head size bound**: a connection that sends more than ``MAX_HEAD_BYTES`` while it has no request being
+  handled (a head that never ends, or a body after the answer) is closed;
 - **an idle bound**: a keep-alive connection without a request is closed after ``IDLE_TIMEOUT_S`` (aiohttp's own
   ``keepalive_timeout``);
 - **a cap**: at most ``max_connections`` connections are open at once in a process (:class:`ConnectionCap`). One
@@ -194,9 +194,10 @@ class ConnectionCap:
 
 
 class Connection(RequestHandler):
-    """One client connection: aiohttp's handler with the head deadline, the cap and JSON errors (module docstring).
-    It relies on three of aiohttp's private attributes (``_request_count``, ``_request_in_progress``, ``_waiter``),
-    read the way aiohttp's own keep-alive timer reads them; tests/test_http.py fails if they change meaning."""
+    """One client connection: aiohttp's handler with the head bounds, the cap and JSON errors (module docstring).
+    aiohttp has no hook for these, so this reads private attributes of its ``RequestHandler`` (``_request_count``,
+    ``_request_in_progress``, ``_waiter``, ``_loop``) the way aiohttp's own keep-alive timer reads them; the head
+    and cap tests in tests/test_http.py and tests/faults/test_fault_boundary.py fail if they change meaning."""
 
     def __init__(self, manager: ConnectionServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -299,7 +300,8 @@ def _summary(exc: BaseException | None, message: str | None) -> str:
 
 
 class ConnectionServer(web.Server):
-    """aiohttp's server (the protocol factory), making :class:`Connection` s under one :class:`ConnectionCap`."""
+    """aiohttp's server (the protocol factory), making :class:`Connection` s under one :class:`ConnectionCap` with
+    the arguments aiohttp gave it (its private ``_loop`` and ``_kwargs``)."""
 
     def __init__(self, handler: Any, *, cap: ConnectionCap, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
