@@ -112,27 +112,45 @@ def max_connections_for(asked: int | None, limit: int | None = None) -> int:
 
 class Tally:
     """Counts occurrences of one event and logs it at most once every ``LOG_INTERVAL_S``, with the count since the
-    last line: a flood of them makes a few lines, not one per occurrence."""
+    last line: a flood of them makes a few lines, not one per occurrence. Occurrences not logged yet are logged
+    when the interval ends (on the running event loop; without one, with the next line)."""
 
     def __init__(self, event: str, message: str) -> None:
         self.event, self.message = event, message
         self.count = 0
+        self.detail = ""
         self._next_log = 0.0
+        self._flush: asyncio.TimerHandle | None = None
 
     def add(self, detail: str = "") -> None:
         self.count += 1
+        self.detail = detail
         now = time.monotonic()
         if now >= self._next_log:
-            log.warning(
-                "%s: %d in the last %g s%s",
-                self.message,
-                self.count,
-                LOG_INTERVAL_S,
-                f" ({detail})" if detail else "",
-                extra={"event": self.event, "count": self.count},
-            )
-            self.count = 0
-            self._next_log = now + LOG_INTERVAL_S
+            self._log()
+        elif self._flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._flush = loop.call_later(self._next_log - now, self._log)
+
+    def _log(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if not self.count:
+            return
+        log.warning(
+            "%s: %d in the last %g s%s",
+            self.message,
+            self.count,
+            LOG_INTERVAL_S,
+            f" ({self.detail})" if self.detail else "",
+            extra={"event": self.event, "count": self.count},
+        )
+        self.count = 0
+        self._next_log = time.monotonic() + LOG_INTERVAL_S
 
 
 def log_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
