@@ -16,6 +16,7 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY cmd/idgen-serve /usr/local/bin/idgen-serve
 USER 10001:10001
+# idgen alone binds 127.0.0.1; in a container it must listen on every interface to be reached at all.
 ENV IDGEN_HOST=0.0.0.0 \
     IDGEN_PORT=8080 \
     IDGEN_STATE_DIR=/var/lib/idgen \

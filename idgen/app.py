@@ -13,9 +13,17 @@ Routes (all GET; the OpenAPI document in :mod:`idgen.openapi` describes each one
 
 Invariants:
 
-- every error is ``{"error": {"code", "message"}}``: 400 bad parameters, 404 unknown route, 405 wrong method
-  (with ``Allow``), 503 with an integer ``Retry-After`` of at least 1 for every :class:`~idgen.errors.Unavailable`.
-  A 500 is only the last resort of :meth:`Service._endpoint` for a bug; no input is meant to reach it;
+- every error is ``{"error": {"code", "message"}}``: 400 bad parameters (a parameter given twice included), 404
+  unknown route, 405 wrong method (with ``Allow``), 503 with an integer ``Retry-After`` of at least 1 for every
+  :class:`~idgen.errors.Unavailable`. A 500 is only the last resort of :meth:`Service._endpoint` for a bug; no input
+  is meant to reach it. What aiohttp answers itself is made JSON too (:mod:`idgen.connections`);
+- every answer says ``Cache-Control: no-store``: IDs must never be replayed, and every other answer describes live
+  state (``/decode``'s ``node`` changes as holders come and go) or is small enough not to be worth a cache;
+- memory for batches is bounded by design: a batch of more than ``FORMAT_SLICE`` IDs holds its share of ``ID_BUDGET``
+  (:class:`IdBudget`) from before it is minted until the client has taken all but the last 64 KiB of its answer
+  (``SEND_TIMEOUT_S`` at most, else the connection is closed); beyond the budget, requests wait their turn for up to
+  ``BUDGET_WAIT_S``, then get 503 ``busy``. A batch of at most ``FORMAT_SLICE`` IDs is minted, formatted and handed
+  to the connection within one turn of the event loop, so what it holds is bounded by the connection cap;
 - the event loop never blocks for longer than one time unit of the layout: the generator's own rollback tolerance
   is set to 0, so a clock behind the last tick used raises :class:`~idgen.errors.ClockBehind` at once and the app
   *awaits* rollbacks of up to ``rollback_tolerance_ms``; batches larger than one tick's sequence are minted in
@@ -36,6 +44,7 @@ before the wrapper, because on that path every step counts (docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -44,7 +53,8 @@ import re
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import Any
@@ -57,8 +67,9 @@ from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from idgen import inspector
+from idgen.connections import error_response
 from idgen.encoding import FORMS, format_ids, parse_id
-from idgen.errors import AmbiguousId, ClockBehind, InvalidInput, Unavailable
+from idgen.errors import AmbiguousId, Busy, ClockBehind, InvalidInput, Unavailable
 from idgen.generator import Generator
 from idgen.layout import get_layout, iso_ms
 from idgen.leases.base import Census, Lease, LeaseState
@@ -76,11 +87,19 @@ WATCH_INTERVAL_S = 0.5  # readiness log events, lease gauges and batched counter
 # The generator's counters carried into the metrics, each under the same attribute name on Metrics.
 GENERATOR_COUNTERS = ("minted", "overflow_waits", "clock_rollbacks", "clock_rides", "worker_switches")
 FORMAT_SLICE = 512  # IDs formatted per turn of the event loop: about 0.3 ms in base32 or base58 (bench/bench_format.py)
+# IDs of batches being minted, formatted and sent at once, in a process: four of the largest (--max-count 65536).
+# About 90 bytes each while held (the ints, the encoded answer, the connection's copy): 24 MB (docs/DEPLOY.md).
+ID_BUDGET = 262_144
+# A batch waits this long for its share of the budget, then gets 503 busy: below idgen's client timeout (2 s), so that
+# a client gets an answer it can act on, not a timeout.
+BUDGET_WAIT_S = 1.0
+SEND_TIMEOUT_S = 10.0  # a client has this long to take a batch's answer, else its connection is closed
 ID_LATENCY_SAMPLE = 16  # GET /id's fast path times one request in this many (Service._id_endpoint)
 CENSUS_INTERVAL_S = 10.0  # the lease's census (the namespace gauges) is taken this often, on a thread (Service.refresh)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 _JSON = "application/json"
+_NO_STORE = "no-store"
 _ID_HEADERS = CIMultiDict({"Content-Type": _JSON, "Cache-Control": "no-store"})
 _RUNS_HEADERS = CIMultiDict({"Content-Type": RUNS_TYPE, "Cache-Control": "no-store"})
 _TEXT_HEADERS = CIMultiDict({"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"})
@@ -290,6 +309,54 @@ class RouteTally:
                 value.inc(count)
 
 
+class IdBudget:
+    """At most ``capacity`` IDs held at once by the batches of a process (module docstring). A batch that does not
+    fit waits its turn, first come first served, for at most ``wait_s``, then is refused with :class:`Busy`.
+    Used from the event loop's thread only; a batch never asks for more than ``capacity``."""
+
+    def __init__(self, capacity: int, wait_s: float) -> None:
+        self.capacity, self.wait_s = capacity, wait_s
+        self.free = capacity
+        self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        await self._take(n)
+        try:
+            yield
+        finally:
+            self.free += n
+            self._grant()
+
+    async def _take(self, n: int) -> None:
+        if not self._queue and self.free >= n:
+            self.free -= n
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, turn)
+        self._queue.append(entry)
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await turn
+        except BaseException as exc:
+            if turn.done() and not turn.cancelled():  # granted just as the wait ended: give it back
+                self.free += n
+            else:
+                self._queue.remove(entry)
+            self._grant()
+            if isinstance(exc, TimeoutError):
+                raise Busy(
+                    f"{self.capacity} IDs are being formatted and sent already; retry shortly", retry_after=1
+                ) from None
+            raise
+
+    def _grant(self) -> None:
+        while self._queue and self._queue[0][0] <= self.free:
+            n, turn = self._queue.popleft()
+            self.free -= n
+            turn.set_result(None)
+
+
 class Service:
     """The handlers and what they share: the generator, the limits and the metrics.
 
@@ -317,6 +384,7 @@ class Service:
         self.chunk = self.layout.sequence_capacity
         self.trace_timeout_s = trace_timeout_s
         self.metrics = Metrics(multiprocess_dir)
+        self.budget = IdBudget(max(ID_BUDGET, max_count), BUDGET_WAIT_S)
         self.openapi = json.dumps(document(max_count=max_count, layout=self.layout, version=__version__)).encode()
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="idgen-metrics-io")
         self._trace_executor = ThreadPoolExecutor(max_workers=TRACE_LOOKUPS, thread_name_prefix="idgen-trace")
@@ -379,29 +447,39 @@ class Service:
 
     # -- handlers ---------------------------------------------------------------------------------
 
-    async def get_id(self, request: web.Request) -> web.Response:
+    async def get_id(self, request: web.Request) -> web.StreamResponse:
         accept = request.headers.get(hdrs.ACCEPT)
         as_text = accept is not None and "text/" in accept and _prefers_text(",".join(request.headers.getall("Accept")))
-        count: int | None = None
-        form = "decimal"
-        query = request.query
-        if "count" in query:
-            count = _parse_count(query["count"], self.max_count)
-        if "format" in query:
-            form = _parse_form(query["format"])
-        if count is not None and accept is not None and _accepts_runs(",".join(request.headers.getall("Accept"))):
-            if form != "decimal":
-                raise BadRequest("invalid_format", f"the runs form ({RUNS_TYPE}) carries decimal IDs only")
-            return web.Response(body=runs_body(await self.mint(count)), headers=_RUNS_HEADERS)
-        texts = await _formatted(await self.mint(count or 1), form)
+        count_text, form_text = _single(request, "count"), _single(request, "format")
+        count = None if count_text is None else _parse_count(count_text, self.max_count)
+        form = "decimal" if form_text is None else _parse_form(form_text)
+        runs = count is not None and accept is not None and _accepts_runs(",".join(request.headers.getall("Accept")))
+        if runs and form != "decimal":
+            raise BadRequest("invalid_format", f"the runs form ({RUNS_TYPE}) carries decimal IDs only")
+        n = count or 1
+        if n <= FORMAT_SLICE:  # minted, formatted and handed over in one turn of the event loop: no budget needed
+            body, headers = await self._answer(n, count is None, form, as_text, runs)
+            return web.Response(body=body, headers=headers)
+        async with self.budget.hold(n):
+            body, headers = await self._answer(n, False, form, as_text, runs)
+            return await _send(request, body, headers)
+
+    async def _answer(
+        self, n: int, single: bool, form: str, as_text: bool, runs: bool
+    ) -> tuple[bytes, CIMultiDict[str]]:
+        """The body and headers of ``n`` new IDs: ``{"id"}`` if ``single``, else ``{"ids"}``, one per line, or runs."""
+        ids = await self.mint(n)
+        if runs:
+            return runs_body(ids), _RUNS_HEADERS
         if as_text:
-            return web.Response(body=("\n".join(texts) + "\n").encode(), headers=_TEXT_HEADERS)
+            return await _formatted(ids, form, b"", b"\n", b"\n"), _TEXT_HEADERS
         # Every form is made of ASCII letters and digits only, so no JSON escaping is needed.
-        body = '{"id":"' + texts[0] + '"}' if count is None else '{"ids":["' + '","'.join(texts) + '"]}'
-        return web.Response(body=body.encode(), headers=_ID_HEADERS)
+        if single:
+            return await _formatted(ids, form, b'{"id":"', b"", b'"}'), _ID_HEADERS
+        return await _formatted(ids, form, b'{"ids":["', b'","', b'"]}'), _ID_HEADERS
 
     async def decode_id(self, request: web.Request) -> web.Response:
-        form = request.query.get("format")
+        form = _single(request, "format")
         if form is not None:
             form = _parse_form(form)
         try:
@@ -426,7 +504,7 @@ class Service:
         ready, reason = self.refresh()
         if ready:
             return web.json_response({"status": "ready"})
-        return _error(503, "not_ready", reason or "not ready", retry_after=1)
+        return error_response(503, "not_ready", reason or "not ready", retry_after=1)
 
     async def info(self, request: web.Request) -> web.Response:
         ready, reason = self.generator.readiness(self.tolerance_ms)
@@ -475,8 +553,9 @@ class Service:
                 allowed |= (await resource.resolve(request))[1]
         path = _shown(request.path)
         if not allowed:
-            return _error(404, "not_found", f"no such route: {path}")
-        response = _error(405, "method_not_allowed", f"{_shown(request.method)} is not allowed on {path}; use GET")
+            return error_response(404, "not_found", f"no such route: {path}")
+        message = f"{_shown(request.method)} is not allowed on {path}; use GET"
+        response = error_response(405, "method_not_allowed", message)
         response.headers["Allow"] = ",".join(sorted(allowed))
         return response
 
@@ -522,19 +601,20 @@ class Service:
             try:
                 response = await handler(request)
             except Unavailable as exc:
-                response = _error(503, exc.code, str(exc), retry_after=exc.retry_after)
+                response = error_response(503, exc.code, str(exc), retry_after=exc.retry_after)
                 self.metrics.refused(exc.code)
             except BadRequest as exc:
-                response = _error(400, exc.code, str(exc))
+                response = error_response(400, exc.code, str(exc))
             except InvalidInput as exc:
-                response = _error(400, exc.code, str(exc))
+                response = error_response(400, exc.code, str(exc))
             except web.HTTPException as exc:
-                response = _error(exc.status, "http_error", exc.reason)
+                response = error_response(exc.status, "http_error", exc.reason)
             except Exception:
                 log.exception(
                     "unexpected error on %s %s", request.method, request.path, extra={"event": "internal_error"}
                 )
-                response = _error(500, "internal_error", "unexpected error; see the server log")
+                response = error_response(500, "internal_error", "unexpected error; see the server log")
+            response.headers.setdefault(hdrs.CACHE_CONTROL, _NO_STORE)
             tally.add(response.status, perf_counter() - start)
             return response
 
@@ -662,24 +742,49 @@ SERVICE = web.AppKey("idgen_service", Service)
 # -- parameters and errors --------------------------------------------------------------------------------------
 
 
-def _error(status: int, code: str, message: str, retry_after: float | None = None) -> web.Response:
-    response = web.json_response({"error": {"code": code, "message": message}}, status=status)
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+async def _formatted(ids: list[int], form: str, head: bytes, separator: bytes, tail: bytes) -> bytes:
+    """``head``, ``ids`` in ``form`` separated by ``separator``, ``tail``: an answer's body. More than
+    ``FORMAT_SLICE`` IDs are formatted a slice at a time, with a turn of the event loop before each slice (the first
+    one too: minting came just before), and each slice's strings are encoded and dropped at once. 4096 IDs in base58
+    take about 2.5 ms to format, longer than the one time unit the loop may be held (module docstring)."""
+    between = separator.decode()
+    if len(ids) <= FORMAT_SLICE:
+        return head + between.join(format_ids(ids, form)).encode() + tail
+    slices: list[bytes] = []
+    for start in range(0, len(ids), FORMAT_SLICE):
+        await asyncio.sleep(0)
+        slices.append(between.join(format_ids(ids[start : start + FORMAT_SLICE], form)).encode())
+    return head + separator.join(slices) + tail
+
+
+async def _send(request: web.Request, body: bytes, headers: CIMultiDict[str]) -> web.StreamResponse:
+    """``body`` written to the client, returned once all but the connection's last 64 KiB are taken (aiohttp waits
+    for the transport to drain past that). A client that takes longer than ``SEND_TIMEOUT_S`` is disconnected."""
+    response = web.StreamResponse(headers=headers)
+    response.content_length = len(body)
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await response.prepare(request)
+            await response.write(body)
+    except TimeoutError:
+        log.warning(
+            "a client took more than %g s to read %d bytes: disconnected",
+            SEND_TIMEOUT_S,
+            len(body),
+            extra={"event": "send_timeout", "remote": request.remote},
+        )
+        if request.transport is not None:
+            request.transport.abort()
     return response
 
 
-async def _formatted(ids: list[int], form: str) -> list[str]:
-    """``ids`` in ``form``; more than ``FORMAT_SLICE`` of them are formatted a slice at a time, with a turn of the
-    event loop before each slice (the first one too: minting came just before). 4096 IDs in base58 take about 2.5 ms
-    to format, longer than the one time unit the loop may be held (module docstring)."""
-    if len(ids) <= FORMAT_SLICE:
-        return format_ids(ids, form)
-    texts: list[str] = []
-    for start in range(0, len(ids), FORMAT_SLICE):
-        await asyncio.sleep(0)
-        texts += format_ids(ids[start : start + FORMAT_SLICE], form)
-    return texts
+def _single(request: web.Request, name: str) -> str | None:
+    """The query parameter ``name``, None if absent; a 400 if it is given more than once, since which one counts
+    would be a guess (``count=2&count=x``)."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise BadRequest("repeated_parameter", f"{name} is given {len(values)} times; give it once")
+    return values[0] if values else None
 
 
 def _parse_count(text: str, max_count: int) -> int:

@@ -186,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         f" (env IDGEN_MAX_COUNT; default {_default('max_count')})",
     )
     serve.add_argument(
+        "--max-connections",
+        type=_type("max_connections"),
+        metavar="N",
+        help="connections open at once per process; beyond it the longest-waiting connection without a request is"
+        " closed (env IDGEN_MAX_CONNECTIONS; default: 1024, or fewer to leave 160 and a quarter of the open-files"
+        " limit free)",
+    )
+    serve.add_argument(
         "--access-log",
         nargs="?",
         const=True,

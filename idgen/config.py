@@ -79,11 +79,12 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "state_dir": (str, None),
     "worker_ids": (parse_worker_ids, None),
     "url": (urls, None),
-    "host": (str.strip, "0.0.0.0"),
+    "host": (str.strip, "127.0.0.1"),
     "port": (port, 8080),
     "processes": (positive_int, 1),
     "max_count": (bounded(int, "a positive whole number", 1, MAX_COUNT_LIMIT), 4096),
     "access_log": (flag, False),
+    "max_connections": (positive_int, None),  # None: idgen.connections.default_max_connections()
     "max_lead": (bounded(float, "a number of seconds", 0, 3600), None),
 }
 

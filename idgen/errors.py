@@ -88,6 +88,12 @@ class ClockBehind(Unavailable):
         self.behind_ms = behind_ms
 
 
+class Busy(Unavailable):
+    """The server is formatting and sending as many IDs as its memory budget allows; nothing was minted."""
+
+    code = "busy"
+
+
 class TimeExhausted(Unavailable):
     """The layout's time bits have run out (or the clock is before its epoch). Needs a new layout, not a retry."""
 

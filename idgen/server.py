@@ -40,9 +40,11 @@ from typing import Any
 from aiohttp import web, web_response
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from pythonjsonlogger.json import JsonFormatter
 
 from idgen.config import Settings, generator_for
+from idgen.connections import Runner, Tally, log_accept_errors, max_connections_for
 from idgen.errors import IdgenError, InvalidInput, LayoutMismatch
 
 log = logging.getLogger("idgen.server")
@@ -86,16 +88,19 @@ def configure_logging(access_log: bool = False, stream: Any = None) -> None:
 
 
 class _UnparseableRequest(logging.Filter):
-    """aiohttp answers a request it cannot parse (bad method, bytes in the path, a line too long) with a plain-text
-    400 and logs it at ERROR with a traceback. That is the client's error: make it one ``bad_http_request`` warning."""
+    """aiohttp logs a request it cannot parse (bad method, bytes in the path, a line too long, a broken body) at ERROR
+    with a traceback. That is the client's error: it becomes a ``bad_http_request`` warning, at most one every
+    ``LOG_INTERVAL_S`` with a count, so that a flood of garbage cannot flood the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tally = Tally("bad_http_request", "unparseable requests")
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg, record.args = "unparseable request: %s", (" ".join(str(exc).split())[:200],)
-            record.exc_info = record.exc_text = None
-            record.event = "bad_http_request"
+        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
+            self.tally.add(" ".join(str(exc).split())[:200])
+            return False
         return True
 
 
@@ -113,7 +118,7 @@ class JsonAccessLogger(AbstractAccessLogger):
                 "method": request.method,
                 "path": request.path_qs,
                 "status": response.status,
-                "bytes": response.body_length,
+                "bytes": _body_bytes(request, response),
                 "duration_ms": round(time * 1000, 3),
                 "remote": request.remote,
             },
@@ -124,6 +129,12 @@ class JsonAccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
 
+def _body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """The bytes of the answer's body (the access log's ``bytes``, as Apache's ``%B``): never the header bytes, which
+    aiohttp's ``body_length`` counts too, and 0 for HEAD. Every idgen answer has a ``Content-Length``."""
+    return 0 if request.method == "HEAD" else response.content_length or 0
+
+
 # -- entry point ------------------------------------------------------------------------------------
 
 
@@ -131,10 +142,16 @@ def serve(options: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT; the exit code: 0 after a clean stop, 1 if it could not serve
     (no worker ID, port taken, ...), 2 for bad options. Start-up failures are logged as one ``start_failed`` event.
 
-    ``options`` has ``host``, ``port``, ``processes``, ``max_count``, ``access_log``, ``zk_session_timeout`` and
-    the lease settings (:meth:`idgen.config.Settings.of`).
+    ``options`` has ``host``, ``port``, ``processes``, ``max_count``, ``max_connections`` (None: the default of
+    :func:`idgen.connections.max_connections_for`), ``access_log``, ``zk_session_timeout`` and the lease settings
+    (:meth:`idgen.config.Settings.of`).
     """
     configure_logging(options.access_log)
+    try:
+        max_connections = max_connections_for(options.max_connections)
+    except InvalidInput as exc:
+        return _log_failure(EXIT_USAGE, exc)
+    options = argparse.Namespace(**{**vars(options), "max_connections": max_connections})
     # Until the event loop handles them, stop signals wait: a SIGTERM during start-up then stops the server
     # cleanly (lease released) instead of killing it half-started.
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
@@ -197,7 +214,7 @@ def _serve_worker(options: argparse.Namespace, sock: socket.socket, multiprocess
     deadline = _Deadline()
     try:
         app = make_app(generator, max_count=options.max_count, multiprocess_dir=multiprocess_dir)
-        asyncio.run(_run(app, sock, options.access_log, deadline, generator.worker_id))
+        asyncio.run(_run(app, sock, options, deadline, generator.worker_id))
     finally:
         deadline.start()
         generator.close()  # releases the lease, its fence brought down to the last tick used
@@ -230,28 +247,39 @@ class _Deadline:
 
 
 async def _run(
-    app: web.Application, sock: socket.socket, access_log: bool, deadline: _Deadline, worker_id: int | None
+    app: web.Application, sock: socket.socket, options: argparse.Namespace, deadline: _Deadline, worker_id: int | None
 ) -> None:
     # aiohttp gives every response that has none a Server header naming Python, aiohttp and their versions, its own
     # error pages (an unparseable request) included, and has no setting for it: its default is replaced.
     web_response.SERVER_SOFTWARE = SERVER_HEADER
-    runner = web.AppRunner(
+    loop = asyncio.get_running_loop()
+    log_accept_errors(loop)
+    runner = Runner(
         app,
+        max_connections=options.max_connections,
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+        access_log=logging.getLogger("aiohttp.access") if options.access_log else None,
         access_log_class=JsonAccessLogger,
     )
     await runner.setup()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     try:
-        await web.SockSite(runner, sock).start()
+        await runner.serve(sock)
         port = sock.getsockname()[1]
-        log.info("listening on port %d", port, extra={"event": "listening", "port": port, "worker_id": worker_id})
+        log.info(
+            "listening on port %d",
+            port,
+            extra={
+                "event": "listening",
+                "port": port,
+                "worker_id": worker_id,
+                "max_connections": options.max_connections,
+            },
+        )
         await stop.wait()
         deadline.start()
         log.info("stopping: no new connections, finishing requests in flight", extra={"event": "stopping"})

@@ -751,3 +751,39 @@ def all_probe_paths() -> set[str]:
 
 def test_every_probe_path_is_a_route_of_the_app(app_routes: set[str]) -> None:
     assert {"/healthz", "/readyz"} <= all_probe_paths() <= app_routes
+
+
+# -- where the server listens ----------------------------------------------------------------------------------
+
+
+def test_idgen_alone_listens_on_loopback_and_every_deployment_says_where_it_listens() -> None:
+    """``idgen serve`` binds 127.0.0.1 by default, as gunicorn and uvicorn do. A container must listen on every
+    interface to be reached at all, so the image, each compose worker and the Kubernetes pod set the host
+    themselves rather than rely on a default."""
+    assert serve_defaults().host == "127.0.0.1"
+    assert final_stage().env()["IDGEN_HOST"] == "0.0.0.0"
+    for name, service in compose_services("idgen").items():
+        assert environment(service).get("IDGEN_HOST") == "0.0.0.0", name
+    assert container_env()["IDGEN_HOST"]["value"] == "0.0.0.0"
+
+
+#: What one server process may hold at its bounds, with margin (docs/DEPLOY.md, "Memory": about 87 MiB measured).
+MEMORY_PER_PROCESS_MIB = 96
+
+
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes (``256Mi``) or compose (``128m``) memory quantity in MiB."""
+    number, unit = re.fullmatch(r"([0-9.]+)\s*([A-Za-z]*)", str(quantity)).groups()  # type: ignore[union-attr]
+    factor = {"Mi": 1, "Gi": 1024, "M": 1e6 / 2**20, "G": 1e9 / 2**20, "m": 1, "g": 1024, "mb": 1, "gb": 1024}
+    return float(number) * factor[unit]
+
+
+def test_every_manifest_gives_each_process_the_memory_of_its_bounds() -> None:
+    """The budget of IDs in flight, the head bound and the connection cap bound a process's memory; a limit below
+    it would have the kernel kill a server that is doing nothing wrong."""
+    processes = int(container_env().get("IDGEN_PROCESSES", {}).get("value", "1"))
+    limit = mebibytes(container()["resources"]["limits"]["memory"])
+    assert limit >= processes * MEMORY_PER_PROCESS_MIB, (limit, processes)
+    for name, service in compose_services("idgen").items():
+        processes = int(environment(service).get("IDGEN_PROCESSES", "1"))
+        assert mebibytes(service["mem_limit"]) >= processes * MEMORY_PER_PROCESS_MIB, name

@@ -7,10 +7,14 @@ tests and the fault suite share.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email
 import itertools
 import json
+import logging
 import os
 import re
+import select
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 import schemathesis
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
@@ -28,9 +33,11 @@ from schemathesis.generation.modes import GenerationMode
 from serverproc import Reply
 from serverproc import ServerProcess as Server
 
-from idgen import DEFAULT_LAYOUT, FORMS, Generator, decode, format_id, get_layout, parse_id
-from idgen.app import ID_LATENCY_SAMPLE, Metrics, make_app
+from idgen import DEFAULT_LAYOUT, FORMS, Generator, connections, decode, format_id, get_layout, parse_id
+from idgen import app as app_module
+from idgen.app import ID_LATENCY_SAMPLE, SERVICE, Metrics, make_app
 from idgen.clock import ManualClock
+from idgen.connections import HEAD_TIMEOUT_S, log_accept_errors
 from idgen.leases.local import LocalLease
 
 ROUTES = ["/", "/id", "/decode/{id}", "/healthz", "/readyz", "/info", "/metrics", "/openapi.json"]
@@ -137,6 +144,9 @@ def test_text_plain_single_id_is_a_bare_decimal(server: Server) -> None:
         ("format=octal", "invalid_format"),
         ("format=", "invalid_format"),
         ("count=2&format=HEX", "invalid_format"),
+        ("count=2&count=x", "repeated_parameter"),  # which one counts would be a guess
+        ("count=2&count=2", "repeated_parameter"),
+        ("format=hex&format=hex", "repeated_parameter"),
     ],
 )
 def test_bad_parameters_are_400_with_a_json_error(server: Server, query: str, code: str) -> None:
@@ -191,6 +201,7 @@ def test_decode_names_no_node_for_an_id_no_holder_minted_and_says_why(server: Se
         ("/decode/" + "7" * 5000, "invalid_id"),
         ("/decode/123?format=hex", "invalid_id"),
         ("/decode/123?format=octal", "invalid_format"),
+        ("/decode/123?format=decimal&format=hex", "repeated_parameter"),
     ],
 )
 def test_bad_ids_are_400(server: Server, path: str, code: str) -> None:
@@ -254,16 +265,134 @@ def test_other_methods_are_405_with_allow(server: Server, method: str, path: str
         assert_error(reply, 405, "method_not_allowed")
 
 
+#: One raw request of every class that aiohttp answers itself, below idgen's routes: its parser refuses it, no route
+#: can take its target, or its Expect is refused. Each must get idgen's JSON error, never aiohttp's text/plain.
+MALFORMED = {
+    "bytes outside ASCII in the target": (b"GET /decode/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "an unknown method": (b"BREW /id HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "a request line over 8,190 bytes": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "a header over 8,190 bytes": (b"GET /id HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n", 400),
+    "200 headers": (b"GET /id HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n", 400),
+    "TLS on the plain port": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+    "an HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    "an unknown HTTP version": (b"GET /id HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+    "a control byte in a header": (b"GET /id HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", 400),
+    "a header without a colon": (b"GET /id HTTP/1.1\r\nHost: x\r\nnocolon\r\n\r\n", 400),
+    "a bad Content-Length": (b"GET /id HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+    "two Content-Lengths": (b"GET /id HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
+    "a bad chunk size": (b"GET /id HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    "bare LF line ends": (b"GET /id HTTP/1.1\nHost: x\n\n", 400),
+    "CONNECT /id": (b"CONNECT /id HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    "CONNECT host:port": (b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    "OPTIONS *": (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    "an unknown Expect": (b"GET /id HTTP/1.1\r\nHost: x\r\nExpect: nonsense\r\nContent-Length: 1\r\n\r\n", 417),
+}
+
+
+def raw_request(port: int, request: bytes) -> Reply:
+    """``request`` sent as bytes on a new connection; the one answer read back (by its Content-Length)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536) or b"\0"
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        message = email.message_from_string("\r\n".join(lines) + "\r\n\r\n")
+        length = int(message.get("Content-Length", "0"))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            assert chunk, f"the answer to {request[:40]!r} ended early"
+            body += chunk
+    return Reply(int(status_line.split()[1]), message, body)
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_every_malformed_request_class_gets_a_json_error(server: Server, name: str) -> None:
+    request, status = MALFORMED[name]
+    reply = raw_request(server.port, request)
+    error = assert_error(reply, status)
+    assert reply.headers["Cache-Control"] == "no-store"
+    assert "\\x" not in error["message"] and "aaaaaaaa" not in error["message"]  # the request is not echoed
+    assert error["code"] == {400: "bad_request", 404: "not_found", 417: "expectation_failed"}[status]
+
+
+def test_unparseable_requests_make_one_warning_not_one_each(server: Server) -> None:
+    before = len([e for e in server.events if e.get("event") == "bad_http_request"])
+    for _ in range(50):
+        raw_request(server.port, MALFORMED["a control byte in a header"][0])
+    assert_error(server.get("/nope"), 404)  # served after them, so their lines (if any) are logged by now
+    warnings = [e for e in server.events if e.get("event") == "bad_http_request"]
+    assert len(warnings) - before <= 1
+    assert warnings and warnings[0]["level"] == "WARNING" and "exc_info" not in warnings[0]
+
+
+def test_a_request_body_that_cannot_be_decompressed_logs_no_traceback(server: Server) -> None:
+    """idgen reads no body; aiohttp used to decompress the one it drains after the answer, and logged a bad gzip
+    body as an "Unhandled exception" at ERROR with three tracebacks."""
+    reply = raw_request(
+        server.port, b"GET /id HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    assert reply.status == 200
+    assert_error(server.get("/nope"), 404)
+    assert not [e for e in server.events if e.get("level") == "ERROR" or "exc_info" in e]
+
+
 @pytest.mark.parametrize(
-    "request_line", [b"GET /decode/\xff\xfe HTTP/1.1", b"BREW /id HTTP/1.1", b"GET /" + b"a" * 9000 + b" HTTP/1.1"]
+    ("method", "path"),
+    [
+        ("GET", "/id"),
+        ("GET", "/id?count=3"),
+        ("GET", "/id?count=600&format=base58"),  # a batch beyond one slice: the budgeted, streamed answer
+        ("GET", "/id?count=0"),
+        ("GET", "/decode/1"),
+        ("GET", "/decode/x"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/info"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("GET", "/"),
+        ("GET", "/nope"),
+        ("POST", "/id"),
+    ],
 )
-def test_unparseable_requests_are_400_and_one_warning(server: Server, request_line: bytes) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
-        reply = b"".join(iter(lambda: sock.recv(65536), b""))
-    assert reply.split(b"\r\n", 1)[0].split()[1] == b"400"  # aiohttp's own plain-text 400: no route ever ran
-    warning = server.event("bad_http_request", timeout=10)
-    assert warning["level"] == "WARNING" and "exc_info" not in warning
+def test_every_answer_says_cache_control_no_store(server: Server, method: str, path: str) -> None:
+    """A cache that replays an ID answer makes duplicates; the others describe live state or are not worth a cache.
+    The inspector page alone may be kept, if revalidated (``no-cache``): it is the same HTML for a version."""
+    reply = server.get(path, method=method, headers={"Accept": "text/html"} if path == "/" else None)
+    assert reply.headers.get_all("Cache-Control") == ["no-cache" if path == "/" else "no-store"], (path, reply.status)
+
+
+def test_a_request_head_sent_slowly_is_cut_off_at_the_head_deadline(server: Server) -> None:
+    """A slowloris keeps a connection by never finishing its head: a header line now and then. Each byte used to
+    be enough to keep it for an hour (aiohttp's keep-alive default); the head now has ``HEAD_TIMEOUT_S``."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=HEAD_TIMEOUT_S + 5) as sock:
+        sock.sendall(b"GET /id HTTP/1.1\r\nHost: x\r\n")
+        opened = time.monotonic()
+        with pytest.raises(OSError):  # the server closes it; a send after that fails
+            while time.monotonic() - opened < HEAD_TIMEOUT_S + 5:
+                sock.sendall(b"X-Slow: 1\r\n")
+                time.sleep(0.25)
+                if select.select([sock], [], [], 0)[0] and not sock.recv(1):
+                    raise ConnectionResetError("closed by the server")
+        closed_after = time.monotonic() - opened
+    assert HEAD_TIMEOUT_S - 1 < closed_after < HEAD_TIMEOUT_S + 2
+
+
+def test_a_request_head_over_32_kib_closes_the_connection_and_one_below_is_served(server: Server) -> None:
+    """aiohttp bounds a head's lines (8,190 bytes) and count (128), not its size: about 1 MiB each, and 1,000
+    connections sending heads that never ended took the server from 42 MB to 759 MB of RSS."""
+    header = b"X-Pad-%03d: " + b"p" * 1000 + b"\r\n"
+    below = b"".join(header % i for i in range(30))  # 30 KiB
+    assert raw_request(server.port, b"GET /id HTTP/1.1\r\nHost: x\r\n" + below + b"\r\n").status == 200
+    with socket.create_connection(("127.0.0.1", server.port), timeout=HEAD_TIMEOUT_S - 2) as sock:
+        sock.sendall(b"GET /id HTTP/1.1\r\nHost: x\r\n" + below)
+        with contextlib.suppress(ConnectionResetError):
+            sock.sendall(b"".join(header % i for i in range(30, 40)))  # 40 KiB, not ended
+            assert sock.recv(1) == b""  # closed before the head deadline: recv would time out
+    assert_error(server.get("/nope"), 404)  # answered after, so the closing is logged by now
+    assert [e for e in server.events if e.get("event") == "head_too_large"]
 
 
 def test_every_response_says_server_idgen_and_no_version(server: Server) -> None:
@@ -553,6 +682,86 @@ def test_a_large_answer_is_formatted_in_slices_with_other_requests_served_in_bet
     samples = _samples(metrics.decode())
     assert samples[("idgen_ids_minted_total", ())] == 4096  # the batch was minted when /metrics was answered ...
     assert ("idgen_http_requests_total", (("route", "/id"), ("status", "200"))) not in samples  # ... not answered
+
+
+def test_a_client_that_does_not_read_a_batch_is_disconnected_and_its_budget_returned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch holds its share of the ID budget until its answer is taken; a client that never reads would hold it
+    for ever. The server's send buffer is made small (loopback's would take the whole answer), the send deadline
+    short; the batch's connection is then closed, the budget whole again, and other batches served."""
+    monkeypatch.setattr(app_module, "SEND_TIMEOUT_S", 0.5)
+    generator = Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path))
+    app = make_app(generator, max_count=65536)
+
+    async def small_send_buffer(request: web.Request, response: web.StreamResponse) -> None:
+        request.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    app.on_response_prepare.append(small_send_buffer)
+    service = app[SERVICE]
+
+    async def scenario() -> tuple[bytes, bytes]:
+        async with TestServer(app) as test_server:
+            sock = socket.create_connection((test_server.host, test_server.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /id?count=65536&format=base58 HTTP/1.1\r\nHost: idgen\r\n\r\n")  # never read
+            await asyncio.sleep(0.1)
+            assert service.budget.free == service.budget.capacity - 65536  # held while the answer is stuck
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if service.budget.free == service.budget.capacity:
+                    break
+            reader, writer = await asyncio.open_connection(test_server.host, test_server.port)
+            served = await http_get(reader, writer, "/id?count=1000")
+            writer.close()
+            sock.setblocking(False)
+            received = b""
+            with contextlib.suppress(BlockingIOError):
+                while chunk := sock.recv(1 << 20):
+                    received += chunk
+            sock.close()
+            return served, received
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="idgen.http"):
+            served, received = asyncio.run(scenario())
+    finally:
+        generator.close()
+    assert service.budget.free == service.budget.capacity
+    assert len(json.loads(served)["ids"]) == 1000
+    assert len(received) < 1_000_000  # cut off: the whole answer is about 920 KB of base58 plus JSON
+    assert [r for r in caplog.records if getattr(r, "event", None) == "send_timeout"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_failed_accepts_are_logged_once_every_few_seconds_with_a_count(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Out of descriptors, asyncio logs every failed accept with a traceback, and Python 3.11 retries the whole burst
+    each turn: 125,003 lines in 37 s under a slowloris (docs/RELIABILITY.md, 13a). Now the first is logged at once,
+    the rest with their count when the interval ends; other loop errors still go to asyncio's handler."""
+    monkeypatch.setattr(connections, "LOG_INTERVAL_S", 0.2)
+
+    async def flood() -> None:
+        loop = asyncio.get_running_loop()
+        log_accept_errors(loop)
+        for _ in range(1000):
+            context = {"message": "socket.accept() out of system resource", "exception": OSError(24, "EMFILE")}
+            loop.call_exception_handler(context)
+        loop.call_exception_handler({"message": "something else"})
+        await asyncio.sleep(0.5)
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(flood())
+    accept_lines = [r for r in caplog.records if "accept" in r.getMessage()]
+    assert [(r.levelname, getattr(r, "event", None), getattr(r, "count", None)) for r in accept_lines] == [
+        ("WARNING", "accept_failed", 1),
+        ("WARNING", "accept_failed", 999),
+    ]
+    assert not any(r.exc_info for r in accept_lines)
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR] == [
+        "something else"
+    ]
 
 
 def test_no_request_of_this_module_reached_the_catch_all(server: Server) -> None:

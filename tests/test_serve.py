@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from polling import poll
-from serverproc import REPO, Reply, wait_until
+from serverproc import REPO, Reply, serve_command, wait_until
 from serverproc import ServerProcess as Server
 from test_http import assert_error
 from zkharness import TEST_CREDENTIALS, ZkServer
@@ -76,11 +77,75 @@ def test_the_entry_point_takes_its_configuration_from_the_environment(tmp_path: 
     ]
 
 
+def test_the_access_log_counts_the_bytes_of_each_answer_body(tmp_path: Path) -> None:
+    """``bytes`` counted the status line and headers too (aiohttp's ``body_length``): 27 bytes of ``/id`` were 150."""
+    requests = [
+        ("GET", "/id"),
+        ("GET", "/id?count=5&format=hex"),
+        ("GET", "/id?count=2000"),
+        ("GET", "/id?count=0"),
+        ("GET", "/decode/12345"),
+        ("GET", "/metrics"),
+        ("GET", "/nope"),
+        ("POST", "/id"),
+        ("HEAD", "/id"),
+    ]
+    with Server("--state-dir", str(tmp_path), "--access-log", "--max-count", "4096") as server:
+        replies = {(method, path): server.get(path, method=method) for method, path in requests}
+        for method, path in requests:
+            access = server.event("access", method=method, path=path, timeout=10)
+            assert access["bytes"] == len(replies[method, path].body), (method, path)
+    assert [r.status for r in replies.values()] == [200, 200, 200, 400, 200, 200, 404, 405, 405]
+    assert len(replies["GET", "/id?count=2000"].body) > 30_000
+
+
 def test_no_access_log_by_default(tmp_path: Path) -> None:
     with Server("--state-dir", str(tmp_path)) as server:
         assert server.get("/id").status == 200
         assert server.stop() == 0
     assert not [e for e in server.events if e.get("event") == "access"]
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the listening TCP sockets on ``port``, from ``/proc/net/tcp`` and ``tcp6``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_by_default_the_server_listens_on_loopback_only(tmp_path: Path) -> None:
+    """It bound every interface (0.0.0.0): any host that could route to this one could mint IDs and read /info."""
+    command = [sys.executable, "-m", "idgen.cli", "serve", "--port", "0"]
+    with Server("--state-dir", str(tmp_path), command=command, env={"IDGEN_HOST": ""}) as server:
+        assert server.get("/healthz").status == 200
+        assert listening_addresses(server.port) == {"0100007F"}  # 127.0.0.1, in the kernel's byte order
+
+
+PRLIMIT_256 = ["prlimit", "--nofile=256:256", "--"]
+
+
+def test_the_connection_cap_leaves_descriptors_free_and_a_larger_one_is_refused(tmp_path: Path) -> None:
+    with Server("--state-dir", str(tmp_path), command=[*PRLIMIT_256, *serve_command(0)]) as server:
+        assert server.event("listening")["max_connections"] == 96  # 256 less 64 for the lease and logs, 96 for bursts
+    most = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 160  # the server inherits this process's limit
+    with Server("--state-dir", str(tmp_path), "--max-connections", str(most)) as server:
+        assert server.event("listening")["max_connections"] == most
+    refused = subprocess.run(
+        [*PRLIMIT_256, *serve_command(0), "--state-dir", str(tmp_path), "--max-connections", "200"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "start_failed"
+    assert "--max-connections 200" in event["message"] and "at most 96" in event["message"], event["message"]
 
 
 def test_start_fails_cleanly_when_no_worker_id_is_free(tmp_path: Path) -> None:
