@@ -35,10 +35,13 @@ MAX_COUNT_LIMIT = 65536
 
 
 def bounded(convert: Callable[[str], Any], what: str, low: float, high: float) -> Callable[[str], Any]:
-    """A converter: ``convert(text)`` if it lies in ``[low, high]``, else :class:`InvalidInput` naming ``what``."""
+    """A converter: ``convert(text)`` if it lies in ``[low, high]``, else :class:`InvalidInput` naming ``what``.
+    Only ASCII digits count: no other script's digits, no ``_`` separators."""
 
     def parse(text: str) -> Any:
         try:
+            if not text.isascii() or "_" in text:  # int() and float() read '\u0663' as 3 and '1_0' as 10
+                raise ValueError(text)
             value = convert(text)
         except ValueError:
             raise InvalidInput(f"{text!r} is not {what}") from None
@@ -140,8 +143,13 @@ class Settings:
 
     @classmethod
     def of(cls, options: object) -> Settings:
-        """The settings among ``options`` (an ``argparse.Namespace``), missing ones at their defaults."""
-        values: dict[str, Any] = {f.name: getattr(options, f.name, f.default) for f in fields(cls)}
+        """The settings among ``options`` (an ``argparse.Namespace``); one it has no option for comes from its
+        variable, as for the process default (so every command checks every variable it uses)."""
+        values: dict[str, Any] = {
+            f.name: getattr(options, f.name) if hasattr(options, f.name) else from_env(f.name)
+            for f in fields(cls)
+            if hasattr(options, f.name) or f.name in OPTIONS
+        }
         return cls(**values)
 
     @classmethod
@@ -183,7 +191,10 @@ def lease_for(settings: Settings, address: str | None = None) -> Lease:
 
 def generator_for(settings: Settings, address: str | None = None, **options: Any) -> Generator:
     """A generator under :func:`lease_for`'s lease, riding clock steps by up to ``max_lead``; ``options`` go to
-    :class:`~idgen.generator.Generator`."""
+    :class:`~idgen.generator.Generator`. Refused with ``url``: a lease of its own beside those servers' would hand
+    out their IDs again."""
+    if settings.url:
+        raise InvalidInput(f"{env_name('url')} names servers to take IDs from: unset it to lease worker IDs here")
     if settings.max_lead is not None:
         options.setdefault("max_lead_ms", round(settings.max_lead * 1000))
     lease = lease_for(settings, address)

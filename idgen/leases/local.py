@@ -55,11 +55,10 @@ def default_state_dir() -> Path:
 
 def parse_worker_ids(text: str) -> range:
     """``"A-B"`` (inclusive) or ``"N"`` as a range of worker IDs."""
-    low, sep, high = text.partition("-")
-    try:
-        first, last = int(low), int(high if sep else low)
-    except ValueError:
-        raise InvalidInput(f"worker IDs {text!r} are not of the form A-B (for example 0-511)") from None
+    matched = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", text)  # ASCII digits only: int() reads others
+    if matched is None:
+        raise InvalidInput(f"worker IDs {text!r} are not of the form A-B (for example 0-511)")
+    first, last = int(matched[1]), int(matched[2] or matched[1])
     if not 0 <= first <= last:
         raise InvalidInput(f"worker IDs {text!r} must satisfy 0 <= A <= B")
     return range(first, last + 1)
