@@ -47,9 +47,32 @@ DECODE_TIMEOUT_S = 5.0  # per server asked by `idgen decode` with --url
 DECODE_MAX_BYTES = 1 << 20  # a decode answer is a few hundred bytes; a larger one is not a server of ours
 
 
+class _StoreOnce(argparse._StoreAction):
+    """An option with a value, refused when given twice: ``mint -n 3 -n 5`` would silently take the last."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given: set[str] = namespace.__dict__.setdefault("_given", set())
+        if self.dest in given:
+            parser.error(f"{'/'.join(self.option_strings)} is given twice")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit code 2. An option left unset on the command line takes
-    its ``IDGEN_*`` variable's value (:func:`idgen.config.from_env`); a bad variable is a one-line error naming it."""
+    """argparse with one-line errors (no usage dump) and exit code 2, and no option given twice. An option left
+    unset on the command line takes its ``IDGEN_*`` variable's value (:func:`idgen.config.from_env`); a bad variable
+    is a one-line error naming it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None

@@ -145,7 +145,12 @@ def test_mint_js53_ids_are_safe_javascript_integers(tmp_path: Path) -> None:
         (["serve", "--max-lead", "\u0661"], "is not a number of seconds"),
         (["serve", "--zk-session-timeout", "\u0665"], "is not a positive number"),
         (["decode", "\u0661\u0662\u0663"], "is not an ID"),
-        (["mint", "--url", "http://127.0.0.1:1", "--state-dir", "x"], "leave IDGEN_STATE_DIR unset"),
+        (["mint", "--url", "http://127.0.0.1:1"], "leave IDGEN_STATE_DIR unset"),  # idgen() adds --state-dir
+        (["mint", "--layout", "time:\u0664\u0661,worker_id:10,sequence:12;epoch=2025-01-01"], "is not name:bits"),
+        # an option given twice was silently the last one
+        (["mint", "-n", "3", "--count", "5"], "-n/--count is given twice"),
+        (["serve", "--port", "1", "--port", "2"], "--port is given twice"),
+        (["decode", "1", "--layout", "idgen", "--layout", "discord"], "--layout is given twice"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
