@@ -353,6 +353,16 @@ def _leases(args: argparse.Namespace) -> None:
         print(f"{worker:>6}  {iso_ms(fence_ms):<24}  {holder}")
     for worker, why in described["quarantined"].items():
         print(f"{worker:>6}  QUARANTINED: {why}")
+    print("\nhistory: each holder minted only timestamps in (after, fence]; oldest first")
+    print(f"{'worker':>6}  {'after':<24}  {'fence':<24}  holder")
+    for worker, holders in described["history"].items():
+        for h in holders:
+            fence = iso_ms(h["fence_ms"]) if h["fence_ms"] is not None else "(still holding)"
+            ended = f", ended {iso_ms(h['ended_ms'])}" if h["ended_ms"] is not None else ""
+            print(
+                f"{worker:>6}  {iso_ms(h['after_ms']):<24}  {fence:<24}  {h['host']} pid {h['pid']}"
+                f" since {iso_ms(h['started_ms'])}{ended}"
+            )
 
 
 def _zk_secure(args: argparse.Namespace) -> None:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 from serverproc import ServerProcess
+from zkharness import TEST_CREDENTIALS
 
 from idgen import decode, format_id
+from idgen.layout import iso_ms
 
 
 def idgen(
@@ -311,3 +313,22 @@ def test_commands_that_take_no_ids_from_servers_refuse_idgen_url(args: list[str]
     result = idgen(*args, env={"IDGEN_URL": "http://127.0.0.1:1"})
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "IDGEN_URL" in result.stderr, result.stderr
+
+
+def test_leases_text_shows_every_holder_of_the_history(zk_hosts: str, zk_namespace: str) -> None:
+    """The README promises live leases, fences and history; the text output showed no history."""
+    env = {"IDGEN_ZK_AUTH": TEST_CREDENTIALS, "IDGEN_ZK": zk_hosts, "IDGEN_NAMESPACE": zk_namespace}
+    for _ in range(3):  # three holders, one after the other
+        assert idgen("mint", env=env).returncode == 0
+    described = json.loads(idgen("leases", "--json", env=env).stdout)
+    text = idgen("leases", env=env)
+    assert text.returncode == 0, text.stderr
+    holders = [h for worker_holders in described["history"].values() for h in worker_holders]
+    assert len(holders) == 3, described
+    history = text.stdout.partition("\nhistory")[2]
+    rows = [line for line in history.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    assert len(rows) == 3, text.stdout
+    for row, holder in zip(rows, holders, strict=True):
+        assert row.split()[0] == str(holder["worker_id"]), row
+        assert f"pid {holder['pid']}" in row and holder["host"] in row, row
+        assert iso_ms(holder["after_ms"]) in row and iso_ms(holder["fence_ms"]) in row, row
