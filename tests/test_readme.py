@@ -81,7 +81,7 @@ def shell_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     ZooKeeper credentials set as DEPLOY.md says, no other ``IDGEN_*`` variable."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "idgen").write_text(f"#!/bin/sh\nexec {sys.executable} -m idgen.cli \"$@\"\n")
+    (bin_dir / "idgen").write_text(f'#!/bin/sh\nexec {sys.executable} -m idgen.cli "$@"\n')
     (bin_dir / "idgen").chmod(0o755)
     if shutil.which("curl") is None:
         (bin_dir / "curl").write_text(f"#!{sys.executable}\n{CURL}")
