@@ -2,11 +2,11 @@
 
 One mapping for every entry point: the ``idgen`` command (where an option wins over its variable), ``idgen serve`` and
 the process default (:mod:`idgen.default`, which reads the variables only). Option ``--foo-bar`` has the variable
-``IDGEN_FOO_BAR``; an empty variable counts as unset. A bad value is an :class:`~idgen.errors.InvalidInput` whose
-one-line message starts with the variable's name.
+``IDGEN_FOO_BAR``; an empty variable counts as unset, but for a path (``IDGEN_STATE_DIR``). A bad value is an
+:class:`~idgen.errors.InvalidInput` whose one-line message starts with the variable's name.
 
-ZooKeeper (kazoo) and the HTTP client (aiohttp, urllib3) are imported only when the settings ask for them, so a
-process default on the local lease loads neither.
+ZooKeeper (kazoo) and the HTTP client (aiohttp, urllib3) are imported only when the settings ask for them, so a process
+default on the local lease loads neither.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from idgen.errors import InvalidInput
 from idgen.generator import Generator
 from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout
 from idgen.leases.base import Lease
-from idgen.leases.local import LocalLease, parse_worker_ids
+from idgen.leases.local import LocalLease, parse_state_dir, parse_worker_ids
 
 if TYPE_CHECKING:
     from idgen.client import Client
@@ -79,7 +79,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "zk": (str.strip, None),
     "namespace": (str.strip, None),
     "zk_session_timeout": (positive_float, None),
-    "state_dir": (str, None),
+    "state_dir": (parse_state_dir, None),
     "worker_ids": (parse_worker_ids, None),
     "url": (urls, None),
     "host": (str.strip, "0.0.0.0"),
@@ -96,11 +96,16 @@ def env_name(option: str) -> str:
     return ENV_PREFIX + option.upper()
 
 
+# Options whose variable, set but empty, is refused rather than unset: an empty path means no directory at all.
+EMPTY_REFUSED = frozenset({"state_dir"})
+
+
 def from_env(option: str, environ: Mapping[str, str] | None = None) -> Any:
-    """``option``'s value from its variable, converted; its default when the variable is unset or empty."""
-    text = (os.environ if environ is None else environ).get(env_name(option), "")
+    """``option``'s value from its variable, converted; its default when the variable is unset or empty (but for
+    :data:`EMPTY_REFUSED`)."""
+    text = (os.environ if environ is None else environ).get(env_name(option))
     convert, default = OPTIONS[option]
-    if not text.strip():
+    if text is None or (not text.strip() and option not in EMPTY_REFUSED):
         return default
     try:
         return convert(text)

@@ -149,6 +149,8 @@ def test_mint_js53_ids_are_safe_javascript_integers(tmp_path: Path) -> None:
         (["decode", "\u0661\u0662\u0663"], "is not an ID"),
         (["mint", "--url", "http://127.0.0.1:1"], "leave IDGEN_STATE_DIR unset"),  # idgen() adds --state-dir
         (["mint", "--layout", "time:\u0664\u0661,worker_id:10,sequence:12;epoch=2025-01-01"], "is not name:bits"),
+        (["mint", "--state-dir", ""], "an empty path is not a directory"),  # was the working directory
+        (["mint", "--state-dir", "  "], "an empty path is not a directory"),
         # an option given twice was silently the last one
         (["mint", "-n", "3", "--count", "5"], "-n/--count is given twice"),
         (["serve", "--port", "1", "--port", "2"], "--port is given twice"),
@@ -185,6 +187,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
         (["serve"], "IDGEN_PORT", "\u0668\u0660"),
         (["serve"], "IDGEN_MAX_COUNT", "\u0661\u0660"),
         (["serve"], "IDGEN_PROCESSES", "\u0662"),
+        (["mint"], "IDGEN_STATE_DIR", ""),  # was the default directory, while --state-dir '' was the working one
+        (["serve"], "IDGEN_STATE_DIR", " "),
     ],
 )
 def test_a_bad_variable_is_one_line_that_names_it(tmp_path: Path, args: list[str], variable: str, value: str) -> None:
@@ -203,6 +207,15 @@ def test_zookeeper_credentials_without_a_user_or_a_password_are_refused(
     result = idgen(*command, env={"IDGEN_STATE_DIR": str(tmp_path), "IDGEN_ZK_AUTH": auth, "IDGEN_ZK": "127.0.0.1:1"})
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "must look like user:password" in result.stderr, result.stderr
+
+
+def test_an_empty_state_dir_variable_is_refused_by_the_python_api_too(tmp_path: Path) -> None:
+    code = "import idgen\ntry:\n    idgen.Generator()\nexcept idgen.InvalidInput as e:\n    print(e)"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("IDGEN_")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={**clean, "IDGEN_STATE_DIR": ""}
+    )
+    assert result.stdout.startswith("IDGEN_STATE_DIR: an empty path is not a directory"), result
 
 
 def test_an_option_wins_over_its_variable(tmp_path: Path) -> None:

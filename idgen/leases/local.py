@@ -47,10 +47,20 @@ STATE_DIR_ENV = "IDGEN_STATE_DIR"
 
 def default_state_dir() -> Path:
     """``$IDGEN_STATE_DIR``, else ``$XDG_STATE_HOME/idgen``, else ``~/.local/state/idgen``."""
-    if os.environ.get(STATE_DIR_ENV):
-        return Path(os.environ[STATE_DIR_ENV])
+    if STATE_DIR_ENV in os.environ:
+        try:
+            return Path(parse_state_dir(os.environ[STATE_DIR_ENV]))
+        except InvalidInput as exc:
+            raise InvalidInput(f"{STATE_DIR_ENV}: {exc}") from None
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "idgen"
+
+
+def parse_state_dir(text: str) -> str:
+    """A state directory's path; an empty one is refused (it would mean the working directory, or the default)."""
+    if not text.strip():
+        raise InvalidInput("an empty path is not a directory (write . for the working directory)")
+    return text
 
 
 def parse_worker_ids(text: str) -> range:
