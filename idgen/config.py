@@ -91,6 +91,11 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
 }
 
 
+def option_name(option: str) -> str:
+    """``state_dir`` -> ``--state-dir``."""
+    return "--" + option.replace("_", "-")
+
+
 def env_name(option: str) -> str:
     """``state_dir`` -> ``IDGEN_STATE_DIR``."""
     return ENV_PREFIX + option.upper()
@@ -142,8 +147,8 @@ class Settings:
             ]
             if lease_settings:
                 raise InvalidInput(
-                    f"{env_name('url')} names servers, which lease and lay out the IDs themselves: leave"
-                    f" {', '.join(map(env_name, lease_settings))} unset"
+                    f"--url ({env_name('url')}) names servers, which lease and lay out the IDs themselves: leave"
+                    f" {', '.join(f'{option_name(n)} ({env_name(n)})' for n in lease_settings)} unset"
                 )
 
     @classmethod

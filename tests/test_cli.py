@@ -147,7 +147,9 @@ def test_mint_js53_ids_are_safe_javascript_integers(tmp_path: Path) -> None:
         (["serve", "--max-lead", "\u0661"], "is not a number of seconds"),
         (["serve", "--zk-session-timeout", "\u0665"], "is not a positive number"),
         (["decode", "\u0661\u0662\u0663"], "is not an ID"),
-        (["mint", "--url", "http://127.0.0.1:1"], "leave IDGEN_STATE_DIR unset"),  # idgen() adds --state-dir
+        # idgen() adds --state-dir
+        (["mint", "--url", "http://127.0.0.1:1"], "leave --state-dir (IDGEN_STATE_DIR) unset"),
+        (["decode", "1", "--layout", "discord", "--url", "http://127.0.0.1:1"], "leave --layout (IDGEN_LAYOUT) unset"),
         (["mint", "--layout", "time:\u0664\u0661,worker_id:10,sequence:12;epoch=2025-01-01"], "is not name:bits"),
         (["mint", "--state-dir", ""], "an empty path is not a directory"),  # was the working directory
         (["mint", "--state-dir", "  "], "an empty path is not a directory"),
