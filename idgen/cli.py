@@ -401,7 +401,8 @@ def _print(fields: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(fields))
     else:
         width = max(map(len, fields))
-        print("\n".join(f"{key:<{width}}  {value}" for key, value in fields.items()))
+        shown = {key: json.dumps(v) if isinstance(v, dict | list) or v is None else v for key, v in fields.items()}
+        print("\n".join(f"{key:<{width}}  {value}" for key, value in shown.items()))
 
 
 def _log_to_stderr() -> None:

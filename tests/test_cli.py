@@ -314,7 +314,9 @@ def test_decode_with_idgen_url_asks_the_server(tmp_path: Path) -> None:
         assert json.loads(shown.stdout) == server.get(f"/decode/{minted}").json()
         assert json.loads(shown.stdout)["layout"] == "twitter"
         plain = idgen("decode", minted, "--url", url)
-        assert plain.returncode == 0 and "node" in plain.stdout, plain.stderr
+        assert plain.returncode == 0, plain.stderr
+        node = next(line for line in plain.stdout.splitlines() if line.startswith("node "))
+        assert json.loads(node.removeprefix("node"))["pid"] == server.pid  # JSON, not a Python repr
         junk = idgen("decode", "abc", "--url", url)
         assert junk.returncode == 2 and junk.stderr.count("\n") == 1 and "'abc' is not an ID" in junk.stderr
     down = idgen("decode", minted, "--url", url)
