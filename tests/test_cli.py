@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from idgen.layout import iso_ms
 def idgen(
     *args: str, state_dir: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``idgen ARGS`` with no inherited ``IDGEN_*`` variable, plus ``env``."""
+    """``idgen ARGS`` with no inherited ``IDGEN_*`` variable, plus ``env``, in a scratch working directory (a state
+    directory that resolves to the working directory must not land in the checkout)."""
     env_args = ["--state-dir", str(state_dir)] if state_dir else []
     clean = {k: v for k, v in os.environ.items() if not k.startswith("IDGEN_")}
     return subprocess.run(
@@ -29,6 +31,7 @@ def idgen(
         text=True,
         timeout=60,
         env={**clean, **(env or {})},
+        cwd=tempfile.gettempdir(),
     )
 
 
