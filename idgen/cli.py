@@ -1,7 +1,10 @@
 """The ``idgen`` command line: mint, decode, layouts, leases, zk-secure, serve.
 
 Every option can also be set through an environment variable (``IDGEN_`` + the option name in upper case,
-for example ``IDGEN_STATE_DIR``); a command-line option wins. Errors are one line on stderr:
+for example ``IDGEN_STATE_DIR``); a command-line option wins, and a variable a command has no option for is still read
+and checked. ``mint`` and ``decode`` take their ID source as the process default does
+(:func:`idgen.default.source_from_env`): the servers of ``--url``/``IDGEN_URL``, else a ZooKeeper or local lease;
+``serve``, ``leases`` and ``zk-secure`` refuse ``IDGEN_URL`` rather than ignore it. Errors are one line on stderr:
 exit 2 for bad input, 1 when idgen cannot serve (no lease, clock behind the fence, ...). Never a traceback.
 """
 
@@ -11,15 +14,18 @@ import argparse
 import json
 import logging
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from kazoo.exceptions import KazooException
 
 from idgen import config
-from idgen.config import MAX_COUNT_LIMIT, OPTIONS, Settings
+from idgen.config import MAX_COUNT_LIMIT, OPTIONS, Settings, env_name
+from idgen.default import source_from_env
 from idgen.encoding import FORMS, format_id, parse_id
-from idgen.errors import IdgenError, InvalidInput, LayoutMismatch
+from idgen.errors import IdgenError, InvalidInput, LayoutMismatch, Unavailable
 from idgen.generator import DEFAULT_MAX_LEAD_MS
 from idgen.layout import DEFAULT_LAYOUT, PRESETS, SPEC_EXAMPLE, iso_ms
 from idgen.leases.base import trace
@@ -33,15 +39,41 @@ from idgen.leases.zookeeper import (
     credentials_from_env,
     explain,
 )
+from idgen.version import __version__
 
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
 MINT_CHUNK = 4096
+DECODE_TIMEOUT_S = 5.0  # per server asked by `idgen decode` with --url
+DECODE_MAX_BYTES = 1 << 20  # a decode answer is a few hundred bytes; a larger one is not a server of ours
+
+
+class _StoreOnce(argparse._StoreAction):
+    """An option with a value, refused when given twice: ``mint -n 3 -n 5`` would silently take the last."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given: set[str] = namespace.__dict__.setdefault("_given", set())
+        if self.dest in given:
+            parser.error(f"{'/'.join(self.option_strings)} is given twice")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit code 2. An option left unset on the command line takes
-    its ``IDGEN_*`` variable's value (:func:`idgen.config.from_env`); a bad variable is a one-line error naming it."""
+    """argparse with one-line errors (no usage dump) and exit code 2, and no option given twice. An option left
+    unset on the command line takes its ``IDGEN_*`` variable's value (:func:`idgen.config.from_env`); a bad variable
+    is a one-line error naming it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -108,6 +140,16 @@ def _add_zookeeper(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_servers(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--url",
+        type=_type("url"),
+        metavar="URL[,URL...]",
+        help=f"running idgen servers to {what}, comma-separated (env IDGEN_URL); the process default"
+        " (idgen.next_id) uses the same variable. Lease and layout settings are refused with it",
+    )
+
+
 def _add_local_lease(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
@@ -126,6 +168,7 @@ def _add_local_lease(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="idgen", description="Globally unique, time-ordered 63-bit IDs.")
+    parser.add_argument("--version", action="version", version=f"idgen {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     mint = commands.add_parser("mint", help="print new IDs, one per line")
@@ -133,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--count", type=_argument(config.positive_int), default=1, metavar="N", help="how many IDs (default 1)"
     )
     mint.add_argument("--format", choices=FORMS, default="decimal", help="string form (default decimal)")
+    _add_servers(mint, "take the IDs from (they lease the worker IDs)")
     _add_layout(mint)
     _add_local_lease(mint)
     _add_zookeeper(mint)
@@ -142,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("id", help="an ID in any string form: decimal, 0x-hex, base32 or base58")
     decode.add_argument("--format", choices=FORMS, default=None, help="the ID's string form (default: detect)")
     decode.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_servers(decode, "ask (GET /decode/ID: their layout, and the lease holder that minted the ID)")
     _add_layout(decode)
     _add_zookeeper(decode)
     decode.set_defaults(run=_decode)
@@ -228,24 +273,30 @@ def _default(option: str) -> Any:
 
 
 def _mint(args: argparse.Namespace) -> None:
-    with config.generator_for(Settings.of(args)) as gen:
+    """IDs from the source the process default would use (:func:`idgen.default.source_from_env`): the servers of
+    ``--url``/``IDGEN_URL``, else a lease of this process's own."""
+    with source_from_env(settings=Settings.of(args)) as source:
         remaining = args.count
         while remaining:
-            batch = gen.next_ids(min(remaining, MINT_CHUNK))
+            batch = source.next_ids(min(remaining, MINT_CHUNK))
             sys.stdout.write("\n".join(format_id(i, args.format) for i in batch) + "\n")
             remaining -= len(batch)
 
 
 def _decode(args: argparse.Namespace) -> None:
     id_ = parse_id(args.id, args.format)
-    if not args.zk:
-        _print((args.layout or DEFAULT_LAYOUT).decode(id_), args.json)
+    settings = Settings.of(args)
+    if settings.url:
+        _print(_ask_servers(settings.url, f"/decode/{id_}"), args.json)
         return
-    with config.namespace_of(Settings.of(args)) as namespace:
+    if not settings.zk:
+        _print((settings.layout or DEFAULT_LAYOUT).decode(id_), args.json)
+        return
+    with config.namespace_of(settings) as namespace:
         layout = namespace.layout()
-        if args.layout and args.layout != layout:
+        if settings.layout and settings.layout != layout:
             raise LayoutMismatch(
-                f"namespace {namespace.path} uses layout {layout.summary()}, not {args.layout.summary()}"
+                f"namespace {namespace.path} uses layout {layout.summary()}, not {settings.layout.summary()}"
             )
         fields = layout.decode(id_)
         fence_ms = namespace.fence(fields["worker"])  # the fence first, then the history (see trace)
@@ -253,15 +304,51 @@ def _decode(args: argparse.Namespace) -> None:
     _print({**fields, **traced.to_json()}, args.json)
 
 
+def _ask_servers(urls: Sequence[str], path: str) -> dict[str, Any]:
+    """The JSON object of the first server in ``urls`` that answers ``GET path``; a 4xx is the caller's fault
+    (:class:`InvalidInput` with the server's message), no answer at all is :class:`Unavailable`."""
+    failures = []
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url + path, timeout=DECODE_TIMEOUT_S) as response:
+                answer = json.loads(response.read(DECODE_MAX_BYTES))
+            if isinstance(answer, dict):
+                return answer
+            failures.append(f"{url}: not a JSON object")
+        except urllib.error.HTTPError as exc:
+            if 400 <= exc.code < 500:
+                raise InvalidInput(f"{url}: {_error_message(exc)}") from None
+            failures.append(f"{url}: HTTP {exc.code}")
+        except (OSError, ValueError) as exc:
+            failures.append(f"{url}: {getattr(exc, 'reason', exc)}")
+    raise Unavailable(f"no idgen server answered GET {path}: {'; '.join(failures)}")
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    """The message of an idgen error body (``{"error": {"code", "message"}}``), else the HTTP status."""
+    try:
+        return str(json.loads(exc.read(DECODE_MAX_BYTES))["error"]["message"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return f"HTTP {exc.code}"
+
+
+def _refuse_servers(command: str, why: str) -> None:
+    """``IDGEN_URL`` names servers to take IDs from; a command that takes none would ignore it: refuse instead."""
+    if config.from_env("url"):
+        raise InvalidInput(f"{env_name('url')} is set, but idgen {command} {why}: unset it")
+
+
 def _serve(args: argparse.Namespace) -> None:
     from idgen.server import serve  # imports aiohttp; the other commands do without it
 
+    _refuse_servers("serve", "leases worker IDs of its own")
     code = serve(args)
     if code:
         raise SystemExit(code)
 
 
 def _leases(args: argparse.Namespace) -> None:
+    _refuse_servers("leases", "reads a ZooKeeper namespace (a server shows its lease at GET /info)")
     with config.namespace_of(Settings.of(args)) as namespace:
         described = namespace.describe()
     if args.json:
@@ -275,9 +362,20 @@ def _leases(args: argparse.Namespace) -> None:
         print(f"{worker:>6}  {iso_ms(fence_ms):<24}  {holder}")
     for worker, why in described["quarantined"].items():
         print(f"{worker:>6}  QUARANTINED: {why}")
+    print("\nhistory: each holder minted only timestamps in (after, fence]; oldest first")
+    print(f"{'worker':>6}  {'after':<24}  {'fence':<24}  holder")
+    for worker, holders in described["history"].items():
+        for h in holders:
+            fence = iso_ms(h["fence_ms"]) if h["fence_ms"] is not None else "(still holding)"
+            ended = f", ended {iso_ms(h['ended_ms'])}" if h["ended_ms"] is not None else ""
+            print(
+                f"{worker:>6}  {iso_ms(h['after_ms']):<24}  {fence:<24}  {h['host']} pid {h['pid']}"
+                f" since {iso_ms(h['started_ms'])}{ended}"
+            )
 
 
 def _zk_secure(args: argparse.Namespace) -> None:
+    _refuse_servers("zk-secure", "secures a ZooKeeper namespace")
     auth = credentials_from_env()
     if auth is None:
         raise InvalidInput(f"zk-secure needs the credentials to secure with: set {ZK_AUTH_ENV} or {ZK_AUTH_FILE_ENV}")
@@ -312,7 +410,8 @@ def _print(fields: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(fields))
     else:
         width = max(map(len, fields))
-        print("\n".join(f"{key:<{width}}  {value}" for key, value in fields.items()))
+        shown = {key: json.dumps(v) if isinstance(v, dict | list) or v is None else v for key, v in fields.items()}
+        print("\n".join(f"{key:<{width}}  {value}" for key, value in shown.items()))
 
 
 def _log_to_stderr() -> None:

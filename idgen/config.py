@@ -2,11 +2,11 @@
 
 One mapping for every entry point: the ``idgen`` command (where an option wins over its variable), ``idgen serve`` and
 the process default (:mod:`idgen.default`, which reads the variables only). Option ``--foo-bar`` has the variable
-``IDGEN_FOO_BAR``; an empty variable counts as unset. A bad value is an :class:`~idgen.errors.InvalidInput` whose
-one-line message starts with the variable's name.
+``IDGEN_FOO_BAR``; an empty variable counts as unset, but for a path (``IDGEN_STATE_DIR``). A bad value is an
+:class:`~idgen.errors.InvalidInput` whose one-line message starts with the variable's name.
 
-ZooKeeper (kazoo) and the HTTP client (aiohttp, urllib3) are imported only when the settings ask for them, so a
-process default on the local lease loads neither.
+ZooKeeper (kazoo) and the HTTP client (aiohttp, urllib3) are imported only when the settings ask for them, so a process
+default on the local lease loads neither.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from idgen.errors import InvalidInput
 from idgen.generator import Generator
 from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout
 from idgen.leases.base import Lease
-from idgen.leases.local import LocalLease, parse_worker_ids
+from idgen.leases.local import LocalLease, parse_state_dir, parse_worker_ids
 
 if TYPE_CHECKING:
-    from idgen.client import Client
     from idgen.leases.zookeeper import Namespace
 
 ENV_PREFIX = "IDGEN_"
@@ -35,10 +34,13 @@ MAX_COUNT_LIMIT = 65536
 
 
 def bounded(convert: Callable[[str], Any], what: str, low: float, high: float) -> Callable[[str], Any]:
-    """A converter: ``convert(text)`` if it lies in ``[low, high]``, else :class:`InvalidInput` naming ``what``."""
+    """A converter: ``convert(text)`` if it lies in ``[low, high]``, else :class:`InvalidInput` naming ``what``.
+    Only ASCII digits count: no other script's digits, no ``_`` separators."""
 
     def parse(text: str) -> Any:
         try:
+            if not text.isascii() or "_" in text:  # int() and float() read '\u0663' as 3 and '1_0' as 10
+                raise ValueError(text)
             value = convert(text)
         except ValueError:
             raise InvalidInput(f"{text!r} is not {what}") from None
@@ -76,7 +78,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "zk": (str.strip, None),
     "namespace": (str.strip, None),
     "zk_session_timeout": (positive_float, None),
-    "state_dir": (str, None),
+    "state_dir": (parse_state_dir, None),
     "worker_ids": (parse_worker_ids, None),
     "url": (urls, None),
     "host": (str.strip, "127.0.0.1"),
@@ -89,16 +91,26 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
 }
 
 
+def option_name(option: str) -> str:
+    """``state_dir`` -> ``--state-dir``."""
+    return "--" + option.replace("_", "-")
+
+
 def env_name(option: str) -> str:
     """``state_dir`` -> ``IDGEN_STATE_DIR``."""
     return ENV_PREFIX + option.upper()
 
 
+# Options whose variable, set but empty, is refused rather than unset: an empty path means no directory at all.
+EMPTY_REFUSED = frozenset({"state_dir"})
+
+
 def from_env(option: str, environ: Mapping[str, str] | None = None) -> Any:
-    """``option``'s value from its variable, converted; its default when the variable is unset or empty."""
-    text = (os.environ if environ is None else environ).get(env_name(option), "")
+    """``option``'s value from its variable, converted; its default when the variable is unset or empty (but for
+    :data:`EMPTY_REFUSED`)."""
+    text = (os.environ if environ is None else environ).get(env_name(option))
     convert, default = OPTIONS[option]
-    if not text.strip():
+    if text is None or (not text.strip() and option not in EMPTY_REFUSED):
         return default
     try:
         return convert(text)
@@ -135,14 +147,19 @@ class Settings:
             ]
             if lease_settings:
                 raise InvalidInput(
-                    f"{env_name('url')} names servers, which lease and lay out the IDs themselves: leave"
-                    f" {', '.join(map(env_name, lease_settings))} unset"
+                    f"--url ({env_name('url')}) names servers, which lease and lay out the IDs themselves: leave"
+                    f" {', '.join(f'{option_name(n)} ({env_name(n)})' for n in lease_settings)} unset"
                 )
 
     @classmethod
     def of(cls, options: object) -> Settings:
-        """The settings among ``options`` (an ``argparse.Namespace``), missing ones at their defaults."""
-        values: dict[str, Any] = {f.name: getattr(options, f.name, f.default) for f in fields(cls)}
+        """The settings among ``options`` (an ``argparse.Namespace``); one it has no option for comes from its
+        variable, as for the process default (so every command checks every variable it uses)."""
+        values: dict[str, Any] = {
+            f.name: getattr(options, f.name) if hasattr(options, f.name) else from_env(f.name)
+            for f in fields(cls)
+            if hasattr(options, f.name) or f.name in OPTIONS
+        }
         return cls(**values)
 
     @classmethod
@@ -184,20 +201,14 @@ def lease_for(settings: Settings, address: str | None = None) -> Lease:
 
 def generator_for(settings: Settings, address: str | None = None, **options: Any) -> Generator:
     """A generator under :func:`lease_for`'s lease, riding clock steps by up to ``max_lead``; ``options`` go to
-    :class:`~idgen.generator.Generator`."""
+    :class:`~idgen.generator.Generator`. Refused with ``url``: a lease of its own beside those servers' would hand
+    out their IDs again."""
+    if settings.url:
+        raise InvalidInput(f"{env_name('url')} names servers to take IDs from: unset it to lease worker IDs here")
     if settings.max_lead is not None:
         options.setdefault("max_lead_ms", round(settings.max_lead * 1000))
     lease = lease_for(settings, address)
     return Generator(lease.layout, lease, **options)
-
-
-def source_for(settings: Settings) -> Generator | Client:
-    """A :class:`~idgen.client.Client` of the servers with ``url``, else :func:`generator_for`'s generator."""
-    if settings.url:
-        from idgen.client import Client
-
-        return Client(settings.url)
-    return generator_for(settings)
 
 
 @contextlib.contextmanager

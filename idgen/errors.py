@@ -105,7 +105,10 @@ class TimeExhausted(Unavailable):
 
 def missing_extra(integration: str, package: str, extra: str) -> ImportError:
     """The error an optional integration raises on import when its framework is not installed."""
-    return ImportError(f"{integration} needs {package}, which is not installed: pip install 'idgen[{extra}]'")
+    return ImportError(
+        f"{integration} needs {package}, which is not installed: install the extra idgen-service[{extra}]"
+        f" (from a checkout: pip install '.[{extra}]')"
+    )
 
 
 class AmbiguousId(InvalidInput):

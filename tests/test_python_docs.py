@@ -81,8 +81,10 @@ def test_a_recipe_of_servers_runs(code: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("code", [c for c in SCRIPTS if "DATABASE_URL" in c], ids=["core", "orm"])
-def test_a_database_recipe_runs(code: str, db_url: str, tmp_path: Path) -> None:
-    run([sys.executable, "-c", code], tmp_path, DATABASE_URL=db_url)
+def test_a_database_recipe_runs_and_runs_again(code: str, db_url: str, tmp_path: Path) -> None:
+    """Twice on one database, as a reader runs a recipe again: the ORM recipe counted every row and failed."""
+    for _ in range(2):
+        run([sys.executable, "-c", code], tmp_path, DATABASE_URL=db_url)
 
 
 def test_the_django_recipes_make_a_migration_that_applies_and_then_run(db_url: str, tmp_path: Path) -> None:

@@ -48,19 +48,28 @@ STATE_DIR_ENV = "IDGEN_STATE_DIR"
 
 def default_state_dir() -> Path:
     """``$IDGEN_STATE_DIR``, else ``$XDG_STATE_HOME/idgen``, else ``~/.local/state/idgen``."""
-    if os.environ.get(STATE_DIR_ENV):
-        return Path(os.environ[STATE_DIR_ENV])
+    if STATE_DIR_ENV in os.environ:
+        try:
+            return Path(parse_state_dir(os.environ[STATE_DIR_ENV]))
+        except InvalidInput as exc:
+            raise InvalidInput(f"{STATE_DIR_ENV}: {exc}") from None
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "idgen"
 
 
+def parse_state_dir(text: str) -> str:
+    """A state directory's path; an empty one is refused (it would mean the working directory, or the default)."""
+    if not text.strip():
+        raise InvalidInput("an empty path is not a directory (write . for the working directory)")
+    return text
+
+
 def parse_worker_ids(text: str) -> range:
     """``"A-B"`` (inclusive) or ``"N"`` as a range of worker IDs."""
-    low, sep, high = text.partition("-")
-    try:
-        first, last = int(low), int(high if sep else low)
-    except ValueError:
-        raise InvalidInput(f"worker IDs {text!r} are not of the form A-B (for example 0-511)") from None
+    matched = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", text)  # ASCII digits only: int() reads others
+    if matched is None:
+        raise InvalidInput(f"worker IDs {text!r} are not of the form A-B (for example 0-511)")
+    first, last = int(matched[1]), int(matched[2] or matched[1])
     if not 0 <= first <= last:
         raise InvalidInput(f"worker IDs {text!r} must satisfy 0 <= A <= B")
     return range(first, last + 1)

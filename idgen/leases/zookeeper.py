@@ -79,7 +79,8 @@ def credentials_from_env() -> str | None:
             raise InvalidInput(f"cannot read ZooKeeper credentials from {ZK_AUTH_FILE_ENV}: {reason}") from None
     else:
         return None
-    if ":" not in auth or auth.startswith(":") or not auth.isprintable():
+    user, _, password = auth.partition(":")
+    if not user or not password or not auth.isprintable():  # "user:" would be a user with an empty password
         raise InvalidInput(
             f"ZooKeeper credentials must look like user:password (from {ZK_AUTH_ENV} or {ZK_AUTH_FILE_ENV})"
         )
