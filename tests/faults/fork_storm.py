@@ -1,5 +1,5 @@
 """One process of scenario 12b: threads mint from a :class:`~idgen.Generator` on a local lease with a short window, so
-its renewal thread writes a record (under the state directory's ``flock``) every 25 ms, while the main thread forks
+its renewal thread writes a record (under the state directory's ``flock``) every 100 ms, while the main thread forks
 children that live on, as a pool's idle processes do, and never call idgen.
 
 ``fork_storm.py STATE FORK FORKS AFTER_S``: FORK is ``os.fork`` or ``C fork`` (libc's, no at-fork hooks). Prints
@@ -21,7 +21,7 @@ from idgen import DEFAULT_LAYOUT, Generator
 from idgen.errors import Unavailable
 from idgen.leases.local import LocalLease
 
-WINDOW_MS = 50
+WINDOW_MS = 200
 THREADS = 3
 BATCH = 64
 PAUSE_S = 0.001  # between a thread's batches: about 150,000 IDs/s in all, leaving the machine to the rest

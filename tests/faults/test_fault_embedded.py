@@ -153,7 +153,7 @@ STORM_AFTER_S = 8.0  # beyond the 5 s a claim waits for the directory lock
 def test_a_fork_storm_under_load_never_locks_the_state_directory(
     tmp_path: Path, fork: str, fault_results: list[Report]
 ) -> None:
-    """Scenario 12b: 300 forks while threads mint and the renewal thread writes a record every 25 ms under the state
+    """Scenario 12b: 300 forks while threads mint and the renewal thread writes a record every 100 ms under the state
     directory's ``flock``. The children live on and never call idgen. Before the fix, a child forked while the lock
     was held kept it: the parent's renewals then failed and it refused, and a fresh ``idgen mint`` on the directory
     failed after waiting 5 s, for as long as the child lived."""
@@ -196,5 +196,5 @@ def test_a_fork_storm_under_load_never_locks_the_state_directory(
     report.assert_ok()
     assert fresh.returncode == 0, fresh.stderr
     assert figures["renewal_failures"] == 0 and figures["state"] == "held", figures
-    # During the storm a 50 ms window can run out while forks hold up the renewal thread; after it, never.
+    # During the storm a 200 ms window can run out while forks hold up the renewal thread; after it, never.
     assert figures["refused_after_forks"] == 0, figures
