@@ -238,7 +238,7 @@ def test_a_record_that_is_no_record_file_is_quarantined_at_once(tmp_path: Path, 
     result = idgen("mint", "--worker-ids", "0-1", state_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     assert decode(result.stdout.strip())["worker_id"] == 1
-    reason = "is not a regular file" if kind != "too long" else f"is longer than {MAX_RECORD_BYTES:,} bytes"
+    reason = "not a regular file" if kind != "too long" else f"longer than {MAX_RECORD_BYTES:,} bytes"
     assert f"worker ID 0 quarantined: the record {record} is unreadable: {reason}" in result.stderr
 
 
@@ -249,7 +249,7 @@ def test_a_layout_file_that_is_no_file_is_one_line(tmp_path: Path, kind: str) ->
     result = idgen("mint", state_dir=tmp_path)
     assert (result.returncode, result.stderr) == (
         1,
-        f"idgen: error: the layout file {layout} is unreadable: is not a regular file\n",
+        f"idgen: error: the layout file {layout} is unreadable: not a regular file\n",
     )
 
 

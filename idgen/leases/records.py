@@ -46,7 +46,7 @@ def read_record_file(
     except InsecureState:
         raise
     except InvalidInput as exc:
-        raise UnreadableRecord(f"{what} is unreadable: {str(exc).removeprefix(what + ' ')}") from None
+        raise UnreadableRecord(f"{what} is unreadable: {str(exc).removeprefix(what + ' is ')}") from None
 
 
 def load_record(data: bytes | str, what: str) -> Any:
