@@ -116,7 +116,7 @@ def test_state_is_private_whatever_the_umask(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     modes = _modes(state)
-    assert modes.pop("state") == 0o700
+    assert modes.pop("state") == 0o700 and stat.S_IMODE(state.parent.stat().st_mode) == 0o700  # a parent made too
     assert set(modes) == {"layout.json", "worker-00000.json", "worker-00000.lock"}  # no temp file left over
     assert set(modes.values()) == {0o600}, modes
 

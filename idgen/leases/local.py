@@ -357,11 +357,12 @@ def _make_private_dir(path: Path) -> None:
 
     Another user who could write it could rewrite a fence (and have IDs minted twice); one who could only read it
     could still ``flock`` it and stall every claim and renewal."""
-    try:
-        path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-    except FileExistsError:  # e.g. /dev/null
-        raise InvalidInput(f"state directory {path} is not a directory") from None
+    for missing in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        with contextlib.suppress(FileExistsError):  # made meanwhile: what it is, is checked below
+            missing.mkdir(mode=_DIR_MODE)  # parents too, as XDG asks of $XDG_STATE_HOME
     status = os.stat(path)
+    if not stat.S_ISDIR(status.st_mode):  # e.g. /dev/null
+        raise InvalidInput(f"state directory {path} is not a directory")
     _check_owner(status, f"state directory {path}", path)
     if status.st_mode & 0o022:
         raise InsecureState(
