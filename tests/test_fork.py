@@ -339,11 +339,11 @@ pid = FORKS[sys.argv[2]]()
 if pid == 0:
     if sys.argv[3] == "mints":
         gen.next_id()
-    print("child", gen.worker_id, flush=True)
+    os.write(1, f"child {gen.worker_id}\\n".encode())  # one write each: the two processes share the pipe
     os.close(1), os.close(2)  # done: the test reads on
     time.sleep(600)  # until the test kills it
     os._exit(0)
-print("parent", pid, flush=True)
+os.write(1, f"parent {pid}\\n".encode())
 os._exit(0)  # dies holding worker 0: no close, no LOCK_UN
 """
 

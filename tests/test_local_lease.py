@@ -242,6 +242,15 @@ def test_a_record_that_is_no_record_file_is_quarantined_at_once(tmp_path: Path, 
     assert f"worker ID 0 quarantined: the record {record} is unreadable: {reason}" in result.stderr
 
 
+@pytest.mark.parametrize(("kind", "reason"), [("fifo", "not a regular file"), ("link", "a symbolic link")])
+def test_a_lock_file_that_is_no_file_is_quarantined(tmp_path: Path, kind: str, reason: str) -> None:
+    lock = tmp_path / "worker-00000.lock"
+    _fifo(lock) if kind == "fifo" else lock.symlink_to("/dev/zero")
+    result = idgen("mint", "--worker-ids", "0-1", state_dir=tmp_path)
+    assert result.returncode == 0 and decode(result.stdout.strip())["worker_id"] == 1, result.stderr
+    assert f"worker ID 0 quarantined: the lock file {lock} is unreadable: {reason}" in result.stderr
+
+
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_a_layout_file_that_is_no_file_is_one_line(tmp_path: Path, kind: str) -> None:
     layout = tmp_path / "layout.json"

@@ -33,6 +33,7 @@ stays held by a child that does not own it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -128,7 +129,11 @@ class LocalLease(Lease):
         with self._directory_locked():
             self._check_layout()
             for worker_id in self._candidates(unreadable):
-                fd = _open_lock_file(self._path(worker_id, "lock"))
+                try:
+                    fd = _open_lock_file(self._path(worker_id, "lock"))
+                except UnreadableRecord as exc:
+                    unreadable[worker_id] = str(exc)
+                    continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     record, holders = self._read(worker_id)
@@ -393,10 +398,20 @@ def _check_private_file(path: Path, fd: int, status: os.stat_result) -> None:
 
 
 def _open_lock_file(path: Path) -> int:
-    """A lock file of the state directory, opened (created 0600 if need be) and tracked (:func:`forking.hold`)."""
-    fd = forking.hold(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE))
+    """A lock file of the state directory, opened (created 0600 if need be) and tracked (:func:`forking.hold`). One
+    that is a symbolic link or not a regular file is :class:`UnreadableRecord`: its worker ID is quarantined."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        _check_private_file(path, fd, os.fstat(fd))
+        fd = forking.hold(os.open(path, flags, _FILE_MODE))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UnreadableRecord(f"the lock file {path} is unreadable: a symbolic link") from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise UnreadableRecord(f"the lock file {path} is unreadable: not a regular file")
+        _check_private_file(path, fd, status)
     except BaseException:
         forking.close_held(fd)
         raise
