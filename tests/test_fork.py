@@ -7,6 +7,7 @@ lease on first use; the parent keeps its worker ID and goes on minting.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -355,19 +356,22 @@ def test_a_parent_that_dies_holding_a_claim_leaves_it_to_no_child(tmp_path: Path
     """The parent dies without letting go of worker 0, while its child lives. After ``os.fork`` the at-fork hook
     closed the child's copy of the lock file at once; after a fork made in C, the child's first call into idgen did.
     Before, the child kept worker 0 held for as long as it lived."""
-    parent = subprocess.run(
+    parent = subprocess.Popen(
         [sys.executable, "-c", PARENT_DIES, str(tmp_path), fork, child],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
         cwd=Path(__file__).parent,
+        start_new_session=True,  # the child stays in the process group, killed with it at the end
     )
-    said = dict(line.split() for line in parent.stdout.splitlines())
-    child_pid = int(said["parent"])
     try:
-        assert said["child"] == ("1" if child == "mints" else "None"), parent.stderr
+        out, err = parent.communicate(timeout=60)  # both have written and closed their ends; the parent has exited
+        said = dict(line.split() for line in out.splitlines())
+        assert said["child"] == ("1" if child == "mints" else "None"), err
         with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, range(0, 1), window_ms=WINDOW_MS)) as successor:
             assert successor.worker_id == 0
-        assert os.path.exists(f"/proc/{child_pid}")  # the child still lives
+        assert os.path.exists(f"/proc/{said['parent']}")  # the child still lives
     finally:
-        os.kill(child_pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # none left
+            os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait(10)
