@@ -23,6 +23,13 @@ class InvalidInput(IdgenError, ValueError):
     code = "invalid_input"
 
 
+class InsecureState(InvalidInput):
+    """A state directory, or a file in it, that another user owns or may write: refused, since that user could
+    rewrite a fence or hold a lock. The message names the fix (``chmod``, ``chown``)."""
+
+    code = "insecure_state"
+
+
 class LayoutMismatch(IdgenError):
     """A state directory or ZooKeeper namespace already belongs to another layout."""
 

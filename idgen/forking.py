@@ -10,6 +10,13 @@ forked from it (a page marked ``MADV_WIPEONFORK``, Linux 4.14 and later). Readin
 
 :class:`ProcessLock` is a lock for work a process does once after a fork: a lock copied from the parent may have been
 held by a thread that does not exist in the child, so each process gets one of its own.
+
+Descriptors a process locks through (:func:`hold`) are closed in every process forked from it
+(:func:`close_inherited`): at once by an at-fork hook after ``os.fork``, and, after a fork made in C, by the first
+call into idgen that locks or adopts. A ``flock`` belongs to the open file description, which the child's copy of
+the descriptor shares; closing the copy leaves the parent's lock alone, and the lock then ends when the parent lets
+go of it. The parent always lets go with ``LOCK_UN``, which releases it for every copy, so a child that never calls
+idgen (forked in C) holds a copy of the descriptor, never the lock, unless the parent dies without letting go.
 """
 
 from __future__ import annotations
@@ -61,3 +68,45 @@ class ProcessLock:
 
     def __call__(self) -> threading.Lock:
         return self._locks.setdefault(os.getpid(), threading.Lock())
+
+
+_held: dict[int, tuple[int, int, int]] = {}  # descriptor -> (pid of the process that opened it, st_dev, st_ino)
+_closing_inherited = ProcessLock()
+
+
+def hold(fd: int) -> int:
+    """Track ``fd``, a descriptor this process takes locks through, so that forked children close their copies;
+    returns ``fd``. Call it before locking: a lock taken on a copy the fork made untracked would be shared."""
+    status = os.fstat(fd)
+    _held[fd] = (os.getpid(), status.st_dev, status.st_ino)
+    return fd
+
+
+def close_held(fd: int) -> None:
+    """Stop tracking ``fd`` and close it."""
+    _held.pop(fd, None)
+    os.close(fd)
+
+
+def close_inherited() -> None:
+    """Close this process's copies of the descriptors a parent held (:func:`hold`); cheap when there are none.
+
+    A copy is closed only if it still refers to the file it did at the fork: a child that closed every descriptor
+    (a daemon) may have opened another file under the same number since."""
+    pid = os.getpid()
+    if all(owner == pid for owner, _, _ in list(_held.values())):  # list(): one step, as another thread may add
+        return
+    with _closing_inherited():
+        for fd, (owner, device, inode) in list(_held.items()):
+            if owner == pid or _held.get(fd) != (owner, device, inode):
+                continue
+            del _held[fd]
+            try:
+                status = os.fstat(fd)
+            except OSError:  # closed already
+                continue
+            if (status.st_dev, status.st_ino) == (device, inode):
+                os.close(fd)
+
+
+os.register_at_fork(after_in_child=close_inherited)

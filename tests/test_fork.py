@@ -7,15 +7,20 @@ lease on first use; the parent keeps its worker ID and goes on minting.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from forks import FORKS, Child
 
 from idgen import DEFAULT_LAYOUT, Generator, decode
 from idgen.leases.base import Lease
@@ -243,3 +248,130 @@ def test_a_child_reports_no_worker_id_until_it_leases_its_own(gen: Generator) ->
     worker_before, ready_before, worker_after, ready_after = (int(v) for v in text.split())
     assert (worker_before, ready_before) == (-1, 0)
     assert worker_after not in (-1, parent_worker) and ready_after == 1
+
+
+# -- no lock idgen takes survives in a child that does not own it --------------------------------------------------
+
+
+def _living_child(fork: Callable[[], int], work: Callable[[], None] = lambda: None) -> Child:
+    """A child forked with ``fork`` that runs ``work``, reports, and then lives until killed (:func:`_kill`)."""
+    read, write = os.pipe()
+
+    def live(report: Callable[[Any], None]) -> None:
+        os.close(write)
+        work()
+        report("forked")
+        os.read(read, 1)  # blocks: the test holds the other end open until it kills the child
+
+    child = Child(fork, live)
+    os.close(read)
+    child.next()
+    _living[child.pid] = write
+    return child
+
+
+_living: dict[int, int] = {}  # the pid of a living child -> the pipe end that keeps it waiting
+
+
+def _kill(child: Child) -> None:
+    os.kill(child.pid, signal.SIGKILL)
+    os.close(_living.pop(child.pid))
+    child.close()
+
+
+@pytest.mark.parametrize("fork", FORKS.values(), ids=FORKS.keys())
+def test_a_fork_while_the_directory_is_locked_leaves_the_lock_with_the_parent(
+    tmp_path: Path, fork: Callable[[], int]
+) -> None:
+    """A fork that lands while the renewal thread writes a record (under the directory's ``flock``): before, the
+    child's copy of the descriptor kept the lock after the parent closed its own, and every claim and renewal on the
+    directory failed for as long as the child lived."""
+    lease = LocalLease(DEFAULT_LAYOUT, tmp_path, window_ms=WINDOW_MS)
+    with Generator(lease=lease) as gen:
+        with lease._directory_locked():  # as the renewal thread holds it for each record write
+            child = _living_child(fork)
+        try:
+            with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, window_ms=WINDOW_MS)) as fresh:
+                assert fresh.worker_id not in (None, gen.worker_id)
+            lease._extend(lease.status().reservation, lease.status().reservation.fence_ms + 1)  # a renewal
+        finally:
+            _kill(child)
+
+
+@pytest.mark.parametrize("fork", FORKS.values(), ids=FORKS.keys())
+def test_a_claim_the_parent_lets_go_of_is_free_while_its_children_live(tmp_path: Path, fork: Callable[[], int]) -> None:
+    gen = Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, range(0, 1), window_ms=WINDOW_MS))
+    gen.next_id()
+    child = _living_child(fork)  # never calls idgen, as a pool process that has no IDs to mint yet
+    try:
+        gen.close()
+        with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, range(0, 1), window_ms=WINDOW_MS)) as successor:
+            assert successor.worker_id == 0
+    finally:
+        _kill(child)
+
+
+@pytest.mark.parametrize("fork", FORKS.values(), ids=FORKS.keys())
+def test_a_fork_during_a_switch_leaves_the_other_lease_with_the_parent(tmp_path: Path, fork: Callable[[], int]) -> None:
+    """During a switch the parent holds two claims: the generator's lease and the one it switches to or from. The
+    child adopts the generator (a claim of its own), and must keep neither: before, the other lease's lock stayed
+    open in the child, and the worker ID stayed held after the parent released it, for as long as the child lived."""
+    with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, range(0, 3), window_ms=WINDOW_MS)) as gen:
+        gen.next_id()
+        other = LocalLease(DEFAULT_LAYOUT, tmp_path, range(0, 3), window_ms=WINDOW_MS)
+        assert other.start(lambda _: None) is not None
+        child = _living_child(fork, lambda: gen.next_id() and None)  # adopts: a worker ID of its own
+        try:
+            other.close()
+            with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, range(1, 2), window_ms=WINDOW_MS)) as next_:
+                assert next_.worker_id == 1
+        finally:
+            _kill(child)
+
+
+PARENT_DIES = """
+import os, sys, time
+from idgen import DEFAULT_LAYOUT, Generator
+from idgen.leases.local import LocalLease
+from forks import FORKS
+gen = Generator(lease=LocalLease(DEFAULT_LAYOUT, sys.argv[1], range(0, 2), window_ms=20_000))
+gen.next_id()
+pid = FORKS[sys.argv[2]]()
+if pid == 0:
+    if sys.argv[3] == "mints":
+        gen.next_id()
+    os.write(1, f"child {gen.worker_id}\\n".encode())  # one write each: the two processes share the pipe
+    os.close(1), os.close(2)  # done: the test reads on
+    time.sleep(600)  # until the test kills it
+    os._exit(0)
+os.write(1, f"parent {pid}\\n".encode())
+os._exit(0)  # dies holding worker 0: no close, no LOCK_UN
+"""
+
+
+@pytest.mark.parametrize(
+    ("fork", "child"), [("os.fork", "idle"), ("C fork without at-fork hooks", "mints")], ids=["os.fork", "C fork"]
+)
+def test_a_parent_that_dies_holding_a_claim_leaves_it_to_no_child(tmp_path: Path, fork: str, child: str) -> None:
+    """The parent dies without letting go of worker 0, while its child lives. After ``os.fork`` the at-fork hook
+    closed the child's copy of the lock file at once; after a fork made in C, the child's first call into idgen did.
+    Before, the child kept worker 0 held for as long as it lived."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT_DIES, str(tmp_path), fork, child],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent,
+        start_new_session=True,  # the child stays in the process group, killed with it at the end
+    )
+    try:
+        out, err = parent.communicate(timeout=60)  # both have written and closed their ends; the parent has exited
+        said = dict(line.split() for line in out.splitlines())
+        assert said["child"] == ("1" if child == "mints" else "None"), err
+        with Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path, range(0, 1), window_ms=WINDOW_MS)) as successor:
+            assert successor.worker_id == 0
+        assert os.path.exists(f"/proc/{said['parent']}")  # the child still lives
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # none left
+            os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait(10)

@@ -48,7 +48,9 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A real, tiny filesystem (tmpfs) for the state directory, which the test can fill up."""
     mount = tmp_path / "small"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
         pytest.skip("mounting a tmpfs needs root")
     try:
         yield mount

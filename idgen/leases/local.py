@@ -19,15 +19,28 @@ Each write also touches the lock file, so that cleaners that remove old, untouch
 
 A new holder takes the free worker ID that was never used, else the one whose fence is oldest (``_claim_order``).
 A worker ID whose record cannot be read is never taken (``quarantined``).
+
+The directory is private (DESIGN.md section 4a): 0700, every file in it 0600 whatever the umask; a directory or file
+of another user, or a directory group or others may write, is :class:`~idgen.errors.InsecureState`. Every file is
+read with a bound (:func:`~idgen.files.read_bounded`).
+
+Forks: a ``flock`` belongs to the open file description, which a forked child shares through its copy of the
+descriptor. So every lock is released with ``LOCK_UN`` (never by ``close`` alone), which frees it for every copy, and
+every descriptor locked through is tracked (:func:`idgen.forking.hold`) so that a child closes its copies: no lock
+stays held by a child that does not own it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import functools
 import json
 import os
 import re
+import stat
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,10 +48,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Self
 
-from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable, UnreadableRecord
+from idgen import forking
+from idgen.errors import InsecureState, InvalidInput, LayoutMismatch, LeaseUnavailable, UnreadableRecord
 from idgen.layout import Layout
 from idgen.leases.base import Census, Holder, Lease, LeaseLost, Reservation, remember
-from idgen.leases.records import load_record, parse_worker_record
+from idgen.leases.records import MAX_RECORD_BYTES, load_record, parse_worker_record, read_record_file
 
 DIRECTORY_LOCK_TIMEOUT_S = 5.0
 _RECORD_NAME = re.compile(r"worker-([0-9]{5})\.json", re.ASCII)
@@ -47,21 +61,24 @@ STATE_DIR_ENV = "IDGEN_STATE_DIR"
 
 
 def default_state_dir() -> Path:
-    """``$IDGEN_STATE_DIR``, else ``$XDG_STATE_HOME/idgen``, else ``~/.local/state/idgen``."""
+    """``$IDGEN_STATE_DIR``, else ``$XDG_STATE_HOME/idgen``, else ``~/.local/state/idgen``. A blank
+    ``$IDGEN_STATE_DIR`` is :class:`InvalidInput`: it names no directory, and is refused as ``--state-dir ''`` is."""
     if STATE_DIR_ENV in os.environ:
-        try:
-            return Path(parse_state_dir(os.environ[STATE_DIR_ENV]))
-        except InvalidInput as exc:
-            raise InvalidInput(f"{STATE_DIR_ENV}: {exc}") from None
+        return _state_dir(os.environ[STATE_DIR_ENV], STATE_DIR_ENV)
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "idgen"
 
 
 def parse_state_dir(text: str) -> str:
-    """A state directory's path; an empty one is refused (it would mean the working directory, or the default)."""
-    if not text.strip():
-        raise InvalidInput("an empty path is not a directory (write . for the working directory)")
-    return text
+    """A state directory from an option or a variable; blank is :class:`InvalidInput` (see :func:`_state_dir`)."""
+    return os.fspath(_state_dir(text, "the path"))
+
+
+def _state_dir(given: str | os.PathLike[str], source: str) -> Path:
+    """``given`` as a state directory; blank is :class:`InvalidInput` (``Path("")`` would be the working directory)."""
+    if not os.fspath(given).strip():
+        raise InvalidInput(f"{source} is empty: name a directory, or leave it unset for the default")
+    return Path(given)
 
 
 def parse_worker_ids(text: str) -> range:
@@ -86,7 +103,7 @@ class LocalLease(Lease):
         **options: Any,
     ) -> None:
         super().__init__(layout, **options)
-        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        self.state_dir = _state_dir(state_dir, "the state directory") if state_dir is not None else default_state_dir()
         self.worker_ids = worker_ids if worker_ids is not None else range(layout.worker_capacity)
         if not self.worker_ids or self.worker_ids[0] < 0 or self.worker_ids[-1] >= layout.worker_capacity:
             raise InvalidInput(
@@ -101,29 +118,38 @@ class LocalLease(Lease):
         self._holders: list[Holder] = []
 
     def forked(self) -> Self:
+        # Closes this process's copies of every descriptor the parent locks through, this lease's claim among them (a
+        # fork made in C ran no at-fork hook to do it): the parent's locks stay the parent's.
+        forking.close_inherited()
         clone = super().forked()
-        if self._claim_fd is not None:
-            # The child's copy of the descriptor shares the parent's flock: closing it here leaves the parent's claim
-            # alone, and lets the worker ID go free once the parent lets go of it.
-            os.close(self._claim_fd)
-            self._claim_fd = None  # this copy is the parent's lease: it must never close a descriptor reused since
+        self._claim_fd = None  # this copy is the parent's lease: it must never close a descriptor reused since
         return clone
 
     # -- storage operations -------------------------------------------------------------------------
 
     def _acquire(self, holder: Holder) -> Reservation:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        forking.close_inherited()  # a process forked in C: the parent's locks are not for it to hold
+        _make_private_dir(self.state_dir)
+        unreadable: dict[int, str] = {}  # worker ID -> why: quarantined, logged only if another is claimed
         with self._directory_locked():
             self._check_layout()
-            for worker_id in self._candidates():
-                fd = os.open(self._path(worker_id, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            for worker_id in self._candidates(unreadable):
+                try:
+                    fd = _open_lock_file(self._path(worker_id, "lock"))
+                except UnreadableRecord as exc:
+                    unreadable[worker_id] = str(exc)
+                    continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     record, holders = self._read(worker_id)
-                except (BlockingIOError, UnreadableRecord) as exc:
-                    os.close(fd)
-                    if isinstance(exc, UnreadableRecord):
-                        self._quarantine(worker_id, str(exc))
+                except BlockingIOError:
+                    forking.close_held(fd)
+                    continue
+                except BaseException as exc:
+                    _unlock_and_close(fd)
+                    if not isinstance(exc, UnreadableRecord):
+                        raise
+                    unreadable[worker_id] = str(exc)
                     continue
                 found = record.get("fence_ms")
                 after = self._claim_after(found)
@@ -138,11 +164,14 @@ class LocalLease(Lease):
                     raise LeaseUnavailable(
                         f"cannot write the record of worker {worker_id} in {self.state_dir}: {exc}"
                     ) from None
+                for unread, why in unreadable.items():
+                    self._quarantine(unread, why)  # logged: the process serves without them
                 return Reservation(worker_id, after, fence, me.lease_id, found)
-        quarantined = f" or quarantined ({len(self.quarantined)}: unreadable records)" if self.quarantined else ""
+        # Not logged one by one: the error says why, in one line (the CLI's promise), and /info lists them.
+        self.quarantined = {**self.quarantined, **unreadable}
         raise self._none_claimable(
             f"all {len(self.worker_ids)} worker IDs {_span(self.worker_ids)} in {self.state_dir}"
-            f" are held by running processes{quarantined}"
+            f" are held by running processes{_quarantined(self.quarantined)}"
         )
 
     def _extend(self, reservation: Reservation, fence_ms: int) -> None:
@@ -185,8 +214,10 @@ class LocalLease(Lease):
     @contextlib.contextmanager
     def _directory_locked(self) -> Iterator[None]:
         """Hold the state directory's ``flock``: claims and record writes of every process are serialised by it.
-        Bounded: a holder stopped while it holds the lock costs others a :class:`LeaseUnavailable`, never a hang."""
-        fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
+        Bounded: a holder stopped while it holds the lock costs others a :class:`LeaseUnavailable`, never a hang.
+        Released by ``LOCK_UN``, so a process forked meanwhile, whose copy of the descriptor shares the lock, does
+        not keep it (:func:`_unlock_and_close`)."""
+        fd = forking.hold(os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         try:
             deadline = time.monotonic() + DIRECTORY_LOCK_TIMEOUT_S
             while True:
@@ -202,7 +233,7 @@ class LocalLease(Lease):
                     time.sleep(0.005)
             yield
         finally:
-            os.close(fd)  # drops the flock
+            _unlock_and_close(fd)
 
     def _check_claim(self, reservation: Reservation) -> None:
         """Raise :class:`LeaseLost` (and let the worker ID go) unless the claim is still ours; under the directory
@@ -226,31 +257,36 @@ class LocalLease(Lease):
             raise LeaseLost(f"worker {worker_id} is no longer ours: {why}")
 
     def _drop_claim(self) -> None:
-        if self._claim_fd is not None:
-            os.close(self._claim_fd)  # closing the descriptor drops the flock
-            self._claim_fd = None
+        if self._claim_fd is not None and os.getpid() == self._owner_pid:
+            _unlock_and_close(self._claim_fd)
+        self._claim_fd = None
 
     def _read(self, worker_id: int) -> tuple[dict[str, Any], list[Holder]]:
         """The record of ``worker_id`` (``{}`` and no holders if it has none), or :class:`UnreadableRecord`."""
         path = self._path(worker_id, "json")
         try:
-            data = path.read_bytes()
+            data = read_record_file(path, f"the record {path}", functools.partial(_check_private_file, path))
         except FileNotFoundError:
             return {}, []
         return parse_worker_record(data, f"the record {path}")
 
     def _write(self, worker_id: int, fence_ms: int, lease_id: str) -> None:
-        record = {
-            "worker_id": worker_id,
-            "fence_ms": fence_ms,
-            "lease_id": lease_id,
-            "holders": [h.to_json() for h in self._holders],
-        }
-        _write_durably(self._path(worker_id, "json"), json.dumps(record, indent=1))
+        while True:
+            record = {
+                "worker_id": worker_id,
+                "fence_ms": fence_ms,
+                "lease_id": lease_id,
+                "holders": [h.to_json() for h in self._holders],
+            }
+            text = json.dumps(record, indent=1)
+            if len(text.encode()) <= MAX_RECORD_BYTES or len(self._holders) == 1:
+                break
+            self._holders = self._holders[1:]  # a record too long to be read back would quarantine the worker ID
+        _write_durably(self._path(worker_id, "json"), text)
 
-    def _candidates(self) -> Iterator[int]:
-        """Free-looking worker IDs in the order to try (:meth:`_claim_order`). Unreadable records are quarantined,
-        never tried."""
+    def _candidates(self, unreadable: dict[int, str]) -> Iterator[int]:
+        """Free-looking worker IDs in the order to try (:meth:`_claim_order`). Worker IDs quarantined before, or whose
+        records are unreadable now (added to ``unreadable``), are never tried."""
         fences: dict[int, int] = {}
         for path in self.state_dir.iterdir():
             name = _RECORD_NAME.fullmatch(path.name)
@@ -260,18 +296,24 @@ class LocalLease(Lease):
             try:
                 fences[worker_id] = self._read(worker_id)[0]["fence_ms"]
             except UnreadableRecord as exc:
-                self._quarantine(worker_id, str(exc))
-        yield from self._claim_order([w for w in self.worker_ids if w not in self.quarantined], fences)
+                unreadable[worker_id] = str(exc)
+        free = [w for w in self.worker_ids if w not in self.quarantined and w not in unreadable]
+        yield from self._claim_order(free, fences)
 
     def _check_layout(self) -> None:
         path = self.state_dir / "layout.json"
-        if not path.exists():
+        what = f"the layout file {path}"
+        try:
+            data = read_record_file(path, what, functools.partial(_check_private_file, path))
+        except FileNotFoundError:
             _write_durably(path, json.dumps(self.layout.spec()))
             return
         try:
-            stored = Layout.from_spec(load_record(path.read_bytes(), f"the layout file {path}"))
+            stored = Layout.from_spec(load_record(data, what))
+        except UnreadableRecord:
+            raise
         except (InvalidInput, TypeError, ValueError, KeyError) as exc:
-            raise UnreadableRecord(f"the layout file {path} is unreadable: not a layout spec ({exc})") from None
+            raise UnreadableRecord(f"{what} is unreadable: not a layout spec ({exc})") from None
         if stored != self.layout:
             raise LayoutMismatch(
                 f"state directory {self.state_dir} belongs to layout {stored.summary()}, not {self.layout.summary()}"
@@ -306,10 +348,13 @@ def _locked(path: str) -> bool:
 
 
 def _write_durably(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that after a crash it holds either the old or the new content."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Replace ``path`` with ``text`` so that after a crash it holds either the old or the new content. The file is
+    0600 whatever the umask: a new file (``mkstemp``: exclusive, 0600 at most, then exactly) renamed over the old."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
     try:
-        with open(tmp, "w") as f:
+        with open(fd, "w") as f:
+            os.fchmod(fd, _FILE_MODE)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -317,15 +362,102 @@ def _write_durably(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # e.g. a full disk: leave no partial file behind
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def _identity(stat: os.stat_result) -> tuple[int, int]:
-    return stat.st_dev, stat.st_ino
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
+
+
+def _quarantined(quarantined: dict[int, str]) -> str:
+    """`` or quarantined (...)``, the first reasons in full, for the error that no worker ID is claimable."""
+    if not quarantined:
+        return ""
+    shown = "; ".join(f"worker {w}: {why}" for w, why in sorted(quarantined.items())[:3])
+    more = f"; and {len(quarantined) - 3} more" if len(quarantined) > 3 else ""
+    return f" or quarantined ({len(quarantined)}: {shown}{more})"
+
+
+# -- private state: the directory 0700 and every file in it 0600, whatever the umask ----------------------------
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create ``path`` as this user's private state directory, or make sure it is one: owned by this user and writable
+    by no one else (else :class:`InsecureState`, naming the fix); any other bits are set to exactly 0700.
+
+    Another user who could write it could rewrite a fence (and have IDs minted twice); one who could only read it
+    could still ``flock`` it and stall every claim and renewal."""
+    for missing in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        with contextlib.suppress(FileExistsError):  # made meanwhile: what it is, is checked below
+            missing.mkdir(mode=_DIR_MODE)  # parents too, as XDG asks of $XDG_STATE_HOME
+    status = os.stat(path)
+    if not stat.S_ISDIR(status.st_mode):  # e.g. /dev/null
+        raise InvalidInput(f"state directory {path} is not a directory")
+    _check_owner(status, f"state directory {path}", path)
+    if status.st_mode & 0o022:
+        raise InsecureState(
+            f"state directory {path} is writable by group or others (mode {stat.S_IMODE(status.st_mode):04o}),"
+            f" so another user may have changed its records: check them, then chmod 700 {path}"
+        )
+    if stat.S_IMODE(status.st_mode) != _DIR_MODE:
+        os.chmod(path, _DIR_MODE)
+
+
+def _check_owner(status: os.stat_result, what: str, path: Path) -> None:
+    euid = os.geteuid()
+    if status.st_uid != euid:
+        raise InsecureState(
+            f"{what} belongs to another user (uid {status.st_uid}), not to this one (uid {euid}): use a state"
+            f" directory of this user's, or chown {euid} {path}"
+        )
+
+
+def _check_private_file(path: Path, fd: int, status: os.stat_result) -> None:
+    """The file ``path`` of the state directory, open as ``fd``: this user's (else :class:`InsecureState`), and made
+    0600.
+    Wider bits are tightened, not refused: the directory, checked private, is what keeps others out; the file's own
+    mode only matters to a descriptor or hard link made before, which tightening cuts off."""
+    _check_owner(status, f"the file {path}", path)
+    if stat.S_IMODE(status.st_mode) != _FILE_MODE:
+        os.fchmod(fd, _FILE_MODE)
+
+
+def _open_lock_file(path: Path) -> int:
+    """A lock file of the state directory, opened (created 0600 if need be) and tracked (:func:`forking.hold`). One
+    that is a symbolic link or not a regular file is :class:`UnreadableRecord`: its worker ID is quarantined."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = forking.hold(os.open(path, flags, _FILE_MODE))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UnreadableRecord(f"the lock file {path} is unreadable: a symbolic link") from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise UnreadableRecord(f"the lock file {path} is unreadable: not a regular file")
+        _check_private_file(path, fd, status)
+    except BaseException:
+        forking.close_held(fd)
+        raise
+    return fd
+
+
+def _unlock_and_close(fd: int) -> None:
+    """Drop ``fd``'s ``flock`` with ``LOCK_UN``, then close it. A ``flock`` belongs to the open file description, which
+    a process forked while it was held shares through its copy of ``fd``: closing ``fd`` alone would leave the lock
+    held for as long as that copy is open. ``LOCK_UN`` releases it for every copy."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        forking.close_held(fd)
 
 
 def _span(worker_ids: range) -> str:

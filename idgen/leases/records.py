@@ -8,12 +8,16 @@ have minted up to any time, so the backends quarantine it instead (``Lease.quara
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Callable
 from typing import Any
 
-from idgen.errors import UnreadableRecord
+from idgen.errors import InsecureState, InvalidInput, UnreadableRecord
+from idgen.files import read_bounded
 from idgen.leases.base import Holder
 
+MAX_RECORD_BYTES = 1 << 20  # ZooKeeper's own limit on a node's data (jute.maxbuffer): no record of idgen's is larger
 MAX_UNIX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: every time a record holds is at most this
 WORKER_ID = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 """A worker ID as it appears in a znode or file name: canonical ASCII decimal (``"²"`` passes ``str.isdigit``)."""
@@ -29,6 +33,20 @@ _HOLDER_TYPES: dict[str, tuple[type, ...]] = {
     "ended_ms": (int, type(None)),
     "fence_ms": (int, type(None)),
 }
+
+
+def read_record_file(
+    path: str | os.PathLike[str], what: str, check: Callable[[int, os.stat_result], None] | None = None
+) -> bytes:
+    """The bytes of a record file, read with a bound (:func:`~idgen.files.read_bounded`); one that is not a regular
+    file or is too long to be idgen's is :class:`UnreadableRecord`. ``FileNotFoundError`` and ``InsecureState`` (from
+    ``check``) pass through."""
+    try:
+        return read_bounded(path, MAX_RECORD_BYTES, what, check)
+    except InsecureState:
+        raise
+    except InvalidInput as exc:
+        raise UnreadableRecord(f"{what} is unreadable: {str(exc).removeprefix(what + ' is ')}") from None
 
 
 def load_record(data: bytes | str, what: str) -> Any:

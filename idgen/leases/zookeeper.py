@@ -32,7 +32,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 from kazoo.client import KazooClient, KazooState
@@ -49,6 +48,7 @@ from kazoo.protocol.states import ZnodeStat
 from kazoo.security import ACL, Permissions, make_digest_acl
 
 from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable, UnreadableRecord
+from idgen.files import read_bounded
 from idgen.layout import Layout
 from idgen.leases.base import Census, Holder, Lease, LeaseLost, Reservation, remember
 from idgen.leases.records import WORKER_ID, load_record, parse_fence, parse_history, parse_holder
@@ -58,6 +58,7 @@ log = logging.getLogger("idgen.lease")
 ZK_AUTH_ENV = "IDGEN_ZK_AUTH"
 ZK_AUTH_FILE_ENV = "IDGEN_ZK_AUTH_FILE"
 ZK_INSECURE_ENV = "IDGEN_ZK_INSECURE_NO_AUTH"
+MAX_CREDENTIALS_BYTES = 4096  # user:password, with room to spare
 ZK_INSECURE_FLAG = "--zk-insecure-no-auth"
 DEFAULT_NAMESPACE = "/idgen"
 DEFAULT_SESSION_TIMEOUT_S = 10.0
@@ -72,8 +73,10 @@ def credentials_from_env() -> str | None:
     if os.environ.get(ZK_AUTH_ENV):
         auth = os.environ[ZK_AUTH_ENV]
     elif os.environ.get(ZK_AUTH_FILE_ENV):
+        path = os.environ[ZK_AUTH_FILE_ENV]
         try:
-            auth = Path(os.environ[ZK_AUTH_FILE_ENV]).read_bytes().decode("utf-8").strip()
+            what = f"the ZooKeeper credentials file {path} ({ZK_AUTH_FILE_ENV})"
+            auth = read_bounded(path, MAX_CREDENTIALS_BYTES, what).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
             raise InvalidInput(f"cannot read ZooKeeper credentials from {ZK_AUTH_FILE_ENV}: {reason}") from None

@@ -7,12 +7,19 @@ fence the first left. Before the fix nothing checked the lock file again, and bo
 
 Scenario 10d: one worker ID's record is garbage. It may belong to a worker ID that minted anything, so it is never
 claimed (quarantined, and shown in ``/info`` and ``/metrics``); the server serves with another. With only that worker
-ID in range the server refuses to start, with log lines, never a traceback.
+ID in range the server refuses to start, with one log line that says why, never a traceback.
+
+Scenario 12a: another local user attacks the state of a running server (see the test).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -145,5 +152,84 @@ def test_a_garbage_record_is_never_claimed_and_is_reported(
     assert {DEFAULT_LAYOUT.split(i)["worker"] for i in ids_of(records, "other", since)} == {4}
     assert code == 1 and alone.port == 0, "with only a quarantined worker ID the server must not start"
     assert all("not_json" not in e for e in alone.events), f"not a JSON log line (a traceback?):\n{alone.log}"
-    assert [e.get("event") for e in failed] == ["worker_id_quarantined", "start_failed"]
-    assert "quarantined" in failed[-1]["message"]
+    assert [e.get("event") for e in failed] == ["start_failed"]  # one line, with the reason in it
+    assert "quarantined (1: worker 3: the record" in failed[-1]["message"]
+
+
+ATTACKER = """
+import fcntl, json, os, sys, time
+state, hold_s = sys.argv[1], float(sys.argv[2])
+def attempt(name, action):
+    try:
+        action()
+        print(json.dumps([name, "done"]), flush=True)
+    except OSError as exc:
+        print(json.dumps([name, exc.strerror]), flush=True)
+def overwrite():
+    with open(os.path.join(state, "worker-00000.json"), "w") as f:
+        f.write('{"worker_id": 0, "fence_ms": 0, "lease_id": "attacker", "holders": []}')
+def lock():
+    fcntl.flock(os.open(state, os.O_RDONLY), fcntl.LOCK_EX)
+attempt("overwrite worker-00000.json", overwrite)
+attempt("delete layout.json", lambda: os.unlink(os.path.join(state, "layout.json")))
+attempt("flock the directory", lock)
+time.sleep(hold_s)
+"""
+LOCK_HOLD_S = 8.0
+
+
+def test_another_local_user_can_neither_change_nor_lock_the_state_of_a_running_server(
+    spawn_server: Callable[..., IdgenServer],
+    start_load: Callable[..., LoadClient],
+    fault_results: list[Report],
+) -> None:
+    """Scenario 12a: a server runs under umask 000 in a directory other users can traverse (as a home directory). A
+    real process of the unprivileged user ``nobody`` overwrites worker 0's record (fence 0, another lease ID),
+    deletes ``layout.json`` and holds the state directory's ``flock`` for 8 s; meanwhile a fresh ``idgen mint`` runs
+    on the directory. Before the fix the state was 0777/0666 and every step worked: the server lost its claim and
+    refused, and the mint failed. After, the directory is 0700 and every step is refused."""
+    parent = Path(tempfile.mkdtemp(prefix="idgen-shared-"))
+    try:
+        parent.chmod(0o755)
+        state = parent / "state"
+        umask = os.umask(0)
+        try:
+            server = spawn_server("server", "--state-dir", str(state), "--worker-ids", "0-0")
+            target = server.wait_ready()
+        finally:
+            os.umask(umask)
+        load = start_load(target, threads=2, rate=300)
+        load.wait_ok("server", 300)
+        since = time.monotonic()
+        attacker = subprocess.Popen(
+            ["/usr/bin/python3", "-c", ATTACKER, str(state), str(LOCK_HOLD_S)], user="nobody", stdout=subprocess.PIPE
+        )
+        assert attacker.stdout is not None
+        steps = [json.loads(attacker.stdout.readline()) for _ in range(3)]
+        began = time.monotonic()
+        mint = subprocess.run(
+            [sys.executable, "-m", "idgen.cli", "mint", "--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        mint_s = time.monotonic() - began
+        attacker.wait(LOCK_HOLD_S + 30)
+        attacker.stdout.close()
+        load.wait_ok("server", 300)
+        records = load.stop()
+    finally:
+        shutil.rmtree(parent)
+    report = check(records, "12a. another local user overwrites a record, deletes layout.json, flocks the directory")
+    refusals = [r.done - since for r in records if r.server == "server" and not r.ok and r.done >= since]
+    report.notes.append(
+        f"attacker (user nobody): {'; '.join(f'{step}: {result}' for step, result in steps)}; the server refused"
+        f" {len(refusals)} requests"
+        + (f" from {min(refusals):.2f} to {max(refusals):.2f} s" if refusals else "")
+        + f"; a fresh `idgen mint` exited {mint.returncode} in {mint_s:.1f} s {mint.stderr.strip()!r}"
+    )
+    report.notes[-1] = report.notes[-1].replace(str(state), "$STATE")
+    fault_results.append(report)
+    report.assert_ok()
+    assert [result for _, result in steps] == ["Permission denied"] * 3
+    assert mint.returncode == 0, mint.stderr
