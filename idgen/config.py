@@ -63,6 +63,13 @@ def flag(text: str) -> bool:
     raise InvalidInput(f"{text!r} is not true or false")
 
 
+def namespace(text: str) -> str:
+    """A ZooKeeper namespace path, checked where every namespace is (:func:`idgen.leases.zookeeper.namespace_path`)."""
+    from idgen.leases.zookeeper import namespace_path
+
+    return namespace_path(text.strip())
+
+
 def urls(text: str) -> tuple[str, ...]:
     """Comma-separated server URLs, checked as :class:`~idgen.client.Client` checks them."""
     from idgen.client import check_urls
@@ -74,7 +81,7 @@ def urls(text: str) -> tuple[str, ...]:
 OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "layout": (get_layout, None),
     "zk": (str.strip, None),
-    "namespace": (str.strip, None),
+    "namespace": (namespace, None),
     "zk_session_timeout": (positive_float, None),
     "state_dir": (str, None),
     "worker_ids": (parse_worker_ids, None),

@@ -6,6 +6,8 @@
 - With credentials, a namespace whose nodes anyone may write is refused, and ``idgen zk-secure`` fixes it.
 - A worker ID whose fence or history cannot be read is never claimed, and is reported; hostile znode names crash
   nothing.
+- A namespace is an absolute, canonical path of one or more segments: anything else is refused before ZooKeeper is
+  touched, in one line (exit 2) by every command and as ``InvalidInput`` in Python.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ from kazoo.exceptions import NoAuthError
 from serverproc import ServerProcess as Server
 from zkharness import TEST_CREDENTIALS
 
+import idgen
 from idgen import DEFAULT_LAYOUT, Generator, Layout
 from idgen.errors import InvalidInput, LeaseUnavailable
-from idgen.leases.zookeeper import ZkLease, connected
+from idgen.leases.zookeeper import Namespace, ZkLease, connected
 
 NO_CREDENTIALS = {"IDGEN_ZK_AUTH": "", "IDGEN_ZK_AUTH_FILE": ""}
 OPT_OUT_ENV = {**NO_CREDENTIALS, "IDGEN_ZK_INSECURE_NO_AUTH": "1"}
 
 
-def idgen(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def idgen_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "idgen.cli", *args],
         capture_output=True,
@@ -83,7 +86,7 @@ def metric(text: str, name: str) -> float:
 def test_serve_and_every_zookeeper_command_refuse_to_start_without_credentials(
     zk_hosts: str, zk_namespace: str, command: list[str], env: dict[str, str]
 ) -> None:
-    result = idgen(*command, "--zk", zk_hosts, "--namespace", zk_namespace, env=env)
+    result = idgen_cli(*command, "--zk", zk_hosts, "--namespace", zk_namespace, env=env)
     assert result.returncode == 2
     assert "IDGEN_ZK_AUTH" in one_line(result)
     with connected(zk_hosts, TEST_CREDENTIALS) as client:
@@ -139,7 +142,7 @@ def test_a_world_writable_namespace_is_refused_and_zk_secure_fixes_it(
         gen.next_id()  # a namespace made by an idgen run without credentials: every node is world-writable
     zk = ("--zk", zk_hosts, "--namespace", zk_namespace)
 
-    refused = idgen("mint", *zk)
+    refused = idgen_cli("mint", *zk)
     assert refused.returncode == 1
     line = one_line(refused)
     assert "world-writable" in line and f"idgen zk-secure --namespace {zk_namespace}" in line
@@ -147,12 +150,12 @@ def test_a_world_writable_namespace_is_refused_and_zk_secure_fixes_it(
     assert server.proc.wait(30) == 1
     assert "world-writable" in server.event("start_failed")["message"]
 
-    fixed = idgen("zk-secure", *zk)
+    fixed = idgen_cli("zk-secure", *zk)
     assert fixed.returncode == 0, fixed.stderr
     assert re.fullmatch(rf"secured \d+ nodes of {zk_namespace}\n", fixed.stdout)
-    again = idgen("zk-secure", *zk)
+    again = idgen_cli("zk-secure", *zk)
     assert again.stdout == f"secured 0 nodes of {zk_namespace}\n"
-    minted = idgen("mint", *zk)
+    minted = idgen_cli("mint", *zk)
     assert minted.returncode == 0, minted.stderr
     for path in (f"{zk_namespace}/fences/0", f"{zk_namespace}/history/0", f"{zk_namespace}/layout"):
         with pytest.raises(NoAuthError):
@@ -200,14 +203,14 @@ def test_unreadable_records_quarantine_their_worker_ids_and_the_others_still_wor
         assert sorted(logged) == [0, 1, 2, 3, 4, 5]
         assert server.get("/id").status == 200
 
-        listed = idgen("leases", *zk, "--json")
+        listed = idgen_cli("leases", *zk, "--json")
         assert listed.returncode == 0, listed.stderr
         assert sorted(json.loads(listed.stdout)["quarantined"], key=int) == ["0", "1", "2", "3", "4", "5"]
-        text = idgen("leases", *zk)
+        text = idgen_cli("leases", *zk)
         assert text.returncode == 0, text.stderr
         assert len(re.findall(r"^ +[0-5] +QUARANTINED: ", text.stdout, re.MULTILINE)) == 6, text.stdout
 
-    traced = idgen("decode", str(DEFAULT_LAYOUT.compose(1, 4, 0)), *zk)
+    traced = idgen_cli("decode", str(DEFAULT_LAYOUT.compose(1, 4, 0)), *zk)
     assert traced.returncode == 1
     assert "history of worker 4" in one_line(traced) and "unreadable" in traced.stderr
 
@@ -238,7 +241,7 @@ def test_a_garbage_layout_node_is_one_line(zk_hosts: str, zk_namespace: str) -> 
     with connected(zk_hosts, TEST_CREDENTIALS) as client:
         client.create(f"{zk_namespace}/layout", b"\x00garbage", makepath=True)
     for command in (["leases"], ["decode", "1"], ["mint"]):
-        result = idgen(*command, "--zk", zk_hosts, "--namespace", zk_namespace)
+        result = idgen_cli(*command, "--zk", zk_hosts, "--namespace", zk_namespace)
         assert result.returncode == 1
         assert "layout" in one_line(result) and "unreadable" in result.stderr
 
@@ -247,6 +250,86 @@ def test_a_garbage_layout_node_is_one_line(zk_hosts: str, zk_namespace: str) -> 
 def test_a_bad_credentials_file_is_one_line(tmp_path: Path, zk_hosts: str, content: bytes) -> None:
     path = tmp_path / "auth"
     path.write_bytes(content)
-    result = idgen("leases", "--zk", zk_hosts, env={"IDGEN_ZK_AUTH": "", "IDGEN_ZK_AUTH_FILE": str(path)})
+    result = idgen_cli("leases", "--zk", zk_hosts, env={"IDGEN_ZK_AUTH": "", "IDGEN_ZK_AUTH_FILE": str(path)})
     assert result.returncode == 2
     assert "IDGEN_ZK_AUTH_FILE" in one_line(result)
+
+
+# -- namespaces ------------------------------------------------------------------------------------------------------
+
+BAD_NAMESPACES = {
+    "/": "the root",
+    "": "absolute",
+    "idgen": "absolute",
+    "/a/./b": ". or ..",
+    "/a/../b": ". or ..",
+    "/..": ". or ..",
+    "/a//b": "empty segment",
+    "/a/": "empty segment",
+    "/a\x00b": "character ZooKeeper refuses",
+    "/a\x1fb": "character ZooKeeper refuses",
+    "/a\x7fb": "character ZooKeeper refuses",
+    "/a\ue000b": "character ZooKeeper refuses",  # private use
+    "/a\U0001f600": "character ZooKeeper refuses",  # a surrogate pair in ZooKeeper's Java strings
+    "/zookeeper": "reserves",
+    "/zookeeper/quota/x": "reserves",
+    "/" + "a" * 1001: "longer than",
+}
+GOOD_NAMESPACES = ("/idgen", "/ids/orders", "/a.b/..c/d.", "/\u00fcber id")
+
+
+@pytest.mark.parametrize("namespace", BAD_NAMESPACES, ids=lambda n: repr(n)[:24])
+def test_a_bad_namespace_is_invalid_input_in_python(zk_hosts: str, namespace: str) -> None:
+    with pytest.raises(InvalidInput, match=BAD_NAMESPACES[namespace]) as raised:
+        ZkLease(DEFAULT_LAYOUT, zk_hosts, namespace, auth=TEST_CREDENTIALS)
+    assert "\n" not in str(raised.value)
+    with connected(zk_hosts, TEST_CREDENTIALS) as client, pytest.raises(InvalidInput, match=BAD_NAMESPACES[namespace]):
+        Namespace(client, namespace)
+
+
+@pytest.mark.parametrize("namespace", GOOD_NAMESPACES)
+def test_a_canonical_namespace_of_any_depth_is_used_as_is(zk_hosts: str, zk_namespace: str, namespace: str) -> None:
+    path = zk_namespace + namespace
+    with Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, zk_hosts, path, auth=TEST_CREDENTIALS)) as gen:
+        gen.next_id()
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        assert client.exists(f"{path}/fences/0")
+
+
+COMMANDS = (
+    ["serve", "--host", "127.0.0.1", "--port", "0"],
+    ["mint"],
+    ["decode", "1"],
+    ["leases"],
+    ["zk-secure"],
+)
+
+
+@pytest.mark.parametrize("namespace", ["/", "/a/../b", "/a//b", "idgen"], ids=repr)
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+def test_every_command_refuses_a_bad_namespace_in_one_line_before_touching_zookeeper(
+    zk_hosts: str, command: list[str], namespace: str
+) -> None:
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        root_acl = client.get_acls("/")[0]
+    from_option = idgen_cli(*command, "--zk", zk_hosts, "--namespace", namespace)
+    from_variable = idgen_cli(*command, "--zk", zk_hosts, env={"IDGEN_NAMESPACE": namespace})
+    for result in (from_option, from_variable):
+        assert result.returncode == 2, result.stderr
+        assert "namespace" in one_line(result)
+    assert "IDGEN_NAMESPACE" in from_variable.stderr
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        assert client.get_acls("/")[0] == root_acl  # zk-secure --namespace / re-ACLed the root before
+
+
+def test_the_process_default_refuses_a_bad_namespace(monkeypatch: pytest.MonkeyPatch, zk_hosts: str) -> None:
+    monkeypatch.setenv("IDGEN_ZK", zk_hosts)
+    monkeypatch.delenv("IDGEN_STATE_DIR", raising=False)
+    idgen.reset_default()
+    try:
+        for namespace in ("/a/./b", "/", "/a//b"):
+            monkeypatch.setenv("IDGEN_NAMESPACE", namespace)
+            with pytest.raises(InvalidInput, match="IDGEN_NAMESPACE"):
+                idgen.next_id()
+    finally:
+        idgen.reset_default()

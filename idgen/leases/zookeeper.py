@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -60,11 +61,45 @@ ZK_AUTH_FILE_ENV = "IDGEN_ZK_AUTH_FILE"
 ZK_INSECURE_ENV = "IDGEN_ZK_INSECURE_NO_AUTH"
 ZK_INSECURE_FLAG = "--zk-insecure-no-auth"
 DEFAULT_NAMESPACE = "/idgen"
+NAMESPACE_MAX_CHARS = 1000
+# What ZooKeeper refuses in a path (its PathUtils.validatePath), per UTF-16 unit of its Java strings: NUL, the C0 and
+# C1 controls, DEL, U+D800-U+F8FF and U+FFF0-U+FFFF; so also every character beyond U+FFFF (a surrogate pair).
+_REFUSED_IN_PATHS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\uf8ff\ufff0-\U0010ffff]")
 DEFAULT_SESSION_TIMEOUT_S = 10.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_MAX_SKEW_MS = 1_000
 T = TypeVar("T")
 _RETRY = {"max_tries": -1, "delay": 0.1, "backoff": 1.5, "max_delay": 0.5}  # kazoo's default backoff grows to an hour
+
+
+def namespace_path(text: str) -> str:
+    """``text`` if it names a namespace: an absolute, canonical ZooKeeper path of one or more segments (no empty,
+    ``.`` or ``..`` segment, no trailing ``/``, no character ZooKeeper refuses, not under the reserved ``/zookeeper``,
+    at most ``NAMESPACE_MAX_CHARS``); else :class:`InvalidInput`. Every way in (options, variables, the Python API)
+    goes through here before ZooKeeper is touched."""
+    problem = _namespace_problem(text)
+    if problem:
+        raise InvalidInput(f"ZooKeeper namespace {text[:80]!r} {problem}: give an absolute path like /idgen or /ids/a")
+    return text
+
+
+def _namespace_problem(text: str) -> str | None:
+    if not text.startswith("/"):
+        return "is not an absolute path"
+    if len(text) > NAMESPACE_MAX_CHARS:
+        return f"is longer than {NAMESPACE_MAX_CHARS} characters"
+    if text == "/":
+        return "is the root, which is not idgen's to take"
+    segments = text[1:].split("/")
+    if "" in segments:
+        return "has an empty segment (// or a trailing /)"
+    if "." in segments or ".." in segments:
+        return "has a . or .. segment"
+    if _REFUSED_IN_PATHS.search(text):
+        return "has a character ZooKeeper refuses in paths"
+    if segments[0] == "zookeeper":
+        return "is under /zookeeper, which ZooKeeper reserves"
+    return None
 
 
 def credentials_from_env() -> str | None:
@@ -171,10 +206,8 @@ class Namespace:
     def __init__(
         self, client: KazooClient, path: str = DEFAULT_NAMESPACE, *, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     ) -> None:
-        if not path.startswith("/") or (path.endswith("/") and path != "/"):
-            raise InvalidInput(f"ZooKeeper namespace {path!r} must be an absolute path like /idgen")
         self.client = client
-        self.path = path.rstrip("/") or ""
+        self.path = namespace_path(path)
         self.timeout_s = timeout_s
         self._layout: Layout | None = None
 
@@ -191,7 +224,7 @@ class Namespace:
             return pending.get(timeout=self.timeout_s)
         except KazooTimeoutError:
             raise LeaseUnavailable(
-                f"ZooKeeper did not answer {operation} in {self.path or '/'} within {self.timeout_s:g} s"
+                f"ZooKeeper did not answer {operation} in {self.path} within {self.timeout_s:g} s"
             ) from None
 
     def bind_layout(self, layout: Layout) -> None:
@@ -226,7 +259,7 @@ class Namespace:
     def world_writable(self) -> list[str]:
         """The namespace's nodes (itself, layout, clock, leases, fences, history and their children) whose ACL lets
         anyone (``world:anyone``) write, create, delete or change the ACL."""
-        paths = [self.path or "/", *(self.node(k) for k in ("layout", "clock", "leases", "fences", "history"))]
+        paths = [self.path, *(self.node(k) for k in ("layout", "clock", "leases", "fences", "history"))]
         for kind in ("leases", "fences", "history"):
             paths += [self.node(kind, child) for child in self._children(kind, strict=False)]
         pending = [(path, self.client.get_acls_async(path)) for path in paths]
@@ -374,7 +407,7 @@ class ZkLease(Lease):
             )
         super().__init__(layout, **options)
         self.hosts = hosts
-        self.namespace_path = namespace
+        self.namespace_path = namespace_path(namespace)
         self.auth = auth
         self.insecure = auth is None
         self.session_timeout_s = session_timeout_s
