@@ -14,8 +14,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from kazoo.exceptions import KazooException
-
 from idgen import config
 from idgen.config import MAX_COUNT_LIMIT, OPTIONS, Settings
 from idgen.encoding import FORMS, format_id, parse_id
@@ -31,7 +29,6 @@ from idgen.leases.zookeeper import (
     ZK_INSECURE_ENV,
     ZK_INSECURE_FLAG,
     credentials_from_env,
-    explain,
 )
 
 EXIT_UNAVAILABLE = 1
@@ -328,8 +325,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_USAGE, exc)
     except IdgenError as exc:
         return _fail(EXIT_UNAVAILABLE, exc)
-    except KazooException as exc:  # decode/leases read ZooKeeper directly
-        return _fail(EXIT_UNAVAILABLE, explain(exc))
     except OSError as exc:  # an unwritable state directory, a full disk: say so in one line
         if isinstance(exc, BrokenPipeError):  # `idgen mint -n 1000000 | head`
             sys.stderr.close()

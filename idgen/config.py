@@ -63,6 +63,13 @@ def flag(text: str) -> bool:
     raise InvalidInput(f"{text!r} is not true or false")
 
 
+def zk_hosts(text: str) -> str:
+    """ZooKeeper hosts, checked as the lease checks them (:func:`idgen.leases.zookeeper.zk_hosts`)."""
+    from idgen.leases import zookeeper
+
+    return zookeeper.zk_hosts(text.strip())
+
+
 def namespace(text: str) -> str:
     """A ZooKeeper namespace path, checked where every namespace is (:func:`idgen.leases.zookeeper.namespace_path`)."""
     from idgen.leases.zookeeper import namespace_path
@@ -80,7 +87,7 @@ def urls(text: str) -> tuple[str, ...]:
 # Each option's converter (text -> value; InvalidInput if bad) and its value when neither option nor variable is set.
 OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "layout": (get_layout, None),
-    "zk": (str.strip, None),
+    "zk": (zk_hosts, None),
     "namespace": (namespace, None),
     "zk_session_timeout": (positive_float, None),
     "state_dir": (str, None),

@@ -14,15 +14,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from kazoo import exceptions as kazoo_errors
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoAuthError
+from kazoo.handlers.threading import KazooTimeoutError
 from polling import poll
+from serverproc import ServerProcess
 from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
+from zkinject import Injector
 
+import idgen
 from idgen import DEFAULT_LAYOUT, PRESETS, Generator, Layout, decode, get_layout
 from idgen.clock import ManualClock
-from idgen.errors import ClockBehind, LayoutMismatch, LeaseUnavailable, NoLease, Unavailable
-from idgen.leases.base import LeaseState
+from idgen.errors import ClockBehind, IdgenError, InvalidInput, LayoutMismatch, LeaseUnavailable, NoLease, Unavailable
+from idgen.leases import zookeeper
+from idgen.leases.base import LeaseLost, LeaseState
 from idgen.leases.zookeeper import Namespace, ZkLease, connected
 
 EPOCH = DEFAULT_LAYOUT.epoch_ms
@@ -395,6 +401,17 @@ def test_an_unreachable_zookeeper_is_a_clear_error_within_a_bounded_time() -> No
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize("hosts", ["a:b", ",", "127.0.0.1:99999", "[::1", "127.0.0.1:2181/chroot"])
+def test_bad_zookeeper_hosts_are_one_line_in_the_cli_and_invalid_input_in_python(hosts: str) -> None:
+    """kazoo's own parser raised a ValueError traceback for these."""
+    result = subprocess.run(
+        [sys.executable, "-m", "idgen.cli", "mint", "--zk", hosts], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "ZooKeeper hosts" in result.stderr
+    with pytest.raises(InvalidInput, match="ZooKeeper hosts"):
+        ZkLease(DEFAULT_LAYOUT, hosts, auth=TEST_CREDENTIALS)
+
+
 def test_without_layout_the_cli_uses_the_namespaces_layout(
     zk_hosts: str, zk_namespace: str, generators: list[Generator]
 ) -> None:
@@ -410,12 +427,24 @@ def test_without_layout_the_cli_uses_the_namespaces_layout(
     assert len({m["worker"] for m in minted}) == 1 and minted[0]["timestamp_ms"] <= time.time() * 1000
 
 
-def test_wrong_credentials_are_one_clear_error_in_the_lease_and_the_cli(
-    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+def test_wrong_credentials_are_one_clear_error_in_the_lease_the_cli_the_server_and_the_process_default(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, zk_namespace: str, generators: list[Generator]
 ) -> None:
     zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace)
-    with pytest.raises(LeaseUnavailable, match=r"ZooKeeper refused access \(wrong or missing credentials"):
+    with pytest.raises(LeaseUnavailable, match=r"ZooKeeper refused access to .*: wrong or missing credentials"):
         Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, zk_hosts, zk_namespace, **{**FAST, "auth": "idgen:wrong"}))
+    wrong = {"IDGEN_ZK": zk_hosts, "IDGEN_NAMESPACE": zk_namespace, "IDGEN_ZK_AUTH": "idgen:wrong"}
+    for name, value in wrong.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("IDGEN_STATE_DIR", raising=False)
+    idgen.reset_default()
+    with pytest.raises(Unavailable, match="ZooKeeper refused access"):  # not kazoo's NoAuthError
+        idgen.next_id()
+    server = ServerProcess("--host", "127.0.0.1", "--port", "0", env=wrong)
+    assert server.proc.wait(30) == 1
+    failed = server.event("start_failed")
+    assert failed["message"].startswith("ZooKeeper refused access") and "Traceback" not in json.dumps(failed)
+    assert not [e for e in server.events if "not_json" in e]
     for command in (["leases"], ["decode", "1"], ["mint"]):
         result = subprocess.run(
             [sys.executable, "-m", "idgen.cli", *command, "--zk", zk_hosts, "--namespace", zk_namespace],
@@ -526,3 +555,159 @@ def test_after_a_lost_lease_its_claim_is_dropped_while_the_session_lives(
         new = poll(lambda: (r := gen.lease.status().reservation) and r.lease_id != old.lease_id and r, what="a lease")
         assert new.worker_id != old.worker_id
         assert client.exists(f"{zk_namespace}/leases/{old.worker_id}") is None  # not held until the process exits
+
+
+# -- no kazoo exception escapes ----------------------------------------------------------------------------------------
+
+# Every kind of failure kazoo reports, by how idgen could tell them apart: the server's answers (the generic one, and
+# each idgen handles by name), the client's own (connection closed or lost, session expired, stopped) and time-outs.
+KAZOO_ERRORS: tuple[type[BaseException], ...] = (
+    kazoo_errors.NoAuthError,
+    kazoo_errors.AuthFailedError,
+    kazoo_errors.ConnectionLoss,
+    kazoo_errors.ConnectionClosedError,
+    kazoo_errors.SessionExpiredError,
+    kazoo_errors.SessionMovedError,
+    kazoo_errors.OperationTimeoutError,
+    kazoo_errors.NoNodeError,
+    kazoo_errors.NodeExistsError,
+    kazoo_errors.BadVersionError,
+    kazoo_errors.NotEmptyError,
+    kazoo_errors.InvalidACLError,
+    kazoo_errors.RolledBackError,
+    kazoo_errors.ZookeeperError,
+    kazoo_errors.ZookeeperStoppedError,
+    kazoo_errors.KazooException,
+    KazooTimeoutError,
+)
+
+
+def _faulty_lease(monkeypatch: pytest.MonkeyPatch, injector: Injector, hosts: str, namespace: str) -> ZkLease:
+    monkeypatch.setattr(zookeeper, "KazooClient", injector.client_class())
+    return ZkLease(TINY, hosts, namespace, **{**FAST, "connect_timeout_s": 2.0})
+
+
+def _lifecycle(lease: ZkLease) -> list[BaseException]:
+    """What each ZooKeeper operation of the lease raised, in order: claim (the clock check, binding the layout, the
+    ACL checks, the claim), extend, trace, release, close."""
+    raised: list[BaseException] = []
+    try:
+        reservation = lease._acquire_checked()
+    except Exception as exc:
+        raised.append(exc)
+    else:
+        for step in (
+            lambda: lease._extend(reservation, reservation.fence_ms + 1),
+            lambda: lease.trace(reservation.worker_id, reservation.after_ms + 1),
+            lambda: lease._release(reservation, reservation.after_ms),
+        ):
+            try:
+                step()
+            except Exception as exc:
+                raised.append(exc)
+    try:
+        lease.close()
+    except Exception as exc:
+        raised.append(exc)
+    return raised
+
+
+def _namespace_reads(namespace: Namespace) -> list[BaseException]:
+    """What each read of ``idgen leases``, ``decode`` and ``zk-secure`` raised."""
+    raised: list[BaseException] = []
+    for read in (namespace.layout, namespace.describe, lambda: namespace.fence(0), lambda: namespace.holders(0)):
+        try:
+            read()
+        except Exception as exc:
+            raised.append(exc)
+    try:
+        namespace.secure(TEST_CREDENTIALS)
+    except Exception as exc:
+        raised.append(exc)
+    return raised
+
+
+def _not_idgen(raised: list[BaseException]) -> list[str]:
+    return [
+        f"{type(e).__module__}.{type(e).__name__}: {e}" for e in raised if not isinstance(e, IdgenError | LeaseLost)
+    ]
+
+
+@pytest.fixture
+def used_namespace(zk_hosts: str, zk_namespace: str) -> str:
+    """A namespace whose 4 worker IDs have all been held and released, so every claim makes the same requests."""
+    for _ in range(4):
+        with Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST)) as gen:
+            gen.next_id()
+    return zk_namespace
+
+
+def test_no_kazoo_exception_escapes_the_lease_whichever_request_fails_and_however(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, used_namespace: str
+) -> None:
+    """Every request of a lease's life (claim, extend, trace, release, close) is made to fail in turn, with each kind
+    of kazoo error, before reaching the server and, for writes, after the server did the work: what comes out is an
+    idgen error (or LeaseLost, which the lease turns into LOST), never kazoo's."""
+    recorder = Injector()
+    assert _lifecycle(_faulty_lease(monkeypatch, recorder, zk_hosts, used_namespace)) == []
+    requests = recorder.calls
+    assert {method for method, _ in requests} >= {"create", "get", "set", "get_children", "get_acls", "commit"}
+    escaped: dict[str, list[str]] = {}
+    for index in range(1, len(requests) + 1):
+        method, path = requests[index - 1]
+        writes = method in ("create", "set", "delete", "commit", "set_acls", "ensure_path")
+        for error in KAZOO_ERRORS:
+            for after in (False, True) if writes else (False,):
+                injector = Injector()
+                injector.fail(error, nth=index, after=after)
+                leaked = _not_idgen(_lifecycle(_faulty_lease(monkeypatch, injector, zk_hosts, used_namespace)))
+                if leaked:
+                    escaped[f"#{index} {method} {path} {error.__name__}{' after' if after else ''}"] = leaked
+    assert escaped == {}
+
+
+def test_no_kazoo_exception_escapes_the_namespace_reads_of_the_cli(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, used_namespace: str
+) -> None:
+    recorder = Injector()
+    monkeypatch.setattr(zookeeper, "KazooClient", recorder.client_class())
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        assert _namespace_reads(Namespace(client, used_namespace)) == []
+    escaped: dict[str, list[str]] = {}
+    for index in range(1, len(recorder.calls) + 1):
+        for error in KAZOO_ERRORS:
+            injector = Injector()
+            injector.fail(error, nth=index)
+            monkeypatch.setattr(zookeeper, "KazooClient", injector.client_class())
+            with connected(zk_hosts, TEST_CREDENTIALS) as client:
+                leaked = _not_idgen(_namespace_reads(Namespace(client, used_namespace, timeout_s=2.0)))
+            if leaked:
+                escaped[f"#{index} {recorder.calls[index - 1]} {error.__name__}"] = leaked
+    assert escaped == {}
+
+
+def test_a_failed_start_is_an_idgen_error_and_the_next_generator_mints(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, used_namespace: str
+) -> None:
+    """Through the public API: ``Generator()`` raises an idgen error whichever request of the lease's start fails, and
+    leaves nothing stranded: a generator made right after it mints."""
+    recorder = Injector()
+    lease = _faulty_lease(monkeypatch, recorder, zk_hosts, used_namespace)
+    lease._acquire_checked()  # what start() does before its renewal thread runs
+    lease.close()
+    start = len(recorder.calls)
+    escaped: dict[str, str] = {}
+    for index in range(1, start + 1):
+        for error in (kazoo_errors.NoAuthError, kazoo_errors.ConnectionLoss, kazoo_errors.ZookeeperError):
+            injector = Injector()
+            injector.fail(error, nth=index)
+            try:
+                Generator(TINY, _faulty_lease(monkeypatch, injector, zk_hosts, used_namespace)).close()
+            except IdgenError:
+                pass
+            except Exception as exc:
+                escaped[f"#{index} {recorder.calls[index - 1]} {error.__name__}"] = repr(exc)
+    assert escaped == {}
+    monkeypatch.undo()
+    with Generator(TINY, ZkLease(TINY, zk_hosts, used_namespace, **FAST)) as gen:
+        assert gen.next_id()

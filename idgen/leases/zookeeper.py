@@ -36,8 +36,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kazoo.client import KazooClient, KazooState
+from kazoo.client import KazooClient, KazooState, TransactionRequest
 from kazoo.exceptions import (
+    AuthFailedError,
     BadVersionError,
     KazooException,
     NoAuthError,
@@ -46,6 +47,8 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.hosts import collect_hosts
+from kazoo.interfaces import IAsyncResult
 from kazoo.protocol.states import ZnodeStat
 from kazoo.security import ACL, Permissions, make_digest_acl
 
@@ -69,7 +72,20 @@ DEFAULT_SESSION_TIMEOUT_S = 10.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_MAX_SKEW_MS = 1_000
 T = TypeVar("T")
+Handled = tuple[type[KazooException], ...]  # the kazoo errors a caller of Namespace.call handles itself
 _RETRY = {"max_tries": -1, "delay": 0.1, "backoff": 1.5, "max_delay": 0.5}  # kazoo's default backoff grows to an hour
+
+
+def zk_hosts(text: str) -> str:
+    """``text`` if kazoo can connect to it: ``host[:port][,host[:port]...]``, with no chroot (the namespace is the
+    path); else :class:`InvalidInput`."""
+    try:
+        _, chroot = collect_hosts(text)
+    except ValueError as exc:
+        raise InvalidInput(f"ZooKeeper hosts {text[:80]!r} are not host:port[,host:port...]: {exc}") from None
+    if chroot:
+        raise InvalidInput(f"ZooKeeper hosts {text[:80]!r} name a path ({chroot[:80]}): give it as the namespace")
+    return text
 
 
 def namespace_path(text: str) -> str:
@@ -143,14 +159,17 @@ def digest_acl(auth: str) -> ACL:
     return make_digest_acl(user, password, all=True)
 
 
-def explain(exc: KazooException) -> str:
-    """A one-line reason for a ZooKeeper error, naming the fix where there is one."""
-    if isinstance(exc, NoAuthError):
+def _explain(exc: KazooException, request: str) -> str:
+    """A one-line reason for a ZooKeeper error in answer to ``request`` (``"get /idgen/layout"``), naming the fix
+    where there is one."""
+    if isinstance(exc, NoAuthError | AuthFailedError):
+        path = request.partition(" ")[2]
         return (
-            f"ZooKeeper refused access (wrong or missing credentials: set {ZK_AUTH_ENV}=user:password"
-            f" or {ZK_AUTH_FILE_ENV}=FILE)"
+            f"ZooKeeper refused access{f' to {path}' if path else ''}: wrong or missing credentials (set"
+            f" {ZK_AUTH_ENV}=user:password or {ZK_AUTH_FILE_ENV}=FILE), or the node belongs to another ZooKeeper user"
         )
-    return f"ZooKeeper error: {type(exc).__name__} {' '.join(str(exc).split())}".rstrip()
+    detail = " ".join(str(exc).split())
+    return f"ZooKeeper failed {request}: {type(exc).__name__}{f' {detail}' if detail else ''}"
 
 
 def connect(
@@ -214,25 +233,42 @@ class Namespace:
     def node(self, kind: str, worker_id: int | str | None = None) -> str:
         return f"{self.path}/{kind}" + ("" if worker_id is None else f"/{worker_id}")
 
-    def call(self, operation: str, *args: Any, **kwargs: Any) -> Any:
-        """``client.<operation>(*args, **kwargs)``, answered within ``timeout_s``; else :class:`LeaseUnavailable`."""
-        return self.wait(getattr(self.client, f"{operation}_async")(*args, **kwargs), operation)
+    def call(self, operation: str, path: str, *args: Any, handled: Handled = (), **kwargs: Any) -> Any:
+        """``client.<operation>(path, *args, **kwargs)``'s answer: see :meth:`wait`."""
+        pending = getattr(self.client, f"{operation}_async")(path, *args, **kwargs)
+        return self.wait(pending, f"{operation} {path}", handled)
 
-    def wait(self, pending: Any, operation: str = "commit") -> Any:
-        """The result of a kazoo async call (or a transaction's ``commit_async()``) within ``timeout_s``."""
+    def commit(self, transaction: TransactionRequest, handled: Handled = ()) -> list[Any]:
+        """A transaction's results (an exception in place of each operation that failed): see :meth:`wait`."""
+        request = f"a transaction on {transaction.operations[0].path}"
+        return self.wait(transaction.commit_async(), request, handled)  # type: ignore[no-any-return]
+
+    def wait(self, pending: IAsyncResult, request: str, handled: Handled = ()) -> Any:
+        """The answer to a kazoo request sent as ``pending`` (``request`` says what it was), within ``timeout_s``.
+
+        The errors the caller handles, ``handled``, are raised as kazoo's; any other kazoo error, or no answer in time,
+        is a :class:`LeaseUnavailable` saying why in one line. So no kazoo exception leaves this module."""
         try:
             return pending.get(timeout=self.timeout_s)
         except KazooTimeoutError:
-            raise LeaseUnavailable(
-                f"ZooKeeper did not answer {operation} in {self.path} within {self.timeout_s:g} s"
-            ) from None
+            raise LeaseUnavailable(f"ZooKeeper did not answer {request} within {self.timeout_s:g} s") from None
+        except KazooException as exc:
+            if isinstance(exc, handled):
+                raise
+            raise LeaseUnavailable(_explain(exc, request)) from None
 
     def bind_layout(self, layout: Layout) -> None:
         """Store ``layout`` as the namespace's layout, or check that it is the one already stored."""
         for kind in ("leases", "fences", "history", "clock"):
             self.call("ensure_path", self.node(kind))  # safe when many workers create them at once
         try:
-            self.call("create", self.node("layout"), json.dumps(layout.spec()).encode(), makepath=True)
+            self.call(
+                "create",
+                self.node("layout"),
+                json.dumps(layout.spec()).encode(),
+                makepath=True,
+                handled=(NodeExistsError,),
+            )
         except NodeExistsError:
             stored = self.layout()
             if stored != layout:
@@ -244,7 +280,7 @@ class Namespace:
     def layout(self) -> Layout:
         if self._layout is None:
             try:
-                data, _ = self.call("get", self.node("layout"))
+                data, _ = self.call("get", self.node("layout"), handled=(NoNodeError,))
             except NoNodeError:
                 raise InvalidInput(
                     f"ZooKeeper namespace {self.path} has no idgen layout (nothing was ever minted there)"
@@ -266,7 +302,7 @@ class Namespace:
         open_paths = []
         for path, acls in pending:
             try:
-                acl, _ = self.wait(acls, "get_acls")
+                acl, _ = self.wait(acls, f"get_acls {path}", handled=(NoNodeError,))
             except NoNodeError:
                 continue
             if any(_is_world(entry) and entry.perms & _WRITE_PERMS for entry in acl):
@@ -357,14 +393,14 @@ class Namespace:
 
     def _children(self, kind: str, strict: bool) -> list[str]:
         try:
-            children: list[str] = self.call("get_children", self.node(kind))
+            children: list[str] = self.call("get_children", self.node(kind), handled=(NoNodeError,))
         except NoNodeError:
             return []
         return [c for c in children if WORKER_ID.fullmatch(c)] if strict else children
 
     def _get(self, path: str) -> bytes | None:
         try:
-            data, _ = self.call("get", path)
+            data, _ = self.call("get", path, handled=(NoNodeError,))
         except NoNodeError:
             return None
         return bytes(data)
@@ -406,7 +442,7 @@ class ZkLease(Lease):
                 " control"
             )
         super().__init__(layout, **options)
-        self.hosts = hosts
+        self.hosts = zk_hosts(hosts)
         self.namespace_path = namespace_path(namespace)
         self.auth = auth
         self.insecure = auth is None
@@ -441,11 +477,9 @@ class ZkLease(Lease):
                 if self.auth is not None:
                     self._refuse_world_writable(namespace)
                 namespace.bind_layout(self.layout)
-            except BaseException as exc:
+            except BaseException:
                 client.stop()
                 client.close()
-                if isinstance(exc, KazooException):
-                    raise LeaseUnavailable(explain(exc)) from None
                 raise
             client.add_listener(self._on_session_state)
             self._client, self._ns = client, namespace
@@ -481,10 +515,7 @@ class ZkLease(Lease):
         namespace = self.namespace
         started = time.monotonic()
         before = self._now_ms()
-        try:
-            stat = namespace.call("set", namespace.node("clock"), b"")  # created by bind_layout
-        except KazooException as exc:
-            raise LeaseUnavailable(explain(exc)) from None
+        stat = namespace.call("set", namespace.node("clock"), b"")  # created by bind_layout
         after = self._now_ms()
         rtt = (time.monotonic() - started) * 1000
         self.skew_ms = after - rtt / 2 - stat.mtime
@@ -506,20 +537,17 @@ class ZkLease(Lease):
 
     def _acquire(self, holder: Holder) -> Reservation:
         namespace = self.namespace
-        try:
-            session_id = namespace.client.client_id[0]
-            self._drop_lost_claim(session_id)
-            live = namespace.claimed()
-            fences, unreadable = namespace.scan_fences()
-            for worker_id, why in unreadable.items():
-                self._quarantine(worker_id, why)
-            usable = [w for w in range(self.layout.worker_capacity) if w not in live and w not in self.quarantined]
-            for worker_id in self._claim_order(usable, fences):
-                claimed = self._claim(worker_id, holder, session_id)
-                if claimed:
-                    return claimed
-        except KazooException as exc:
-            raise LeaseUnavailable(explain(exc)) from None
+        session_id = self._session_id()
+        self._drop_lost_claim(session_id)
+        live = namespace.claimed()
+        fences, unreadable = namespace.scan_fences()
+        for worker_id, why in unreadable.items():
+            self._quarantine(worker_id, why)
+        usable = [w for w in range(self.layout.worker_capacity) if w not in live and w not in self.quarantined]
+        for worker_id in self._claim_order(usable, fences):
+            claimed = self._claim(worker_id, holder, session_id)
+            if claimed:
+                return claimed
         quarantined = f" ({len(self.quarantined)} of them quarantined: unreadable records)" if self.quarantined else ""
         raise self._none_claimable(
             f"all {self.layout.worker_capacity} worker IDs of layout {self.layout.name!r} in ZooKeeper namespace"
@@ -533,7 +561,7 @@ class ZkLease(Lease):
         lease_path = namespace.node("leases", worker_id)
         me = replace(holder, worker_id=worker_id, lease_id=f"{session_id:016x}-{uuid.uuid4().hex[:8]}")
         try:
-            namespace.call("create", lease_path, _json(me.to_json()), ephemeral=True)
+            namespace.call("create", lease_path, _json(me.to_json()), ephemeral=True, handled=(NodeExistsError,))
         except NodeExistsError:
             owner = namespace.call("exists", lease_path)
             if owner is None or owner.ephemeralOwner != session_id:
@@ -560,7 +588,7 @@ class ZkLease(Lease):
             transaction, namespace.node("fences", worker_id), {"fence_ms": fence, "lease_id": me.lease_id}, fence_stat
         )
         _write(transaction, namespace.node("history", worker_id), [h.to_json() for h in history], history_stat)
-        results = namespace.wait(transaction.commit_async())
+        results = namespace.commit(transaction)
         if any(isinstance(r, Exception) for r in results):
             namespace.call("delete", lease_path)  # someone raced us on the records; leave this worker ID alone
             return None
@@ -615,6 +643,13 @@ class ZkLease(Lease):
 
     # -- internals --------------------------------------------------------------------------------
 
+    def _session_id(self) -> int:
+        """This client's ZooKeeper session, or :class:`LeaseUnavailable` while it has none (reconnecting)."""
+        client_id = self.namespace.client.client_id
+        if client_id is None:
+            raise LeaseUnavailable(f"no ZooKeeper session with {self.hosts} (reconnecting)")
+        return int(client_id[0])
+
     def _drop_lost_claim(self, session_id: int) -> None:
         """Delete the claim of a lease lost while the session lived, if it is still this session's."""
         worker_id, self._lost_worker_id = self._lost_worker_id, None
@@ -624,7 +659,7 @@ class ZkLease(Lease):
         stat = self.namespace.call("exists", path)
         if stat is not None and stat.ephemeralOwner == session_id:
             with contextlib.suppress(NoNodeError, BadVersionError):
-                self.namespace.call("delete", path, stat.version)
+                self.namespace.call("delete", path, stat.version, handled=(NoNodeError, BadVersionError))
 
     def _write_fence(
         self,
@@ -648,7 +683,7 @@ class ZkLease(Lease):
             if then_delete:
                 transaction.delete(lease_path, 1)
             try:
-                results = namespace.wait(transaction.commit_async())  # never hang renewal
+                results = namespace.commit(transaction, handled=(SessionExpiredError,))  # never hang renewal
             except SessionExpiredError:
                 raise LeaseLost("the ZooKeeper session expired") from None
             if not any(isinstance(r, Exception) for r in results):
@@ -671,7 +706,7 @@ class ZkLease(Lease):
     def _read(self, path: str, parse: Callable[[bytes, str], T]) -> tuple[T | None, ZnodeStat | None]:
         """The record at ``path`` parsed by ``parse`` (:class:`UnreadableRecord` if it does not parse), and its stat."""
         try:
-            data, stat = self.namespace.call("get", path)
+            data, stat = self.namespace.call("get", path, handled=(NoNodeError,))
         except NoNodeError:
             return None, None
         return parse(bytes(data), path), stat
