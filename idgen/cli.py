@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     leases.set_defaults(run=_leases)
 
     secure = commands.add_parser(
-        "zk-secure", help="restrict a ZooKeeper namespace's world-writable nodes to the credentials in the environment"
+        "zk-secure",
+        help="give a ZooKeeper namespace's nodes that others may change the ACL of the credentials in the environment",
     )
     _add_zookeeper(secure)
     secure.set_defaults(run=_zk_secure)

@@ -18,7 +18,7 @@ from kazoo import exceptions as kazoo_errors
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
-from polling import poll
+from polling import eventually, poll
 from serverproc import ServerProcess
 from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
 from zkinject import Injector
@@ -711,3 +711,28 @@ def test_a_failed_start_is_an_idgen_error_and_the_next_generator_mints(
     monkeypatch.undo()
     with Generator(TINY, ZkLease(TINY, zk_hosts, used_namespace, **FAST)) as gen:
         assert gen.next_id()
+
+
+@pytest.mark.parametrize("lost", [kazoo_errors.ConnectionLoss, KazooTimeoutError], ids=["connection loss", "time-out"])
+def test_a_claim_whose_create_reply_is_lost_is_dropped_and_the_worker_id_is_claimed_again(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, zk_namespace: str, generators: list[Generator], lost: type
+) -> None:
+    """The lease is lost while its session lives; re-acquiring, the create of its new claim lands but its reply is
+    lost. The claim is this session's own: left alone it would look held by a live worker for as long as the session
+    lives, here the one worker ID of the layout, for ever."""
+    injector = Injector()
+    injector.fail(lost, method="create", path="/leases/", nth=2, after=True)  # the 1st is the first claim
+    monkeypatch.setattr(zookeeper, "KazooClient", injector.client_class())
+    gen = zk_generator(generators, SOLO, zk_hosts, zk_namespace)
+    before = gen.next_ids(100)
+    old = gen.lease.status().reservation
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        fence = f"{zk_namespace}/fences/0"
+        record = json.loads(client.get(fence)[0])
+        client.set(fence, json.dumps({**record, "lease_id": "not-yours"}).encode())  # the next extension fails
+    poll(lambda: len(injector.fired) == 1, what="the re-acquisition's create to land with its reply lost")
+    new = eventually(lambda: (r := gen.lease.status().reservation) and r.lease_id != old.lease_id and r, 10)
+    assert new, f"worker 0 was not claimed again in 10 s: {gen.lease.status().reason}"
+    assert new.worker_id == 0 and new.after_ms >= record["fence_ms"]  # still fenced: above the fence it found
+    after = poll(lambda: gen.next_ids(100), what="minting to resume")
+    assert min(after) > max(before) and stamp(after[0], SOLO) > record["fence_ms"]

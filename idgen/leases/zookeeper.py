@@ -31,7 +31,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -292,32 +292,46 @@ class Namespace:
                 raise UnreadableRecord(f"{what} is unreadable: not a layout spec") from None
         return self._layout
 
-    def world_writable(self) -> list[str]:
-        """The namespace's nodes (itself, layout, clock, leases, fences, history and their children) whose ACL lets
-        anyone (``world:anyone``) write, create, delete or change the ACL."""
-        paths = [self.path, *(self.node(k) for k in ("layout", "clock", "leases", "fences", "history"))]
-        for kind in ("leases", "fences", "history"):
-            paths += [self.node(kind, child) for child in self._children(kind, strict=False)]
+    def containers(self) -> list[str]:
+        """The nodes every worker relies on: the namespace itself, ``layout``, ``clock``, ``leases``, ``fences`` and
+        ``history``. Creating or deleting a child takes CREATE or DELETE on its container."""
+        return [self.path, *(self.node(kind) for kind in ("layout", "clock", "leases", "fences", "history"))]
+
+    def worker_nodes(self, worker_id: int) -> list[str]:
+        """The nodes of one worker ID: its claim, fence and history."""
+        return [self.node(kind, worker_id) for kind in ("leases", "fences", "history")]
+
+    def foreign_writers(self, paths: Sequence[str], auth: str) -> list[tuple[str, ACL]]:
+        """Each existing node of ``paths`` whose ACL lets an identity other than ``auth``'s digest user write, create,
+        delete or change the ACL, with the first such entry. An allow-list: whatever the scheme (world, ip, digest,
+        auth, sasl, x509...), only idgen's own user may hold more than READ. The ACLs are read in one round trip."""
+        mine = digest_acl(auth).id
         pending = [(path, self.client.get_acls_async(path)) for path in paths]
-        open_paths = []
+        found = []
         for path, acls in pending:
             try:
                 acl, _ = self.wait(acls, f"get_acls {path}", handled=(NoNodeError,))
             except NoNodeError:
                 continue
-            if any(_is_world(entry) and entry.perms & _WRITE_PERMS for entry in acl):
-                open_paths.append(path)
-        return open_paths
+            foreign = [entry for entry in acl if entry.perms & _WRITE_PERMS and entry.id != mine]
+            if foreign:
+                found.append((path, foreign[0]))
+        return found
 
     def secure(self, auth: str) -> list[str]:
-        """Give every world-writable node of the namespace the ACL idgen gives its nodes (``auth``'s user only,
-        other non-world entries kept); the paths changed."""
-        changed = self.world_writable()
-        for path in changed:
+        """Replace, on every node of the namespace (the containers and all their children), each ACL entry that lets
+        another identity than ``auth``'s user change the node with idgen's own (everything, for that user only);
+        read-only entries stay. The paths changed."""
+        paths = self.containers()
+        for kind in ("leases", "fences", "history"):
+            paths += [self.node(kind, child) for child in self._children(kind, strict=False)]
+        mine = digest_acl(auth)
+        changed = []
+        for path, _ in self.foreign_writers(paths, auth):
             acl, stat = self.call("get_acls", path)
-            kept = [entry for entry in acl if not _is_world(entry)]
-            mine = digest_acl(auth)
-            self.call("set_acls", path, [*kept, *([] if mine in kept else [mine])], stat.aversion)
+            kept = [entry for entry in acl if not entry.perms & _WRITE_PERMS and entry.id != mine.id]
+            self.call("set_acls", path, [*kept, mine], stat.aversion)
+            changed.append(path)
         return changed
 
     def live_leases(self) -> dict[int, Holder]:
@@ -410,8 +424,19 @@ def _fence_gone(worker_id: int) -> str:
     return f"worker {worker_id} has a history of holders but no fence (deleted?)"
 
 
-def _is_world(entry: ACL) -> bool:
-    return bool(entry.id.scheme == "world" and entry.id.id == "anyone")
+def acl_text(entry: ACL) -> str:
+    """An ACL entry as ZooKeeper's own CLI writes it: ``ip:0.0.0.0/0:cdrwa``."""
+    letters = "".join(letter for letter, bit in _PERMISSION_LETTERS if entry.perms & bit)
+    return f"{entry.id.scheme}:{entry.id.id}:{letters}"
+
+
+_PERMISSION_LETTERS = (
+    ("c", Permissions.CREATE),
+    ("d", Permissions.DELETE),
+    ("r", Permissions.READ),
+    ("w", Permissions.WRITE),
+    ("a", Permissions.ADMIN),
+)
 
 
 class ZkLease(Lease):
@@ -464,7 +489,7 @@ class ZkLease(Lease):
         self._client: KazooClient | None = None
         self._ns: Namespace | None = None
         self._fence_version = -1
-        self._lost_worker_id: int | None = None  # lost while the session lived: drop its claim before acquiring anew
+        self._strays: set[int] = set()  # worker IDs this session may hold a claim on, unused: see _drop_strays
 
     # -- connection and clock check -----------------------------------------------------------------
 
@@ -474,9 +499,8 @@ class ZkLease(Lease):
             client = connect(self.hosts, self.auth, self.session_timeout_s, self.connect_timeout_s)
             try:
                 namespace = Namespace(client, self.namespace_path, timeout_s=self.connect_timeout_s)
-                if self.auth is not None:
-                    self._refuse_world_writable(namespace)
                 namespace.bind_layout(self.layout)
+                self._refuse_foreign_writers(namespace, namespace.containers())  # as they are once all exist
             except BaseException:
                 client.stop()
                 client.close()
@@ -485,13 +509,19 @@ class ZkLease(Lease):
             self._client, self._ns = client, namespace
         return self._ns
 
-    def _refuse_world_writable(self, namespace: Namespace) -> None:
-        open_paths = namespace.world_writable()
-        if open_paths:
+    def _refuse_foreign_writers(self, namespace: Namespace, paths: list[str]) -> None:
+        """:class:`LeaseUnavailable` if any of ``paths`` lets another identity than idgen's user change it (nothing
+        to check without credentials: the operator opted out of access control)."""
+        if self.auth is None:
+            return
+        found = namespace.foreign_writers(paths, self.auth)
+        if found:
+            path, entry = found[0]
+            more = f" (and {len(found) - 1} more nodes)" if len(found) > 1 else ""
             raise LeaseUnavailable(
-                f"ZooKeeper namespace {namespace.path} has {len(open_paths)} world-writable nodes (such as"
-                f" {open_paths[0]}): anyone could delete its claims and fences. Restrict them to these credentials"
-                f" with: idgen zk-secure --namespace {namespace.path} --zk {self.hosts}"
+                f"ZooKeeper node {path}{more} has the ACL entry {acl_text(entry)}: an identity other than idgen's user"
+                f" {self.auth.partition(':')[0]!r} may change it, and could delete claims and fences. Give it idgen's"
+                f" ACL with: idgen zk-secure --namespace {namespace.path} --zk {self.hosts}"
             )
 
     def _on_session_state(self, state: str) -> None:
@@ -538,7 +568,7 @@ class ZkLease(Lease):
     def _acquire(self, holder: Holder) -> Reservation:
         namespace = self.namespace
         session_id = self._session_id()
-        self._drop_lost_claim(session_id)
+        self._drop_strays(session_id)
         live = namespace.claimed()
         fences, unreadable = namespace.scan_fences()
         for worker_id, why in unreadable.items():
@@ -555,18 +585,22 @@ class ZkLease(Lease):
         )
 
     def _claim(self, worker_id: int, holder: Holder, session_id: int) -> Reservation | None:
-        """Create the claim on ``worker_id`` and write its first fence and history; ``None`` if it is taken, or if
-        its records cannot be read (then it is quarantined and the claim dropped)."""
+        """Create the claim on ``worker_id``, check the ACLs of its nodes, and write its first fence and history;
+        ``None`` if it is taken, or if its records cannot be read (then it is quarantined and the claim dropped).
+
+        From the create until it returns a reservation or drops the claim, this session may own a claim it does not
+        hold: a create whose reply was lost (it landed or not), or any failure after it. So the worker ID is a stray
+        all along (:meth:`_drop_strays`), and stays one if this raises."""
         namespace = self.namespace
         lease_path = namespace.node("leases", worker_id)
         me = replace(holder, worker_id=worker_id, lease_id=f"{session_id:016x}-{uuid.uuid4().hex[:8]}")
+        self._strays.add(worker_id)
         try:
             namespace.call("create", lease_path, _json(me.to_json()), ephemeral=True, handled=(NodeExistsError,))
-        except NodeExistsError:
-            owner = namespace.call("exists", lease_path)
-            if owner is None or owner.ephemeralOwner != session_id:
-                return None  # held by another live worker
-            # ours: an earlier create landed but its reply was lost to a connection blip
+        except NodeExistsError:  # another worker's: a claim of this session's was dropped before the acquisition
+            self._strays.discard(worker_id)
+            return None
+        self._refuse_foreign_writers(namespace, namespace.worker_nodes(worker_id))
         try:
             fence_data, fence_stat = self._read(namespace.node("fences", worker_id), parse_fence)
             history_data, history_stat = self._read(namespace.node("history", worker_id), parse_history)
@@ -574,7 +608,7 @@ class ZkLease(Lease):
                 raise UnreadableRecord(_fence_gone(worker_id))
         except UnreadableRecord as exc:
             self._quarantine(worker_id, str(exc))
-            namespace.call("delete", lease_path)
+            self._drop_claim(worker_id)
             return None
         found = fence_data["fence_ms"] if fence_data else None
         after = self._claim_after(found)
@@ -590,8 +624,9 @@ class ZkLease(Lease):
         _write(transaction, namespace.node("history", worker_id), [h.to_json() for h in history], history_stat)
         results = namespace.commit(transaction)
         if any(isinstance(r, Exception) for r in results):
-            namespace.call("delete", lease_path)  # someone raced us on the records; leave this worker ID alone
+            self._drop_claim(worker_id)  # someone raced us on the records; leave this worker ID alone
             return None
+        self._strays.discard(worker_id)
         self._fence_version = results[2].version if isinstance(results[2], ZnodeStat) else 0
         return Reservation(worker_id, after, fence, me.lease_id, found)
 
@@ -599,7 +634,7 @@ class ZkLease(Lease):
         try:
             self._write_fence(reservation, fence_ms)
         except LeaseLost:
-            self._lost_worker_id = reservation.worker_id  # minting stops first; the next acquisition drops the claim
+            self._strays.add(reservation.worker_id)  # minting stops first; the next acquisition drops the claim
             raise
 
     def _release(self, reservation: Reservation, final_fence_ms: int) -> None:
@@ -650,16 +685,23 @@ class ZkLease(Lease):
             raise LeaseUnavailable(f"no ZooKeeper session with {self.hosts} (reconnecting)")
         return int(client_id[0])
 
-    def _drop_lost_claim(self, session_id: int) -> None:
-        """Delete the claim of a lease lost while the session lived, if it is still this session's."""
-        worker_id, self._lost_worker_id = self._lost_worker_id, None
-        if worker_id is None:
-            return
+    def _drop_strays(self, session_id: int) -> None:
+        """Delete the claims of this session that it does not hold: of a lease lost while the session lived, of a
+        create whose reply was lost, of a claim that failed half-way. Their ``ephemeralOwner`` is this session, so
+        otherwise they would look held by a live worker until the session ends. None was ever given a reservation,
+        or else its minting has stopped (LOST), so whoever claims the worker ID next starts above its fence."""
+        for worker_id in sorted(self._strays):
+            self._drop_claim(worker_id, session_id)
+
+    def _drop_claim(self, worker_id: int, session_id: int | None = None) -> None:
+        """Delete the claim on ``worker_id`` if it is still this session's (``session_id``; ``None``: known to be);
+        then it is no stray. :class:`LeaseUnavailable` leaves it one, for the next acquisition."""
         path = self.namespace.node("leases", worker_id)
         stat = self.namespace.call("exists", path)
-        if stat is not None and stat.ephemeralOwner == session_id:
+        if stat is not None and (session_id is None or stat.ephemeralOwner == session_id):
             with contextlib.suppress(NoNodeError, BadVersionError):
                 self.namespace.call("delete", path, stat.version, handled=(NoNodeError, BadVersionError))
+        self._strays.discard(worker_id)
 
     def _write_fence(
         self,
