@@ -587,15 +587,25 @@ def _faulty_lease(monkeypatch: pytest.MonkeyPatch, injector: Injector, hosts: st
     return ZkLease(TINY, hosts, namespace, **{**FAST, "connect_timeout_s": 2.0})
 
 
-def _lifecycle(lease: ZkLease) -> list[BaseException]:
+def _lifecycle(lease: ZkLease, watcher: KazooClient) -> tuple[list[BaseException], str | None]:
     """What each ZooKeeper operation of the lease raised, in order: claim (the clock check, binding the layout, the
-    ACL checks, the claim), extend, trace, release, close."""
+    ACL checks, the claim; tried again if it failed, when it must succeed and leave no other claim of its session),
+    extend, trace, release, close. And what was wrong after the claim, if anything."""
     raised: list[BaseException] = []
-    try:
-        reservation = lease._acquire_checked()
-    except Exception as exc:
-        raised.append(exc)
+    reservation, wrong = None, None
+    for _ in range(2):
+        try:
+            reservation = lease._acquire_checked()
+            break
+        except Exception as exc:
+            raised.append(exc)
+    if reservation is None:
+        wrong = "no worker ID claimed on the second try"
     else:
+        session = lease.namespace.client.client_id[0]
+        owned = {w for w in range(TINY.worker_capacity) if _owner(watcher, lease.namespace, w) == session}
+        if owned != {reservation.worker_id}:
+            wrong = f"the session owns the claims of {sorted(owned)} but holds worker {reservation.worker_id}"
         for step in (
             lambda: lease._extend(reservation, reservation.fence_ms + 1),
             lambda: lease.trace(reservation.worker_id, reservation.after_ms + 1),
@@ -609,7 +619,12 @@ def _lifecycle(lease: ZkLease) -> list[BaseException]:
         lease.close()
     except Exception as exc:
         raised.append(exc)
-    return raised
+    return raised, wrong
+
+
+def _owner(watcher: KazooClient, namespace: Namespace, worker_id: int) -> int | None:
+    stat = watcher.exists(namespace.node("leases", worker_id))
+    return None if stat is None else int(stat.ephemeralOwner)
 
 
 def _namespace_reads(namespace: Namespace) -> list[BaseException]:
@@ -647,12 +662,16 @@ def test_no_kazoo_exception_escapes_the_lease_whichever_request_fails_and_howeve
 ) -> None:
     """Every request of a lease's life (claim, extend, trace, release, close) is made to fail in turn, with each kind
     of kazoo error, before reaching the server and, for writes, after the server did the work: what comes out is an
-    idgen error (or LeaseLost, which the lease turns into LOST), never kazoo's."""
+    idgen error (or LeaseLost, which the lease turns into LOST), never kazoo's; and a failed claim leaves no claim of
+    its session behind (a stray would look held by a live worker for as long as the session lives)."""
+    watcher = KazooClient(hosts=zk_hosts, auth_data=[("digest", TEST_CREDENTIALS)])  # kazoo's own: no faults
+    watcher.start(timeout=15)
     recorder = Injector()
-    assert _lifecycle(_faulty_lease(monkeypatch, recorder, zk_hosts, used_namespace)) == []
+    assert _lifecycle(_faulty_lease(monkeypatch, recorder, zk_hosts, used_namespace), watcher) == ([], None)
     requests = recorder.calls
     assert {method for method, _ in requests} >= {"create", "get", "set", "get_children", "get_acls", "commit"}
     escaped: dict[str, list[str]] = {}
+    stranded: dict[str, str] = {}
     for index in range(1, len(requests) + 1):
         method, path = requests[index - 1]
         writes = method in ("create", "set", "delete", "commit", "set_acls", "ensure_path")
@@ -660,10 +679,16 @@ def test_no_kazoo_exception_escapes_the_lease_whichever_request_fails_and_howeve
             for after in (False, True) if writes else (False,):
                 injector = Injector()
                 injector.fail(error, nth=index, after=after)
-                leaked = _not_idgen(_lifecycle(_faulty_lease(monkeypatch, injector, zk_hosts, used_namespace)))
-                if leaked:
-                    escaped[f"#{index} {method} {path} {error.__name__}{' after' if after else ''}"] = leaked
+                raised, wrong = _lifecycle(_faulty_lease(monkeypatch, injector, zk_hosts, used_namespace), watcher)
+                case = f"#{index} {method} {path} {error.__name__}{' after' if after else ''}"
+                if _not_idgen(raised):
+                    escaped[case] = _not_idgen(raised)
+                if wrong:
+                    stranded[case] = wrong
+    watcher.stop()
+    watcher.close()
     assert escaped == {}
+    assert stranded == {}
 
 
 def test_no_kazoo_exception_escapes_the_namespace_reads_of_the_cli(

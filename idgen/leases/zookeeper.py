@@ -597,8 +597,8 @@ class ZkLease(Lease):
         self._strays.add(worker_id)
         try:
             namespace.call("create", lease_path, _json(me.to_json()), ephemeral=True, handled=(NodeExistsError,))
-        except NodeExistsError:  # another worker's: a claim of this session's was dropped before the acquisition
-            self._strays.discard(worker_id)
+        except NodeExistsError:  # another worker's; or this session's, if a create of it was ever answered twice
+            self._drop_claim(worker_id, session_id)
             return None
         self._refuse_foreign_writers(namespace, namespace.worker_nodes(worker_id))
         try:
