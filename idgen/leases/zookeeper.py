@@ -1,8 +1,9 @@
 """The ZooKeeper lease backend: worker IDs for many hosts, fenced in ZooKeeper, recycled, traceable.
 
-Znodes of a namespace ``NS``, every one created with a digest ACL: only the holder of the credentials may read,
-write or delete them (:class:`ZkLease` refuses to run without credentials unless told ``insecure=True``, and
-refuses a namespace whose nodes anyone may write):
+Znodes of a namespace ``NS`` (an absolute, canonical path: :func:`namespace_path`), every one created with a digest
+ACL: only the holder of the credentials may read, write or delete them. :class:`ZkLease` refuses to run without
+credentials unless told ``insecure=True``, and checks ACLs by allow-list: it refuses a node it relies on that any
+identity but its own user may change (:meth:`Namespace.foreign_writers`).
 
 - ``NS/layout``: the layout spec, written once; a worker with another layout refuses to start.
 - ``NS/leases/<w>``: the claim on worker ID ``w``, an *ephemeral* node holding the holder's identity.
@@ -13,9 +14,10 @@ refuses a namespace whose nodes anyone may write):
 - ``NS/clock``: a scratch node written to read ZooKeeper's own time (its mtime) for the skew check.
 
 Every record is parsed strictly: a worker ID whose fence or history is torn, not JSON or wrongly typed is
-*quarantined* (never claimed, reported), never taken for "never used". Every ZooKeeper request has a time bound
-(``connect_timeout_s``); a timeout is :class:`LeaseUnavailable`. Stopping the client at ``close()`` is kazoo's own,
-and may wait up to about 2/3 of the session timeout on a frozen server.
+*quarantined* (never claimed, reported), never taken for "never used". Every ZooKeeper request goes through
+:meth:`Namespace.wait`, with a time bound (``connect_timeout_s``): a timeout, or any kazoo error its caller does not
+handle by name, is :class:`LeaseUnavailable`, so no kazoo exception leaves this module. Stopping the client at
+``close()`` is kazoo's own, and may wait up to about 2/3 of the session timeout on a frozen server.
 
 Session states (kazoo) map onto the lease states: SUSPENDED keeps minting up to the reserved fence and
 extends nothing; LOST stops minting at once and acquires afresh; CONNECTED after SUSPENDED resumes.
