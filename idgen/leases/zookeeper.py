@@ -426,12 +426,6 @@ def _fence_gone(worker_id: int) -> str:
     return f"worker {worker_id} has a history of holders but no fence (deleted?)"
 
 
-def acl_text(entry: ACL) -> str:
-    """An ACL entry as ZooKeeper's own CLI writes it: ``ip:0.0.0.0/0:cdrwa``."""
-    letters = "".join(letter for letter, bit in _PERMISSION_LETTERS if entry.perms & bit)
-    return f"{entry.id.scheme}:{entry.id.id}:{letters}"
-
-
 _PERMISSION_LETTERS = (
     ("c", Permissions.CREATE),
     ("d", Permissions.DELETE),
@@ -439,6 +433,12 @@ _PERMISSION_LETTERS = (
     ("w", Permissions.WRITE),
     ("a", Permissions.ADMIN),
 )
+
+
+def _acl_text(entry: ACL) -> str:
+    """An ACL entry as ZooKeeper's own CLI writes it: ``ip:0.0.0.0/0:cdrwa``."""
+    letters = "".join(letter for letter, bit in _PERMISSION_LETTERS if entry.perms & bit)
+    return f"{entry.id.scheme}:{entry.id.id}:{letters}"
 
 
 class ZkLease(Lease):
@@ -521,7 +521,7 @@ class ZkLease(Lease):
             path, entry = found[0]
             more = f" (and {len(found) - 1} more nodes)" if len(found) > 1 else ""
             raise LeaseUnavailable(
-                f"ZooKeeper node {path}{more} has the ACL entry {acl_text(entry)}: an identity other than idgen's user"
+                f"ZooKeeper node {path}{more} has the ACL entry {_acl_text(entry)}: an identity other than idgen's user"
                 f" {self.auth.partition(':')[0]!r} may change it, and could delete claims and fences. Give it idgen's"
                 f" ACL with: idgen zk-secure --namespace {namespace.path} --zk {self.hosts}"
             )
