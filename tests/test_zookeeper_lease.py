@@ -694,6 +694,8 @@ def test_no_kazoo_exception_escapes_the_lease_whichever_request_fails_and_howeve
 def test_no_kazoo_exception_escapes_the_namespace_reads_of_the_cli(
     monkeypatch: pytest.MonkeyPatch, zk_hosts: str, used_namespace: str
 ) -> None:
+    """``idgen leases``, ``decode`` and ``zk-secure`` read the namespace directly: each of their requests fails in
+    turn with each kind of kazoo error, and what comes out is an idgen error."""
     recorder = Injector()
     monkeypatch.setattr(zookeeper, "KazooClient", recorder.client_class())
     with connected(zk_hosts, TEST_CREDENTIALS) as client:
