@@ -582,6 +582,40 @@ KAZOO_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _every_kazoo_error() -> list[type[BaseException]]:
+    """Every exception class kazoo defines (its exceptions module and its threading handler's time-out)."""
+    found: list[type[BaseException]] = [KazooTimeoutError]
+    pending: list[type[BaseException]] = [kazoo_errors.KazooException]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending += cls.__subclasses__()
+    return sorted(set(found), key=lambda c: c.__name__)
+
+
+def test_every_kazoo_error_class_comes_out_of_a_request_as_an_idgen_error(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, used_namespace: str
+) -> None:
+    """The request/lifecycle tests above fail every request with one error of each kind; here one request fails with
+    every class kazoo has: none is let through by name that the caller does not handle."""
+    classes = _every_kazoo_error()
+    assert len(classes) > 40
+    escaped = {}
+    for error in classes:
+        injector = Injector()
+        injector.fail(error, method="get", path="/layout")
+        monkeypatch.setattr(zookeeper, "KazooClient", injector.client_class())
+        with connected(zk_hosts, TEST_CREDENTIALS) as client:
+            try:
+                Namespace(client, used_namespace).layout()
+            except IdgenError:
+                pass
+            except Exception as exc:
+                escaped[error.__name__] = repr(exc)
+        assert injector.fired, error
+    assert escaped == {}
+
+
 def _faulty_lease(monkeypatch: pytest.MonkeyPatch, injector: Injector, hosts: str, namespace: str) -> ZkLease:
     monkeypatch.setattr(zookeeper, "KazooClient", injector.client_class())
     return ZkLease(TINY, hosts, namespace, **{**FAST, "connect_timeout_s": 2.0})
