@@ -172,6 +172,7 @@ def test_a_namespace_pre_created_open_to_every_ip_is_refused_and_once_secured_th
     )
     load, second, outcomes = attack_under_load(stranger, zk_namespace, options, spawn_server, start_load, faketime)
     records = load.stop()
+    served_by_b = [r for r in records if r.server == "b" and r.ok]
 
     report = check(
         records, "11a. a namespace pre-created open to every IP; its fence, history, claim deleted", layout=SOLO
@@ -181,11 +182,11 @@ def test_a_namespace_pre_created_open_to_every_ip_is_refused_and_once_secured_th
         f"idgen zk-secure: {secured.stdout.strip()}",
         "the stranger's deletes of fences/0, history/0, leases/0 under load: "
         + ", ".join(f"{name} {count}" for name, count in sorted(outcomes.items())),
-        f"server b (clock {BEHIND_S} s behind) exited with {second.proc.poll()}",
+        f"server b (clock {BEHIND_S} s behind): exit code {second.proc.poll()}, answers {len(served_by_b)}",
     ]
     fault_results.append(report)
     report.assert_ok()
     assert f"ZooKeeper node {zk_namespace}" in why and "ip:0.0.0.0/0:cdrwa" in why and "idgen zk-secure" in why
     assert secured.returncode == 0 and secured.stdout == f"secured 5 nodes of {zk_namespace}\n", secured.stderr
     assert outcomes == {NoAuthError.__name__: 3}
-    assert second.wait_exit() == 1 and "held by live workers" in second.event("start_failed")["message"]
+    assert served_by_b == []  # every worker ID held: it exits 1 (or, were its clock check slow, waits unready)
