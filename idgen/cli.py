@@ -19,8 +19,6 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from kazoo.exceptions import KazooException
-
 from idgen import config
 from idgen.config import MAX_COUNT_LIMIT, OPTIONS, Settings, env_name
 from idgen.default import source_from_env
@@ -37,7 +35,6 @@ from idgen.leases.zookeeper import (
     ZK_INSECURE_ENV,
     ZK_INSECURE_FLAG,
     credentials_from_env,
-    explain,
 )
 from idgen.version import __version__
 
@@ -201,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     leases.set_defaults(run=_leases)
 
     secure = commands.add_parser(
-        "zk-secure", help="restrict a ZooKeeper namespace's world-writable nodes to the credentials in the environment"
+        "zk-secure",
+        help="give a ZooKeeper namespace's nodes that others may change the ACL of the credentials in the environment",
     )
     _add_zookeeper(secure)
     secure.set_defaults(run=_zk_secure)
@@ -435,8 +433,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_USAGE, exc)
     except IdgenError as exc:
         return _fail(EXIT_UNAVAILABLE, exc)
-    except KazooException as exc:  # decode/leases read ZooKeeper directly
-        return _fail(EXIT_UNAVAILABLE, explain(exc))
     except OSError as exc:  # an unwritable state directory, a full disk: say so in one line
         if isinstance(exc, BrokenPipeError):  # `idgen mint -n 1000000 | head`
             sys.stderr.close()

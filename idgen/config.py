@@ -65,6 +65,20 @@ def flag(text: str) -> bool:
     raise InvalidInput(f"{text!r} is not true or false")
 
 
+def zk_hosts(text: str) -> str:
+    """ZooKeeper hosts, checked as the lease checks them (:func:`idgen.leases.zookeeper.zk_hosts`)."""
+    from idgen.leases import zookeeper
+
+    return zookeeper.zk_hosts(text.strip())
+
+
+def namespace(text: str) -> str:
+    """A ZooKeeper namespace path, checked where every namespace is (:func:`idgen.leases.zookeeper.namespace_path`)."""
+    from idgen.leases.zookeeper import namespace_path
+
+    return namespace_path(text.strip())
+
+
 def urls(text: str) -> tuple[str, ...]:
     """Comma-separated server URLs, checked as :class:`~idgen.client.Client` checks them."""
     from idgen.client import check_urls
@@ -75,8 +89,8 @@ def urls(text: str) -> tuple[str, ...]:
 # Each option's converter (text -> value; InvalidInput if bad) and its value when neither option nor variable is set.
 OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "layout": (get_layout, None),
-    "zk": (str.strip, None),
-    "namespace": (str.strip, None),
+    "zk": (zk_hosts, None),
+    "namespace": (namespace, None),
     "zk_session_timeout": (positive_float, None),
     "state_dir": (parse_state_dir, None),
     "worker_ids": (parse_worker_ids, None),

@@ -14,15 +14,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from kazoo import exceptions as kazoo_errors
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoAuthError
-from polling import poll
+from kazoo.handlers.threading import KazooTimeoutError
+from polling import eventually, poll
+from serverproc import ServerProcess
 from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
+from zkinject import Injector
 
+import idgen
 from idgen import DEFAULT_LAYOUT, PRESETS, Generator, Layout, decode, get_layout
 from idgen.clock import ManualClock
-from idgen.errors import ClockBehind, LayoutMismatch, LeaseUnavailable, NoLease, Unavailable
-from idgen.leases.base import LeaseState
+from idgen.errors import ClockBehind, IdgenError, InvalidInput, LayoutMismatch, LeaseUnavailable, NoLease, Unavailable
+from idgen.leases import zookeeper
+from idgen.leases.base import LeaseLost, LeaseState
 from idgen.leases.zookeeper import Namespace, ZkLease, connected
 
 EPOCH = DEFAULT_LAYOUT.epoch_ms
@@ -395,6 +401,17 @@ def test_an_unreachable_zookeeper_is_a_clear_error_within_a_bounded_time() -> No
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize("hosts", ["a:b", ",", "127.0.0.1:99999", "[::1", "127.0.0.1:2181/chroot"])
+def test_bad_zookeeper_hosts_are_one_line_in_the_cli_and_invalid_input_in_python(hosts: str) -> None:
+    """kazoo's own parser raised a ValueError traceback for these."""
+    result = subprocess.run(
+        [sys.executable, "-m", "idgen.cli", "mint", "--zk", hosts], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "ZooKeeper hosts" in result.stderr
+    with pytest.raises(InvalidInput, match="ZooKeeper hosts"):
+        ZkLease(DEFAULT_LAYOUT, hosts, auth=TEST_CREDENTIALS)
+
+
 def test_without_layout_the_cli_uses_the_namespaces_layout(
     zk_hosts: str, zk_namespace: str, generators: list[Generator]
 ) -> None:
@@ -410,12 +427,24 @@ def test_without_layout_the_cli_uses_the_namespaces_layout(
     assert len({m["worker"] for m in minted}) == 1 and minted[0]["timestamp_ms"] <= time.time() * 1000
 
 
-def test_wrong_credentials_are_one_clear_error_in_the_lease_and_the_cli(
-    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+def test_wrong_credentials_are_one_clear_error_in_the_lease_the_cli_the_server_and_the_process_default(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, zk_namespace: str, generators: list[Generator]
 ) -> None:
     zk_generator(generators, DEFAULT_LAYOUT, zk_hosts, zk_namespace)
-    with pytest.raises(LeaseUnavailable, match=r"ZooKeeper refused access \(wrong or missing credentials"):
+    with pytest.raises(LeaseUnavailable, match=r"ZooKeeper refused access to .*: wrong or missing credentials"):
         Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, zk_hosts, zk_namespace, **{**FAST, "auth": "idgen:wrong"}))
+    wrong = {"IDGEN_ZK": zk_hosts, "IDGEN_NAMESPACE": zk_namespace, "IDGEN_ZK_AUTH": "idgen:wrong"}
+    for name, value in wrong.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("IDGEN_STATE_DIR", raising=False)
+    idgen.reset_default()
+    with pytest.raises(Unavailable, match="ZooKeeper refused access"):  # not kazoo's NoAuthError
+        idgen.next_id()
+    server = ServerProcess("--host", "127.0.0.1", "--port", "0", env=wrong)
+    assert server.proc.wait(30) == 1
+    failed = server.event("start_failed")
+    assert failed["message"].startswith("ZooKeeper refused access") and "Traceback" not in json.dumps(failed)
+    assert not [e for e in server.events if "not_json" in e]
     for command in (["leases"], ["decode", "1"], ["mint"]):
         result = subprocess.run(
             [sys.executable, "-m", "idgen.cli", *command, "--zk", zk_hosts, "--namespace", zk_namespace],
@@ -526,3 +555,245 @@ def test_after_a_lost_lease_its_claim_is_dropped_while_the_session_lives(
         new = poll(lambda: (r := gen.lease.status().reservation) and r.lease_id != old.lease_id and r, what="a lease")
         assert new.worker_id != old.worker_id
         assert client.exists(f"{zk_namespace}/leases/{old.worker_id}") is None  # not held until the process exits
+
+
+# -- no kazoo exception escapes ----------------------------------------------------------------------------------------
+
+# Every kind of failure kazoo reports, by how idgen could tell them apart: the server's answers (the generic one, and
+# each idgen handles by name), the client's own (connection closed or lost, session expired, stopped) and time-outs.
+KAZOO_ERRORS: tuple[type[BaseException], ...] = (
+    kazoo_errors.NoAuthError,
+    kazoo_errors.AuthFailedError,
+    kazoo_errors.ConnectionLoss,
+    kazoo_errors.ConnectionClosedError,
+    kazoo_errors.SessionExpiredError,
+    kazoo_errors.SessionMovedError,
+    kazoo_errors.OperationTimeoutError,
+    kazoo_errors.NoNodeError,
+    kazoo_errors.NodeExistsError,
+    kazoo_errors.BadVersionError,
+    kazoo_errors.NotEmptyError,
+    kazoo_errors.InvalidACLError,
+    kazoo_errors.RolledBackError,
+    kazoo_errors.ZookeeperError,
+    kazoo_errors.ZookeeperStoppedError,
+    kazoo_errors.KazooException,
+    KazooTimeoutError,
+)
+
+
+def _every_kazoo_error() -> list[type[BaseException]]:
+    """Every exception class kazoo defines (its exceptions module and its threading handler's time-out)."""
+    found: list[type[BaseException]] = [KazooTimeoutError]
+    pending: list[type[BaseException]] = [kazoo_errors.KazooException]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending += cls.__subclasses__()
+    return sorted(set(found), key=lambda c: c.__name__)
+
+
+def test_every_kazoo_error_class_comes_out_of_a_request_as_an_idgen_error(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, used_namespace: str
+) -> None:
+    """The request/lifecycle tests above fail every request with one error of each kind; here one request fails with
+    every class kazoo has: none is let through by name that the caller does not handle."""
+    classes = _every_kazoo_error()
+    assert len(classes) > 40
+    escaped = {}
+    for error in classes:
+        injector = Injector()
+        injector.fail(error, method="get", path="/layout")
+        monkeypatch.setattr(zookeeper, "KazooClient", injector.client_class())
+        with connected(zk_hosts, TEST_CREDENTIALS) as client:
+            try:
+                Namespace(client, used_namespace).layout()
+            except IdgenError:
+                pass
+            except Exception as exc:
+                escaped[error.__name__] = repr(exc)
+        assert injector.fired, error
+    assert escaped == {}
+
+
+def _faulty_lease(monkeypatch: pytest.MonkeyPatch, injector: Injector, hosts: str, namespace: str) -> ZkLease:
+    monkeypatch.setattr(zookeeper, "KazooClient", injector.client_class())
+    return ZkLease(TINY, hosts, namespace, **{**FAST, "connect_timeout_s": 2.0})
+
+
+def _lifecycle(lease: ZkLease, watcher: KazooClient) -> tuple[list[BaseException], str | None]:
+    """What each ZooKeeper operation of the lease raised, in order: claim (the clock check, binding the layout, the
+    ACL checks, the claim; tried again if it failed, when it must succeed and leave no other claim of its session),
+    extend, trace, release, close. And what was wrong after the claim, if anything."""
+    raised: list[BaseException] = []
+    reservation, wrong = None, None
+    for _ in range(2):
+        try:
+            reservation = lease._acquire_checked()
+            break
+        except Exception as exc:
+            raised.append(exc)
+    if reservation is None:
+        wrong = "no worker ID claimed on the second try"
+    else:
+        session = lease.namespace.client.client_id[0]
+        owned = {w for w in range(TINY.worker_capacity) if _owner(watcher, lease.namespace, w) == session}
+        if owned != {reservation.worker_id}:
+            wrong = f"the session owns the claims of {sorted(owned)} but holds worker {reservation.worker_id}"
+        for step in (
+            lambda: lease._extend(reservation, reservation.fence_ms + 1),
+            lambda: lease.trace(reservation.worker_id, reservation.after_ms + 1),
+            lambda: lease._release(reservation, reservation.after_ms),
+        ):
+            try:
+                step()
+            except Exception as exc:
+                raised.append(exc)
+    try:
+        lease.close()
+    except Exception as exc:
+        raised.append(exc)
+    return raised, wrong
+
+
+def _owner(watcher: KazooClient, namespace: Namespace, worker_id: int) -> int | None:
+    stat = watcher.exists(namespace.node("leases", worker_id))
+    return None if stat is None else int(stat.ephemeralOwner)
+
+
+def _namespace_reads(namespace: Namespace) -> list[BaseException]:
+    """What each read of ``idgen leases``, ``decode`` and ``zk-secure`` raised."""
+    raised: list[BaseException] = []
+    for read in (namespace.layout, namespace.describe, lambda: namespace.fence(0), lambda: namespace.holders(0)):
+        try:
+            read()
+        except Exception as exc:
+            raised.append(exc)
+    try:
+        namespace.secure(TEST_CREDENTIALS)
+    except Exception as exc:
+        raised.append(exc)
+    return raised
+
+
+def _not_idgen(raised: list[BaseException]) -> list[str]:
+    return [
+        f"{type(e).__module__}.{type(e).__name__}: {e}" for e in raised if not isinstance(e, IdgenError | LeaseLost)
+    ]
+
+
+@pytest.fixture
+def used_namespace(zk_hosts: str, zk_namespace: str) -> str:
+    """A namespace whose 4 worker IDs have all been held and released, so every claim makes the same requests."""
+    for _ in range(4):
+        with Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST)) as gen:
+            gen.next_id()
+    return zk_namespace
+
+
+def test_no_kazoo_exception_escapes_the_lease_whichever_request_fails_and_however(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, used_namespace: str
+) -> None:
+    """Every request of a lease's life (claim, extend, trace, release, close) is made to fail in turn, with each kind
+    of kazoo error, before reaching the server and, for writes, after the server did the work: what comes out is an
+    idgen error (or LeaseLost, which the lease turns into LOST), never kazoo's; and a failed claim leaves no claim of
+    its session behind (a stray would look held by a live worker for as long as the session lives)."""
+    watcher = KazooClient(hosts=zk_hosts, auth_data=[("digest", TEST_CREDENTIALS)])  # kazoo's own: no faults
+    watcher.start(timeout=15)
+    recorder = Injector()
+    assert _lifecycle(_faulty_lease(monkeypatch, recorder, zk_hosts, used_namespace), watcher) == ([], None)
+    requests = recorder.calls
+    assert {method for method, _ in requests} >= {"create", "get", "set", "get_children", "get_acls", "commit"}
+    escaped: dict[str, list[str]] = {}
+    stranded: dict[str, str] = {}
+    for index in range(1, len(requests) + 1):
+        method, path = requests[index - 1]
+        writes = method in ("create", "set", "delete", "commit", "set_acls", "ensure_path")
+        for error in KAZOO_ERRORS:
+            for after in (False, True) if writes else (False,):
+                injector = Injector()
+                injector.fail(error, nth=index, after=after)
+                raised, wrong = _lifecycle(_faulty_lease(monkeypatch, injector, zk_hosts, used_namespace), watcher)
+                case = f"#{index} {method} {path} {error.__name__}{' after' if after else ''}"
+                if _not_idgen(raised):
+                    escaped[case] = _not_idgen(raised)
+                if wrong:
+                    stranded[case] = wrong
+    watcher.stop()
+    watcher.close()
+    assert escaped == {}
+    assert stranded == {}
+
+
+def test_no_kazoo_exception_escapes_the_namespace_reads_of_the_cli(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, used_namespace: str
+) -> None:
+    """``idgen leases``, ``decode`` and ``zk-secure`` read the namespace directly: each of their requests fails in
+    turn with each kind of kazoo error, and what comes out is an idgen error."""
+    recorder = Injector()
+    monkeypatch.setattr(zookeeper, "KazooClient", recorder.client_class())
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        assert _namespace_reads(Namespace(client, used_namespace)) == []
+    escaped: dict[str, list[str]] = {}
+    for index in range(1, len(recorder.calls) + 1):
+        for error in KAZOO_ERRORS:
+            injector = Injector()
+            injector.fail(error, nth=index)
+            monkeypatch.setattr(zookeeper, "KazooClient", injector.client_class())
+            with connected(zk_hosts, TEST_CREDENTIALS) as client:
+                leaked = _not_idgen(_namespace_reads(Namespace(client, used_namespace, timeout_s=2.0)))
+            if leaked:
+                escaped[f"#{index} {recorder.calls[index - 1]} {error.__name__}"] = leaked
+    assert escaped == {}
+
+
+def test_a_failed_start_is_an_idgen_error_and_the_next_generator_mints(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, used_namespace: str
+) -> None:
+    """Through the public API: ``Generator()`` raises an idgen error whichever request of the lease's start fails, and
+    leaves nothing stranded: a generator made right after it mints."""
+    recorder = Injector()
+    lease = _faulty_lease(monkeypatch, recorder, zk_hosts, used_namespace)
+    lease._acquire_checked()  # what start() does before its renewal thread runs
+    lease.close()
+    start = len(recorder.calls)
+    escaped: dict[str, str] = {}
+    for index in range(1, start + 1):
+        for error in (kazoo_errors.NoAuthError, kazoo_errors.ConnectionLoss, kazoo_errors.ZookeeperError):
+            injector = Injector()
+            injector.fail(error, nth=index)
+            try:
+                Generator(TINY, _faulty_lease(monkeypatch, injector, zk_hosts, used_namespace)).close()
+            except IdgenError:
+                pass
+            except Exception as exc:
+                escaped[f"#{index} {recorder.calls[index - 1]} {error.__name__}"] = repr(exc)
+    assert escaped == {}
+    monkeypatch.undo()
+    with Generator(TINY, ZkLease(TINY, zk_hosts, used_namespace, **FAST)) as gen:
+        assert gen.next_id()
+
+
+@pytest.mark.parametrize("lost", [kazoo_errors.ConnectionLoss, KazooTimeoutError], ids=["connection loss", "time-out"])
+def test_a_claim_whose_create_reply_is_lost_is_dropped_and_the_worker_id_is_claimed_again(
+    monkeypatch: pytest.MonkeyPatch, zk_hosts: str, zk_namespace: str, generators: list[Generator], lost: type
+) -> None:
+    """The lease is lost while its session lives; re-acquiring, the create of its new claim lands but its reply is
+    lost. The claim is this session's own: left alone it would look held by a live worker for as long as the session
+    lives, here the one worker ID of the layout, for ever."""
+    injector = Injector()
+    injector.fail(lost, method="create", path="/leases/", nth=2, after=True)  # the 1st is the first claim
+    monkeypatch.setattr(zookeeper, "KazooClient", injector.client_class())
+    gen = zk_generator(generators, SOLO, zk_hosts, zk_namespace)
+    before = gen.next_ids(100)
+    old = gen.lease.status().reservation
+    with connected(zk_hosts, TEST_CREDENTIALS) as client:
+        fence = f"{zk_namespace}/fences/0"
+        record = json.loads(client.get(fence)[0])
+        client.set(fence, json.dumps({**record, "lease_id": "not-yours"}).encode())  # the next extension fails
+    poll(lambda: len(injector.fired) == 1, what="the re-acquisition's create to land with its reply lost")
+    new = eventually(lambda: (r := gen.lease.status().reservation) and r.lease_id != old.lease_id and r, 10)
+    assert new, f"worker 0 was not claimed again in 10 s: {gen.lease.status().reason}"
+    assert new.worker_id == 0 and new.after_ms >= record["fence_ms"]  # still fenced: above the fence it found
+    after = poll(lambda: gen.next_ids(100), what="minting to resume")
+    assert min(after) > max(before) and stamp(after[0], SOLO) > record["fence_ms"]

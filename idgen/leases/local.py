@@ -20,7 +20,7 @@ Each write also touches the lock file, so that cleaners that remove old, untouch
 A new holder takes the free worker ID that was never used, else the one whose fence is oldest (``_claim_order``).
 A worker ID whose record cannot be read is never taken (``quarantined``).
 
-The directory is private (DESIGN.md section 4a): 0700, every file in it 0600 whatever the umask; a directory or file
+The directory is private (DESIGN.md section 8): 0700, every file in it 0600 whatever the umask; a directory or file
 of another user, or a directory group or others may write, is :class:`~idgen.errors.InsecureState`. Every file is
 read with a bound (:func:`~idgen.files.read_bounded`).
 

@@ -1,8 +1,9 @@
 """The ZooKeeper lease backend: worker IDs for many hosts, fenced in ZooKeeper, recycled, traceable.
 
-Znodes of a namespace ``NS``, every one created with a digest ACL: only the holder of the credentials may read,
-write or delete them (:class:`ZkLease` refuses to run without credentials unless told ``insecure=True``, and
-refuses a namespace whose nodes anyone may write):
+Znodes of a namespace ``NS`` (an absolute, canonical path: :func:`namespace_path`), every one created with a digest
+ACL: only the holder of the credentials may read, write or delete them. :class:`ZkLease` refuses to run without
+credentials unless told ``insecure=True``, and checks ACLs by allow-list: it refuses a node it relies on that any
+identity but its own user may change (:meth:`Namespace.foreign_writers`).
 
 - ``NS/layout``: the layout spec, written once; a worker with another layout refuses to start.
 - ``NS/leases/<w>``: the claim on worker ID ``w``, an *ephemeral* node holding the holder's identity.
@@ -13,9 +14,10 @@ refuses a namespace whose nodes anyone may write):
 - ``NS/clock``: a scratch node written to read ZooKeeper's own time (its mtime) for the skew check.
 
 Every record is parsed strictly: a worker ID whose fence or history is torn, not JSON or wrongly typed is
-*quarantined* (never claimed, reported), never taken for "never used". Every ZooKeeper request has a time bound
-(``connect_timeout_s``); a timeout is :class:`LeaseUnavailable`. Stopping the client at ``close()`` is kazoo's own,
-and may wait up to about 2/3 of the session timeout on a frozen server.
+*quarantined* (never claimed, reported), never taken for "never used". Every ZooKeeper request goes through
+:meth:`Namespace.wait`, with a time bound (``connect_timeout_s``): a timeout, or any kazoo error its caller does not
+handle by name, is :class:`LeaseUnavailable`, so no kazoo exception leaves this module. Stopping the client at
+``close()`` is kazoo's own, and may wait up to about 2/3 of the session timeout on a frozen server.
 
 Session states (kazoo) map onto the lease states: SUSPENDED keeps minting up to the reserved fence and
 extends nothing; LOST stops minting at once and acquires afresh; CONNECTED after SUSPENDED resumes.
@@ -27,15 +29,17 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from kazoo.client import KazooClient, KazooState
+from kazoo.client import KazooClient, KazooState, TransactionRequest
 from kazoo.exceptions import (
+    AuthFailedError,
     BadVersionError,
     KazooException,
     NoAuthError,
@@ -44,6 +48,8 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.hosts import collect_hosts
+from kazoo.interfaces import IAsyncResult
 from kazoo.protocol.states import ZnodeStat
 from kazoo.security import ACL, Permissions, make_digest_acl
 
@@ -61,11 +67,58 @@ ZK_INSECURE_ENV = "IDGEN_ZK_INSECURE_NO_AUTH"
 MAX_CREDENTIALS_BYTES = 4096  # user:password, with room to spare
 ZK_INSECURE_FLAG = "--zk-insecure-no-auth"
 DEFAULT_NAMESPACE = "/idgen"
+NAMESPACE_MAX_CHARS = 1000
+# What ZooKeeper refuses in a path (its PathUtils.validatePath), per UTF-16 unit of its Java strings: NUL, the C0 and
+# C1 controls, DEL, U+D800-U+F8FF and U+FFF0-U+FFFF; so also every character beyond U+FFFF (a surrogate pair).
+_REFUSED_IN_PATHS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\uf8ff\ufff0-\U0010ffff]")
 DEFAULT_SESSION_TIMEOUT_S = 10.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_MAX_SKEW_MS = 1_000
 T = TypeVar("T")
+Handled = tuple[type[KazooException], ...]  # the kazoo errors a caller of Namespace.call handles itself
 _RETRY = {"max_tries": -1, "delay": 0.1, "backoff": 1.5, "max_delay": 0.5}  # kazoo's default backoff grows to an hour
+
+
+def zk_hosts(text: str) -> str:
+    """``text`` if kazoo can connect to it: ``host[:port][,host[:port]...]``, with no chroot (the namespace is the
+    path); else :class:`InvalidInput`."""
+    try:
+        _, chroot = collect_hosts(text)
+    except ValueError as exc:
+        raise InvalidInput(f"ZooKeeper hosts {text[:80]!r} are not host:port[,host:port...]: {exc}") from None
+    if chroot:
+        raise InvalidInput(f"ZooKeeper hosts {text[:80]!r} name a path ({chroot[:80]}): give it as the namespace")
+    return text
+
+
+def namespace_path(text: str) -> str:
+    """``text`` if it names a namespace: an absolute, canonical ZooKeeper path of one or more segments (no empty,
+    ``.`` or ``..`` segment, no trailing ``/``, no character ZooKeeper refuses, not under the reserved ``/zookeeper``,
+    at most ``NAMESPACE_MAX_CHARS``); else :class:`InvalidInput`. Every way in (options, variables, the Python API)
+    goes through here before ZooKeeper is touched."""
+    problem = _namespace_problem(text)
+    if problem:
+        raise InvalidInput(f"ZooKeeper namespace {text[:80]!r} {problem}: give an absolute path like /idgen or /ids/a")
+    return text
+
+
+def _namespace_problem(text: str) -> str | None:
+    if not text.startswith("/"):
+        return "is not an absolute path"
+    if len(text) > NAMESPACE_MAX_CHARS:
+        return f"is longer than {NAMESPACE_MAX_CHARS} characters"
+    if text == "/":
+        return "is the root, which is not idgen's to take"
+    segments = text[1:].split("/")
+    if "" in segments:
+        return "has an empty segment (// or a trailing /)"
+    if "." in segments or ".." in segments:
+        return "has a . or .. segment"
+    if _REFUSED_IN_PATHS.search(text):
+        return "has a character ZooKeeper refuses in paths"
+    if segments[0] == "zookeeper":
+        return "is under /zookeeper, which ZooKeeper reserves"
+    return None
 
 
 def credentials_from_env() -> str | None:
@@ -112,14 +165,17 @@ def digest_acl(auth: str) -> ACL:
     return make_digest_acl(user, password, all=True)
 
 
-def explain(exc: KazooException) -> str:
-    """A one-line reason for a ZooKeeper error, naming the fix where there is one."""
-    if isinstance(exc, NoAuthError):
+def _explain(exc: KazooException, request: str) -> str:
+    """A one-line reason for a ZooKeeper error in answer to ``request`` (``"get /idgen/layout"``), naming the fix
+    where there is one."""
+    if isinstance(exc, NoAuthError | AuthFailedError):
+        path = request.partition(" ")[2]
         return (
-            f"ZooKeeper refused access (wrong or missing credentials: set {ZK_AUTH_ENV}=user:password"
-            f" or {ZK_AUTH_FILE_ENV}=FILE)"
+            f"ZooKeeper refused access{f' to {path}' if path else ''}: wrong or missing credentials (set"
+            f" {ZK_AUTH_ENV}=user:password or {ZK_AUTH_FILE_ENV}=FILE), or the node belongs to another ZooKeeper user"
         )
-    return f"ZooKeeper error: {type(exc).__name__} {' '.join(str(exc).split())}".rstrip()
+    detail = " ".join(str(exc).split())
+    return f"ZooKeeper failed {request}: {type(exc).__name__}{f' {detail}' if detail else ''}"
 
 
 def connect(
@@ -175,35 +231,50 @@ class Namespace:
     def __init__(
         self, client: KazooClient, path: str = DEFAULT_NAMESPACE, *, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     ) -> None:
-        if not path.startswith("/") or (path.endswith("/") and path != "/"):
-            raise InvalidInput(f"ZooKeeper namespace {path!r} must be an absolute path like /idgen")
         self.client = client
-        self.path = path.rstrip("/") or ""
+        self.path = namespace_path(path)
         self.timeout_s = timeout_s
         self._layout: Layout | None = None
 
     def node(self, kind: str, worker_id: int | str | None = None) -> str:
         return f"{self.path}/{kind}" + ("" if worker_id is None else f"/{worker_id}")
 
-    def call(self, operation: str, *args: Any, **kwargs: Any) -> Any:
-        """``client.<operation>(*args, **kwargs)``, answered within ``timeout_s``; else :class:`LeaseUnavailable`."""
-        return self.wait(getattr(self.client, f"{operation}_async")(*args, **kwargs), operation)
+    def call(self, operation: str, path: str, *args: Any, handled: Handled = (), **kwargs: Any) -> Any:
+        """``client.<operation>(path, *args, **kwargs)``'s answer: see :meth:`wait`."""
+        pending = getattr(self.client, f"{operation}_async")(path, *args, **kwargs)
+        return self.wait(pending, f"{operation} {path}", handled)
 
-    def wait(self, pending: Any, operation: str = "commit") -> Any:
-        """The result of a kazoo async call (or a transaction's ``commit_async()``) within ``timeout_s``."""
+    def commit(self, transaction: TransactionRequest, handled: Handled = ()) -> list[Any]:
+        """A transaction's results (an exception in place of each operation that failed): see :meth:`wait`."""
+        request = f"a transaction on {transaction.operations[0].path}"
+        return self.wait(transaction.commit_async(), request, handled)  # type: ignore[no-any-return]
+
+    def wait(self, pending: IAsyncResult, request: str, handled: Handled = ()) -> Any:
+        """The answer to a kazoo request sent as ``pending`` (``request`` says what it was), within ``timeout_s``.
+
+        The errors the caller handles, ``handled``, are raised as kazoo's; any other kazoo error, or no answer in time,
+        is a :class:`LeaseUnavailable` saying why in one line. So no kazoo exception leaves this module."""
         try:
             return pending.get(timeout=self.timeout_s)
         except KazooTimeoutError:
-            raise LeaseUnavailable(
-                f"ZooKeeper did not answer {operation} in {self.path or '/'} within {self.timeout_s:g} s"
-            ) from None
+            raise LeaseUnavailable(f"ZooKeeper did not answer {request} within {self.timeout_s:g} s") from None
+        except KazooException as exc:
+            if isinstance(exc, handled):
+                raise
+            raise LeaseUnavailable(_explain(exc, request)) from None
 
     def bind_layout(self, layout: Layout) -> None:
         """Store ``layout`` as the namespace's layout, or check that it is the one already stored."""
         for kind in ("leases", "fences", "history", "clock"):
             self.call("ensure_path", self.node(kind))  # safe when many workers create them at once
         try:
-            self.call("create", self.node("layout"), json.dumps(layout.spec()).encode(), makepath=True)
+            self.call(
+                "create",
+                self.node("layout"),
+                json.dumps(layout.spec()).encode(),
+                makepath=True,
+                handled=(NodeExistsError,),
+            )
         except NodeExistsError:
             stored = self.layout()
             if stored != layout:
@@ -215,7 +286,7 @@ class Namespace:
     def layout(self) -> Layout:
         if self._layout is None:
             try:
-                data, _ = self.call("get", self.node("layout"))
+                data, _ = self.call("get", self.node("layout"), handled=(NoNodeError,))
             except NoNodeError:
                 raise InvalidInput(
                     f"ZooKeeper namespace {self.path} has no idgen layout (nothing was ever minted there)"
@@ -227,32 +298,46 @@ class Namespace:
                 raise UnreadableRecord(f"{what} is unreadable: not a layout spec") from None
         return self._layout
 
-    def world_writable(self) -> list[str]:
-        """The namespace's nodes (itself, layout, clock, leases, fences, history and their children) whose ACL lets
-        anyone (``world:anyone``) write, create, delete or change the ACL."""
-        paths = [self.path or "/", *(self.node(k) for k in ("layout", "clock", "leases", "fences", "history"))]
-        for kind in ("leases", "fences", "history"):
-            paths += [self.node(kind, child) for child in self._children(kind, strict=False)]
+    def containers(self) -> list[str]:
+        """The nodes every worker relies on: the namespace itself, ``layout``, ``clock``, ``leases``, ``fences`` and
+        ``history``. Creating or deleting a child takes CREATE or DELETE on its container."""
+        return [self.path, *(self.node(kind) for kind in ("layout", "clock", "leases", "fences", "history"))]
+
+    def worker_nodes(self, worker_id: int) -> list[str]:
+        """The nodes of one worker ID: its claim, fence and history."""
+        return [self.node(kind, worker_id) for kind in ("leases", "fences", "history")]
+
+    def foreign_writers(self, paths: Sequence[str], auth: str) -> list[tuple[str, ACL]]:
+        """Each existing node of ``paths`` whose ACL lets an identity other than ``auth``'s digest user write, create,
+        delete or change the ACL, with the first such entry. An allow-list: whatever the scheme (world, ip, digest,
+        auth, sasl, x509...), only idgen's own user may hold more than READ. The ACLs are read in one round trip."""
+        mine = digest_acl(auth).id
         pending = [(path, self.client.get_acls_async(path)) for path in paths]
-        open_paths = []
+        found = []
         for path, acls in pending:
             try:
-                acl, _ = self.wait(acls, "get_acls")
+                acl, _ = self.wait(acls, f"get_acls {path}", handled=(NoNodeError,))
             except NoNodeError:
                 continue
-            if any(_is_world(entry) and entry.perms & _WRITE_PERMS for entry in acl):
-                open_paths.append(path)
-        return open_paths
+            foreign = [entry for entry in acl if entry.perms & _WRITE_PERMS and entry.id != mine]
+            if foreign:
+                found.append((path, foreign[0]))
+        return found
 
     def secure(self, auth: str) -> list[str]:
-        """Give every world-writable node of the namespace the ACL idgen gives its nodes (``auth``'s user only,
-        other non-world entries kept); the paths changed."""
-        changed = self.world_writable()
-        for path in changed:
+        """Replace, on every node of the namespace (the containers and all their children), each ACL entry that lets
+        another identity than ``auth``'s user change the node with idgen's own (everything, for that user only);
+        read-only entries stay. The paths changed."""
+        paths = self.containers()
+        for kind in ("leases", "fences", "history"):
+            paths += [self.node(kind, child) for child in self._children(kind, strict=False)]
+        mine = digest_acl(auth)
+        changed = []
+        for path, _ in self.foreign_writers(paths, auth):
             acl, stat = self.call("get_acls", path)
-            kept = [entry for entry in acl if not _is_world(entry)]
-            mine = digest_acl(auth)
-            self.call("set_acls", path, [*kept, *([] if mine in kept else [mine])], stat.aversion)
+            kept = [entry for entry in acl if not entry.perms & _WRITE_PERMS and entry.id != mine.id]
+            self.call("set_acls", path, [*kept, mine], stat.aversion)
+            changed.append(path)
         return changed
 
     def live_leases(self) -> dict[int, Holder]:
@@ -328,14 +413,14 @@ class Namespace:
 
     def _children(self, kind: str, strict: bool) -> list[str]:
         try:
-            children: list[str] = self.call("get_children", self.node(kind))
+            children: list[str] = self.call("get_children", self.node(kind), handled=(NoNodeError,))
         except NoNodeError:
             return []
         return [c for c in children if WORKER_ID.fullmatch(c)] if strict else children
 
     def _get(self, path: str) -> bytes | None:
         try:
-            data, _ = self.call("get", path)
+            data, _ = self.call("get", path, handled=(NoNodeError,))
         except NoNodeError:
             return None
         return bytes(data)
@@ -345,8 +430,19 @@ def _fence_gone(worker_id: int) -> str:
     return f"worker {worker_id} has a history of holders but no fence (deleted?)"
 
 
-def _is_world(entry: ACL) -> bool:
-    return bool(entry.id.scheme == "world" and entry.id.id == "anyone")
+_PERMISSION_LETTERS = (
+    ("c", Permissions.CREATE),
+    ("d", Permissions.DELETE),
+    ("r", Permissions.READ),
+    ("w", Permissions.WRITE),
+    ("a", Permissions.ADMIN),
+)
+
+
+def _acl_text(entry: ACL) -> str:
+    """An ACL entry as ZooKeeper's own CLI writes it: ``ip:0.0.0.0/0:cdrwa``."""
+    letters = "".join(letter for letter, bit in _PERMISSION_LETTERS if entry.perms & bit)
+    return f"{entry.id.scheme}:{entry.id.id}:{letters}"
 
 
 class ZkLease(Lease):
@@ -377,8 +473,8 @@ class ZkLease(Lease):
                 " control"
             )
         super().__init__(layout, **options)
-        self.hosts = hosts
-        self.namespace_path = namespace
+        self.hosts = zk_hosts(hosts)
+        self.namespace_path = namespace_path(namespace)
         self.auth = auth
         self.insecure = auth is None
         self.session_timeout_s = session_timeout_s
@@ -399,7 +495,7 @@ class ZkLease(Lease):
         self._client: KazooClient | None = None
         self._ns: Namespace | None = None
         self._fence_version = -1
-        self._lost_worker_id: int | None = None  # lost while the session lived: drop its claim before acquiring anew
+        self._strays: set[int] = set()  # worker IDs this session may hold a claim on, unused: see _drop_strays
 
     # -- connection and clock check -----------------------------------------------------------------
 
@@ -409,26 +505,29 @@ class ZkLease(Lease):
             client = connect(self.hosts, self.auth, self.session_timeout_s, self.connect_timeout_s)
             try:
                 namespace = Namespace(client, self.namespace_path, timeout_s=self.connect_timeout_s)
-                if self.auth is not None:
-                    self._refuse_world_writable(namespace)
                 namespace.bind_layout(self.layout)
-            except BaseException as exc:
+                self._refuse_foreign_writers(namespace, namespace.containers())  # as they are once all exist
+            except BaseException:
                 client.stop()
                 client.close()
-                if isinstance(exc, KazooException):
-                    raise LeaseUnavailable(explain(exc)) from None
                 raise
             client.add_listener(self._on_session_state)
             self._client, self._ns = client, namespace
         return self._ns
 
-    def _refuse_world_writable(self, namespace: Namespace) -> None:
-        open_paths = namespace.world_writable()
-        if open_paths:
+    def _refuse_foreign_writers(self, namespace: Namespace, paths: list[str]) -> None:
+        """:class:`LeaseUnavailable` if any of ``paths`` lets another identity than idgen's user change it (nothing
+        to check without credentials: the operator opted out of access control)."""
+        if self.auth is None:
+            return
+        found = namespace.foreign_writers(paths, self.auth)
+        if found:
+            path, entry = found[0]
+            more = f" (and {len(found) - 1} more nodes)" if len(found) > 1 else ""
             raise LeaseUnavailable(
-                f"ZooKeeper namespace {namespace.path} has {len(open_paths)} world-writable nodes (such as"
-                f" {open_paths[0]}): anyone could delete its claims and fences. Restrict them to these credentials"
-                f" with: idgen zk-secure --namespace {namespace.path} --zk {self.hosts}"
+                f"ZooKeeper node {path}{more} has the ACL entry {_acl_text(entry)}: an identity other than idgen's user"
+                f" {self.auth.partition(':')[0]!r} may change it, and could delete claims and fences. Give it idgen's"
+                f" ACL with: idgen zk-secure --namespace {namespace.path} --zk {self.hosts}"
             )
 
     def _on_session_state(self, state: str) -> None:
@@ -452,10 +551,7 @@ class ZkLease(Lease):
         namespace = self.namespace
         started = time.monotonic()
         before = self._now_ms()
-        try:
-            stat = namespace.call("set", namespace.node("clock"), b"")  # created by bind_layout
-        except KazooException as exc:
-            raise LeaseUnavailable(explain(exc)) from None
+        stat = namespace.call("set", namespace.node("clock"), b"")  # created by bind_layout
         after = self._now_ms()
         rtt = (time.monotonic() - started) * 1000
         self.skew_ms = after - rtt / 2 - stat.mtime
@@ -477,20 +573,17 @@ class ZkLease(Lease):
 
     def _acquire(self, holder: Holder) -> Reservation:
         namespace = self.namespace
-        try:
-            session_id = namespace.client.client_id[0]
-            self._drop_lost_claim(session_id)
-            live = namespace.claimed()
-            fences, unreadable = namespace.scan_fences()
-            for worker_id, why in unreadable.items():
-                self._quarantine(worker_id, why)
-            usable = [w for w in range(self.layout.worker_capacity) if w not in live and w not in self.quarantined]
-            for worker_id in self._claim_order(usable, fences):
-                claimed = self._claim(worker_id, holder, session_id)
-                if claimed:
-                    return claimed
-        except KazooException as exc:
-            raise LeaseUnavailable(explain(exc)) from None
+        session_id = self._session_id()
+        self._drop_strays(session_id)
+        live = namespace.claimed()
+        fences, unreadable = namespace.scan_fences()
+        for worker_id, why in unreadable.items():
+            self._quarantine(worker_id, why)
+        usable = [w for w in range(self.layout.worker_capacity) if w not in live and w not in self.quarantined]
+        for worker_id in self._claim_order(usable, fences):
+            claimed = self._claim(worker_id, holder, session_id)
+            if claimed:
+                return claimed
         quarantined = f" ({len(self.quarantined)} of them quarantined: unreadable records)" if self.quarantined else ""
         raise self._none_claimable(
             f"all {self.layout.worker_capacity} worker IDs of layout {self.layout.name!r} in ZooKeeper namespace"
@@ -498,18 +591,22 @@ class ZkLease(Lease):
         )
 
     def _claim(self, worker_id: int, holder: Holder, session_id: int) -> Reservation | None:
-        """Create the claim on ``worker_id`` and write its first fence and history; ``None`` if it is taken, or if
-        its records cannot be read (then it is quarantined and the claim dropped)."""
+        """Create the claim on ``worker_id``, check the ACLs of its nodes, and write its first fence and history;
+        ``None`` if it is taken, or if its records cannot be read (then it is quarantined and the claim dropped).
+
+        From the create until it returns a reservation or drops the claim, this session may own a claim it does not
+        hold: a create whose reply was lost (it landed or not), or any failure after it. So the worker ID is a stray
+        all along (:meth:`_drop_strays`), and stays one if this raises."""
         namespace = self.namespace
         lease_path = namespace.node("leases", worker_id)
         me = replace(holder, worker_id=worker_id, lease_id=f"{session_id:016x}-{uuid.uuid4().hex[:8]}")
+        self._strays.add(worker_id)
         try:
-            namespace.call("create", lease_path, _json(me.to_json()), ephemeral=True)
-        except NodeExistsError:
-            owner = namespace.call("exists", lease_path)
-            if owner is None or owner.ephemeralOwner != session_id:
-                return None  # held by another live worker
-            # ours: an earlier create landed but its reply was lost to a connection blip
+            namespace.call("create", lease_path, _json(me.to_json()), ephemeral=True, handled=(NodeExistsError,))
+        except NodeExistsError:  # another worker's; or this session's, if a create of it was ever answered twice
+            self._drop_claim(worker_id, session_id)
+            return None
+        self._refuse_foreign_writers(namespace, namespace.worker_nodes(worker_id))
         try:
             fence_data, fence_stat = self._read(namespace.node("fences", worker_id), parse_fence)
             history_data, history_stat = self._read(namespace.node("history", worker_id), parse_history)
@@ -517,7 +614,7 @@ class ZkLease(Lease):
                 raise UnreadableRecord(_fence_gone(worker_id))
         except UnreadableRecord as exc:
             self._quarantine(worker_id, str(exc))
-            namespace.call("delete", lease_path)
+            self._drop_claim(worker_id)
             return None
         found = fence_data["fence_ms"] if fence_data else None
         after = self._claim_after(found)
@@ -531,10 +628,11 @@ class ZkLease(Lease):
             transaction, namespace.node("fences", worker_id), {"fence_ms": fence, "lease_id": me.lease_id}, fence_stat
         )
         _write(transaction, namespace.node("history", worker_id), [h.to_json() for h in history], history_stat)
-        results = namespace.wait(transaction.commit_async())
+        results = namespace.commit(transaction)
         if any(isinstance(r, Exception) for r in results):
-            namespace.call("delete", lease_path)  # someone raced us on the records; leave this worker ID alone
+            self._drop_claim(worker_id)  # someone raced us on the records; leave this worker ID alone
             return None
+        self._strays.discard(worker_id)
         self._fence_version = results[2].version if isinstance(results[2], ZnodeStat) else 0
         return Reservation(worker_id, after, fence, me.lease_id, found)
 
@@ -542,7 +640,7 @@ class ZkLease(Lease):
         try:
             self._write_fence(reservation, fence_ms)
         except LeaseLost:
-            self._lost_worker_id = reservation.worker_id  # minting stops first; the next acquisition drops the claim
+            self._strays.add(reservation.worker_id)  # minting stops first; the next acquisition drops the claim
             raise
 
     def _release(self, reservation: Reservation, final_fence_ms: int) -> None:
@@ -586,16 +684,30 @@ class ZkLease(Lease):
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _drop_lost_claim(self, session_id: int) -> None:
-        """Delete the claim of a lease lost while the session lived, if it is still this session's."""
-        worker_id, self._lost_worker_id = self._lost_worker_id, None
-        if worker_id is None:
-            return
+    def _session_id(self) -> int:
+        """This client's ZooKeeper session, or :class:`LeaseUnavailable` while it has none (reconnecting)."""
+        client_id = self.namespace.client.client_id
+        if client_id is None:
+            raise LeaseUnavailable(f"no ZooKeeper session with {self.hosts} (reconnecting)")
+        return int(client_id[0])
+
+    def _drop_strays(self, session_id: int) -> None:
+        """Delete the claims of this session that it does not hold: of a lease lost while the session lived, of a
+        create whose reply was lost, of a claim that failed half-way. Their ``ephemeralOwner`` is this session, so
+        otherwise they would look held by a live worker until the session ends. None was ever given a reservation,
+        or else its minting has stopped (LOST), so whoever claims the worker ID next starts above its fence."""
+        for worker_id in sorted(self._strays):
+            self._drop_claim(worker_id, session_id)
+
+    def _drop_claim(self, worker_id: int, session_id: int | None = None) -> None:
+        """Delete the claim on ``worker_id`` if it is still this session's (``session_id``; ``None``: known to be);
+        then it is no stray. :class:`LeaseUnavailable` leaves it one, for the next acquisition."""
         path = self.namespace.node("leases", worker_id)
         stat = self.namespace.call("exists", path)
-        if stat is not None and stat.ephemeralOwner == session_id:
+        if stat is not None and (session_id is None or stat.ephemeralOwner == session_id):
             with contextlib.suppress(NoNodeError, BadVersionError):
-                self.namespace.call("delete", path, stat.version)
+                self.namespace.call("delete", path, stat.version, handled=(NoNodeError, BadVersionError))
+        self._strays.discard(worker_id)
 
     def _write_fence(
         self,
@@ -619,7 +731,7 @@ class ZkLease(Lease):
             if then_delete:
                 transaction.delete(lease_path, 1)
             try:
-                results = namespace.wait(transaction.commit_async())  # never hang renewal
+                results = namespace.commit(transaction, handled=(SessionExpiredError,))  # never hang renewal
             except SessionExpiredError:
                 raise LeaseLost("the ZooKeeper session expired") from None
             if not any(isinstance(r, Exception) for r in results):
@@ -642,7 +754,7 @@ class ZkLease(Lease):
     def _read(self, path: str, parse: Callable[[bytes, str], T]) -> tuple[T | None, ZnodeStat | None]:
         """The record at ``path`` parsed by ``parse`` (:class:`UnreadableRecord` if it does not parse), and its stat."""
         try:
-            data, stat = self.namespace.call("get", path)
+            data, stat = self.namespace.call("get", path, handled=(NoNodeError,))
         except NoNodeError:
             return None, None
         return parse(bytes(data), path), stat
