@@ -764,10 +764,7 @@ class ZkLease(Lease):
         namespace = self._ns
         if namespace is None or not namespace.client.connected:
             raise LeaseUnavailable("not connected to ZooKeeper")
-        try:
-            held = set(namespace.worker_ids("leases"))
-        except KazooException as exc:
-            raise LeaseUnavailable(explain(exc)) from None
+        held = set(namespace.worker_ids("leases"))  # Namespace.call: any kazoo error is a LeaseUnavailable
         return self._census_of(range(self.layout.worker_capacity), held)
 
 
