@@ -65,7 +65,7 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from idgen.errors import ClockBehind, InvalidInput, Unavailable
-from idgen.generator import Generator
+from idgen.generator import DEFAULT_ROLLBACK_TOLERANCE_MS, Generator
 from idgen.http import inspector
 from idgen.http.answers import FORMAT_SLICE, ID_HEADERS, NO_STORE, id_answer
 from idgen.http.budget import BUDGET_WAIT_S, ID_BUDGET, IdBudget, send
@@ -81,7 +81,6 @@ from idgen.version import __version__
 log = logging.getLogger("idgen.http")
 
 DEFAULT_MAX_COUNT = 4096
-DEFAULT_ROLLBACK_TOLERANCE_MS = 5
 WATCH_INTERVAL_S = 0.5  # readiness log events, lease gauges and batched counters are refreshed this often
 _UNMATCHED = "(unmatched)"
 
