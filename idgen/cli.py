@@ -337,7 +337,7 @@ def _refuse_servers(command: str, why: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from idgen.server import serve  # imports aiohttp; the other commands do without it
+    from idgen.http.server import serve  # imports aiohttp; the other commands do without it
 
     _refuse_servers("serve", "leases worker IDs of its own")
     code = serve(args)

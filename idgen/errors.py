@@ -30,6 +30,36 @@ class InsecureState(InvalidInput):
     code = "insecure_state"
 
 
+class RepeatedParameter(InvalidInput):
+    """An HTTP query parameter given more than once: which one counts would be a guess (``count=2&count=x``)."""
+
+    code = "repeated_parameter"
+
+
+class InvalidCount(InvalidInput):
+    """A ``count`` that is not a whole number from 1 to the server's maximum."""
+
+    code = "invalid_count"
+
+
+class InvalidFormat(InvalidInput):
+    """A ``format`` that names no string form, or one the answer cannot carry (runs are decimal only)."""
+
+    code = "invalid_format"
+
+
+class InvalidLayout(InvalidInput):
+    """A ``layout`` that is neither a preset nor a valid spec."""
+
+    code = "invalid_layout"
+
+
+class InvalidId(InvalidInput):
+    """An ID string that does not parse in its form, or does not fit the layout."""
+
+    code = "invalid_id"
+
+
 class LayoutMismatch(IdgenError):
     """A state directory or ZooKeeper namespace already belongs to another layout."""
 

@@ -526,6 +526,13 @@ class Generator:
             return 0
         return max(0, self.layout.tick_ms(self._tick) - self._now_ns() // 1_000_000)
 
+    def stop_sleeping_on_rollbacks(self) -> None:
+        """From now on, never sleep out a clock behind the last tick used (``rollback_tolerance_ms`` becomes 0): beyond
+        what ``max_lead_ms`` rides, :class:`ClockBehind` is raised at once. For a caller that waits rollbacks out
+        itself, such as the HTTP service, whose event loop must never sleep; it gives its own tolerance to
+        :meth:`readiness`."""
+        self.rollback_tolerance_ns = 0
+
     def readiness(self, rollback_tolerance_ms: float | None = None) -> tuple[bool, str | None]:
         """Whether the next ``next_id`` is expected to succeed (or, with a larger ``rollback_tolerance_ms`` than
         the generator's, to succeed after a wait the caller will do), and if not, why. Riding a clock step is ready."""

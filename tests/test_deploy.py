@@ -37,9 +37,9 @@ import yaml
 from aiohttp.web_urldispatcher import PlainResource
 
 from idgen import cli
+from idgen.http.server import HARD_STOP_S
 from idgen.layout import PRESETS
 from idgen.leases import zookeeper
-from idgen.server import HARD_STOP_S
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -48,7 +48,7 @@ KUBERNETES = REPO / "deploy" / "kubernetes"
 DEPLOY_DOC = REPO / "docs" / "DEPLOY.md"
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 ENV_NAME = re.compile(r"\bIDGEN_[A-Z0-9_]*[A-Z0-9]\b")
-SUPERVISOR_SLACK_S = 5  # idgen.server._wait_for_workers kills workers HARD_STOP_S + 5 s after the stop signal
+SUPERVISOR_SLACK_S = 5  # idgen.http.server._wait_for_workers kills workers HARD_STOP_S + 5 s after the stop signal
 # docs/DEPLOY.md's scaling table keeps this many pods' worth of worker IDs free: the rolling update's surge pod,
 # plus pods that crashed and whose worker IDs stay held until their ZooKeeper sessions expire.
 SURGE_PODS, CRASHED_PODS = 1, 2

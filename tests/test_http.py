@@ -33,11 +33,13 @@ from schemathesis.generation.modes import GenerationMode
 from serverproc import Reply
 from serverproc import ServerProcess as Server
 
-from idgen import DEFAULT_LAYOUT, FORMS, Generator, connections, decode, format_id, get_layout, parse_id
-from idgen import app as app_module
-from idgen.app import ID_LATENCY_SAMPLE, SERVICE, Metrics, make_app
+from idgen import DEFAULT_LAYOUT, FORMS, Generator, decode, format_id, get_layout, parse_id
+from idgen.app import make_app
 from idgen.clock import ManualClock
-from idgen.connections import HEAD_TIMEOUT_S, log_accept_errors
+from idgen.http import budget, connections
+from idgen.http.connections import HEAD_TIMEOUT_S, log_accept_errors
+from idgen.http.metrics import ID_LATENCY_SAMPLE, Metrics
+from idgen.http.service import SERVICE
 from idgen.leases.local import LocalLease
 
 ROUTES = ["/", "/id", "/decode/{id}", "/healthz", "/readyz", "/info", "/metrics", "/openapi.json"]
@@ -690,7 +692,7 @@ def test_a_client_that_does_not_read_a_batch_is_disconnected_and_its_budget_retu
     """A batch holds its share of the ID budget until its answer is taken; a client that never reads would hold it
     for ever. The server's send buffer is made small (loopback's would take the whole answer), the send deadline
     short; the batch's connection is then closed, the budget whole again, and other batches served."""
-    monkeypatch.setattr(app_module, "SEND_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(budget, "SEND_TIMEOUT_S", 0.5)
     generator = Generator(lease=LocalLease(DEFAULT_LAYOUT, tmp_path))
     app = make_app(generator, max_count=65536)
 

@@ -29,8 +29,8 @@ from serverproc import ServerProcess as Server
 from zkharness import TEST_CREDENTIALS, ZkServer, four_letter_word
 
 from idgen import DEFAULT_LAYOUT, Layout
-from idgen.app import CENSUS_INTERVAL_S
 from idgen.errors import LeaseUnavailable
+from idgen.http.metrics import CENSUS_INTERVAL_S
 from idgen.leases.base import Census, Lease
 from idgen.leases.zookeeper import ZkLease, connect
 

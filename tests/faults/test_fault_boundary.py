@@ -25,7 +25,7 @@ from faultkit import IdgenServer
 from loadclient import LoadClient, Record, Report, check
 from serverproc import serve_command
 
-from idgen.connections import IDLE_TIMEOUT_S
+from idgen.http.connections import IDLE_TIMEOUT_S
 
 PRLIMIT_256 = ["prlimit", "--nofile=256:256", "--"]
 MiB = 1 << 20

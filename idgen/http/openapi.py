@@ -1,4 +1,4 @@
-"""The OpenAPI 3 document of the HTTP service (:mod:`idgen.app`), as a plain dict.
+"""The OpenAPI 3 document of the HTTP service (:mod:`idgen.http.service`), as a plain dict.
 
 It describes what the app really does, and the tests hold it to that: they validate it with
 ``openapi-spec-validator`` and fuzz the running server against it with schemathesis.

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import resource
 import socket
@@ -43,6 +42,7 @@ from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler
 
 from idgen.errors import InvalidInput
+from idgen.http.responses import error_response
 
 log = logging.getLogger("idgen.http")
 
@@ -68,16 +68,6 @@ FD_RESERVE = 64 + 6 * ACCEPT_BURST
 LOG_INTERVAL_S = 5.0
 _ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message for EMFILE, ENFILE, ENOBUFS, ENOMEM
 _ECHOED = re.compile(r":?\s*(?:b'|b\"|bytearray\().*", re.DOTALL)  # where aiohttp's messages start quoting the request
-
-
-def error_response(status: int, code: str, message: str, retry_after: float | None = None) -> web.Response:
-    """idgen's error answer: ``{"error": {"code", "message"}}``, never cached; with ``Retry-After`` (whole seconds,
-    at least 1) if given."""
-    response = web.json_response({"error": {"code": code, "message": message}}, status=status)
-    response.headers["Cache-Control"] = "no-store"
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return response
 
 
 # -- limits -----------------------------------------------------------------------------------------------------

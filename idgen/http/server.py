@@ -1,8 +1,8 @@
 """Running the HTTP service: ``idgen serve``.
 
-One process (the default) binds the port, leases a worker ID, serves :func:`idgen.app.make_app` and on SIGTERM or
-SIGINT stops accepting, finishes the requests in flight (at most ``SHUTDOWN_TIMEOUT_S``), closes the generator
-(which releases the lease) and exits 0.
+One process (the default) binds the port, leases a worker ID, serves :func:`idgen.http.service.make_app` and on
+SIGTERM or SIGINT stops accepting, finishes the requests in flight (at most ``SHUTDOWN_TIMEOUT_S``), closes the
+generator (which releases the lease) and exits 0.
 
 With ``processes`` > 1 a supervisor forks that many workers before any thread or event loop exists. Each binds the
 same port with ``SO_REUSEPORT`` (the kernel spreads connections over them) and holds its own lease, hence its own
@@ -44,8 +44,8 @@ from aiohttp.web_protocol import RequestPayloadError
 from pythonjsonlogger.json import JsonFormatter
 
 from idgen.config import Settings, generator_for
-from idgen.connections import Runner, Tally, log_accept_errors, max_connections_for
 from idgen.errors import IdgenError, InvalidInput, LayoutMismatch
+from idgen.http.connections import Runner, Tally, log_accept_errors, max_connections_for
 
 log = logging.getLogger("idgen.server")
 
@@ -143,7 +143,7 @@ def serve(options: argparse.Namespace) -> int:
     (no worker ID, port taken, ...), 2 for bad options. Start-up failures are logged as one ``start_failed`` event.
 
     ``options`` has ``host``, ``port``, ``processes``, ``max_count``, ``max_connections`` (None: the default of
-    :func:`idgen.connections.max_connections_for`), ``access_log``, ``zk_session_timeout`` and the lease settings
+    :func:`idgen.http.connections.max_connections_for`), ``access_log``, ``zk_session_timeout`` and the lease settings
     (:meth:`idgen.config.Settings.of`).
     """
     configure_logging(options.access_log)
@@ -201,8 +201,8 @@ def _advertised(host: str, port: int) -> str:
 def _serve_worker(options: argparse.Namespace, sock: socket.socket, multiprocess_dir: str | None) -> int:
     """Lease, serve on ``sock`` until told to stop, release. Exceptions at start-up propagate to the caller."""
     # Imported here, not at the top: prometheus_client must be first imported after the supervisor set
-    # PROMETHEUS_MULTIPROC_DIR, and idgen.app imports it.
-    from idgen.app import make_app
+    # PROMETHEUS_MULTIPROC_DIR, and idgen.http.metrics imports it.
+    from idgen.http.service import make_app
 
     port = sock.getsockname()[1]
     try:
