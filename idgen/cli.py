@@ -245,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="log one JSON line per request; --access-log alone means true (env IDGEN_ACCESS_LOG; default false)",
     )
     serve.add_argument(
+        "--uvloop",
+        nargs="?",
+        const=True,
+        type=_type("uvloop"),
+        metavar="BOOL",
+        help="run on uvloop's event loop where it is installed (a dependency on Linux and macOS); false: the standard"
+        " asyncio loop (env IDGEN_UVLOOP; default true)",
+    )
+    serve.add_argument(
         "--zk-session-timeout",
         type=_type("zk_session_timeout"),
         metavar="SECONDS",

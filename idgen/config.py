@@ -100,6 +100,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "processes": (positive_int, 1),
     "max_count": (bounded(int, "a positive whole number", 1, MAX_COUNT_LIMIT), 4096),
     "access_log": (flag, False),
+    "uvloop": (flag, True),
     "max_connections": (positive_int, None),  # None: idgen.http.connections.max_connections_for()
     "max_lead": (bounded(float, "a number of seconds", 0, 3600), None),
 }

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from polling import poll
 from serverproc import REPO, Reply, serve_command, wait_until
 from serverproc import ServerProcess as Server
@@ -116,6 +117,15 @@ def listening_addresses(port: int) -> set[str]:
             if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
                 found.add(address)
     return found
+
+
+@pytest.mark.parametrize(("setting", "loop"), [(None, "uvloop"), ("false", "asyncio"), ("true", "uvloop")])
+def test_the_server_runs_on_uvloop_unless_told_not_to(tmp_path: Path, setting: str | None, loop: str) -> None:
+    """uvloop serves GET /id faster (issue 22); IDGEN_UVLOOP=false keeps the standard loop, for whoever needs it."""
+    env = {"IDGEN_UVLOOP": setting} if setting else {}
+    with Server("--state-dir", str(tmp_path), env=env) as server:
+        assert server.get("/id").status == 200
+        assert server.event("listening")["event_loop"] == loop
 
 
 def test_by_default_the_server_listens_on_loopback_only(tmp_path: Path) -> None:

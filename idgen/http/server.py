@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web, web_response
@@ -214,13 +215,27 @@ def _serve_worker(options: argparse.Namespace, sock: socket.socket, multiprocess
     deadline = _Deadline()
     try:
         app = make_app(generator, max_count=options.max_count, multiprocess_dir=multiprocess_dir)
-        asyncio.run(_run(app, sock, options, deadline, generator.worker_id))
+        with asyncio.Runner(loop_factory=event_loop_factory(options.uvloop)) as runner:
+            runner.run(_run(app, sock, options, deadline, generator.worker_id))
     finally:
         deadline.start()
         generator.close()  # releases the lease, its fence brought down to the last tick used
         log.info("stopped", extra={"event": "stopped"})
         deadline.cancel()
     return EXIT_OK
+
+
+def event_loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's ``new_event_loop`` if ``use_uvloop`` and uvloop is installed (it serves ``GET /id`` 10-20% faster,
+    docs/BENCHMARKS.md), else None: asyncio's default loop."""
+    if not use_uvloop:
+        return None
+    try:
+        import uvloop
+    except ImportError:  # a platform uvloop does not build on
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 class _Deadline:
@@ -278,6 +293,7 @@ async def _run(
                 "port": port,
                 "worker_id": worker_id,
                 "max_connections": options.max_connections,
+                "event_loop": type(loop).__module__.split(".")[0],  # "uvloop" or "asyncio"
             },
         )
         await stop.wait()

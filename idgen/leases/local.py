@@ -71,13 +71,18 @@ def default_state_dir() -> Path:
 
 def parse_state_dir(text: str) -> str:
     """A state directory from an option or a variable; blank is :class:`InvalidInput` (see :func:`_state_dir`)."""
-    return os.fspath(_state_dir(text, "the path"))
+    return os.fspath(_state_dir(text))
 
 
-def _state_dir(given: str | os.PathLike[str], source: str) -> Path:
-    """``given`` as a state directory; blank is :class:`InvalidInput` (``Path("")`` would be the working directory)."""
+def _state_dir(given: str | os.PathLike[str], source: str | None = None) -> Path:
+    """``given`` as a state directory; blank is :class:`InvalidInput` (``Path("")`` would be the working directory),
+    its message led by ``source`` if given."""
     if not os.fspath(given).strip():
-        raise InvalidInput(f"{source} is empty: name a directory, or leave it unset for the default")
+        where = f"{source}: " if source else ""
+        raise InvalidInput(
+            f"{where}an empty path is not a directory; this one is empty: name a directory, or leave it unset for the"
+            " default"
+        )
     return Path(given)
 
 
@@ -103,7 +108,7 @@ class LocalLease(Lease):
         **options: Any,
     ) -> None:
         super().__init__(layout, **options)
-        self.state_dir = _state_dir(state_dir, "the state directory") if state_dir is not None else default_state_dir()
+        self.state_dir = _state_dir(state_dir, "state_dir") if state_dir is not None else default_state_dir()
         self.worker_ids = worker_ids if worker_ids is not None else range(layout.worker_capacity)
         if not self.worker_ids or self.worker_ids[0] < 0 or self.worker_ids[-1] >= layout.worker_capacity:
             raise InvalidInput(
