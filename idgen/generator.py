@@ -54,7 +54,6 @@ import operator
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
@@ -71,14 +70,13 @@ from idgen.errors import (
 )
 from idgen.forking import ProcessLock, process_marker
 from idgen.layout import DEFAULT_LAYOUT, Layout, get_layout, iso_ms
-from idgen.leases.base import Lease, RepeatLimitedLog, Reservation
+from idgen.leases.base import Lease, Reservation
+from idgen.switching import WorkerSwitch
 
 log = logging.getLogger("idgen.generator")
 
 DEFAULT_ROLLBACK_TOLERANCE_MS = 5
 DEFAULT_MAX_LEAD_MS = 15_000  # how far IDs may run ahead of a clock that stepped back (Hazelcast's Flake IDs: 15 s)
-SWITCH_RETRY_S = 1.0  # switches of worker IDs start at most this often (on refusals and readiness checks)
-SWITCH_RETRY_AFTER_S = 5.0  # the Retry-After of a refusal once a switch has failed: a worker ID may free up any time
 
 
 class _Tick:
@@ -171,15 +169,8 @@ class Generator:
         self._start_lease()
 
     def _init_switching(self) -> None:
-        # The thread switching worker IDs, if any: set under the lock when it starts, cleared when it has closed every
-        # lease it made or left, so close() can wait for it.
-        self._switcher: threading.Thread | None = None
-        self._next_switch_at = 0.0  # monotonic: no switch starts before
-        self._candidate: Lease | None = None  # the lease it is starting
-        self._retired: tuple[Lease, int] | None = None  # the lease switched away from, and its last tick used (ms)
-        self._switch_attempts = 0  # claims tried for a switch
-        self._switch_failure: str | None = None  # why the last attempt leased no worker ID
-        self._switch_log = RepeatLimitedLog(log)
+        """A switch of worker IDs of this process's own (:mod:`idgen.switching`), under this process's lock."""
+        self._switching = WorkerSwitch(self._lock, self._now_ns, self._on_reservation, lambda: self._closed)
 
     def _start_lease(self) -> None:
         lease = self.lease
@@ -319,7 +310,7 @@ class Generator:
         if left:  # the rest of the last tick's IDs, served until the clock reaches its end
             resumed = _Tick(self._tick, now, snapshot.end_ns, snapshot.ids, left)
             self.lead_max_ms = max(self.lead_max_ms, behind_ns / 1e6)
-            self._publish(resumed)
+            self._publish_tick(resumed)
             for id_ in resumed.ids:
                 return id_
         wait_ns = self._tick_start_ns(self._tick + 1) - now - self.max_lead_ns
@@ -356,12 +347,12 @@ class Generator:
             self.lead_max_ms = max(self.lead_max_ms, ahead_ns / 1e6)
         else:  # the clock has reached the ticks it stamps: any step back is over
             self._behind = self._riding = False
-            self._switch_failure = None
+            self._switching.failure = None
         self._tick = tick
-        self._publish(snapshot)
+        self._publish_tick(snapshot)
         return next(snapshot.ids)
 
-    def _publish(self, snapshot: _Tick) -> None:
+    def _publish_tick(self, snapshot: _Tick) -> None:
         """Make ``snapshot`` the one ``next_id`` takes from; the caller holds ``self._lock``."""
         previous, self._snapshot = self._snapshot, snapshot
         # A thread that read ``previous`` just before the swap may still take one of its IDs (valid: its tick is
@@ -381,74 +372,19 @@ class Generator:
         return ClockBehind(
             behind_ns / 1e6,
             f"{what}, more than the {self.max_lead_ms} ms IDs may run ahead of it",
-            until=self._switch_state(),
-            retry_after=min(SWITCH_RETRY_AFTER_S if self._switch_failure else SWITCH_RETRY_S, beyond_s),
+            until=self._switching.until(),
+            retry_after=min(self._switching.retry_after_s(), beyond_s),
         )
 
     # -- switching worker IDs -----------------------------------------------------------------------
 
     def _switch_soon(self) -> None:
-        """Start a switch to a worker ID whose fence is below the clock, on a thread of its own; the caller holds the
-        lock and has seen the clock beyond ``max_lead_ms`` behind. Called by a refused ``next_id`` and by
-        :meth:`readiness` (the HTTP app checks it every half second, so an instance out of rotation still retries).
-        One switch at a time, at most one per ``SWITCH_RETRY_S``; none with ``max_lead_ms=0``, and none while the
-        lease calls the clock untrusted (a claim would be refused for the same reason)."""
-        if not self.max_lead_ns or self._switcher is not None or self._closed:
-            return
-        now = time.monotonic()
-        if now < self._next_switch_at:
-            return
-        self._next_switch_at = now + SWITCH_RETRY_S
-        untrusted = self.lease.clock_untrusted
-        if untrusted is not None:
-            self._switch_failure = f"the clock is not trusted: {untrusted}"
-            return
-        self._switcher = threading.Thread(target=self._switch, name="idgen-switch", daemon=True)
-        self._switcher.start()
-
-    def _switch(self) -> None:
-        """The switch thread: one attempt (:meth:`_switch_once`); it stays registered until every lease it made or
-        left is closed, so that :meth:`close` can wait for it."""
-        try:
-            if not self._switch_once() and self._switch_failure:
-                self._switch_log.warning(  # once per episode, whatever the numbers in each attempt's reason
-                    "no switch of worker IDs: %s", self._switch_failure, event="worker_id_switch_failed", key="switch"
-                )
-        finally:
-            with self._lock:
-                self._switcher = None
-
-    def _switch_once(self) -> bool:
-        """Start a new lease that claims only a worker ID whose fence is below the clock. Its first reservation makes
-        it current (:meth:`_on_reservation`); then the old lease is released, its fence brought down to the last tick
-        used under it. Without a switch the new lease is closed (it minted nothing) and the reason kept."""
-        candidate = self.lease.fresh(fence_below_ms=self._now_ns() // 1_000_000)
-        with self._lock:
-            self._candidate = candidate
-            self._switch_attempts += 1
-        failure = None
-        try:
-            if candidate.start(functools.partial(self._on_reservation, candidate)) is None:
-                failure = candidate.status().reason or "the clock is not trusted"  # e.g. ZooKeeper's clock check
-        except Exception as exc:  # LeaseUnavailable above all: no worker ID is free below the clock
-            failure = str(exc)
-        with self._lock:
-            switched = self.lease is candidate
-            retired, self._retired, self._candidate = self._retired, None, None
-            if not switched and failure is None and self._closed:
-                failure = "the generator was closed"
-            self._switch_failure = None if switched else failure  # None too if the clock came back: none needed
-        if not switched:
-            candidate.close(-1)  # nothing was minted under it: its fence comes down to its after_ms
-        elif retired is not None:
-            retired_lease, high_water_ms = retired
-            retired_lease.close(high_water_ms)
-        return switched
-
-    def _switch_state(self) -> str:
-        if self._switch_failure:
-            return f"it is within that (no other worker ID could be leased: {self._switch_failure})"
-        return "it is within that, or another worker ID, whose fence is below the clock, is leased"
+        """Start a switch to a worker ID whose fence is below the clock (:meth:`WorkerSwitch.start_soon
+        <idgen.switching.WorkerSwitch.start_soon>`); the caller holds the lock and has seen the clock beyond
+        ``max_lead_ms`` behind. Called by a refused ``next_id`` and by :meth:`readiness` (the HTTP app checks it every
+        half second, so an instance out of rotation still retries). None with ``max_lead_ms=0``, nor once closed."""
+        if self.max_lead_ns and not self._closed:
+            self._switching.start_soon(self.lease)
 
     # -- the lease feeds the generator --------------------------------------------------------------
 
@@ -461,13 +397,13 @@ class Generator:
                 return  # an extension racing close(): the final fence is computed already; never mint again
             switching = lease is not self.lease
             if switching:
-                if lease is not self._candidate or reservation is None or not self._beyond_lead():
+                if not self._switching.takes(lease, reservation) or not self._beyond_lead():
                     return  # a lease switched away from, a candidate that failed, or the clock has come back
-                self._retired = (self.lease, self.layout.tick_ms(self._tick))
+                self._switching.retire(self.lease, self.layout.tick_ms(self._tick))
                 self.lease, self._reservation = lease, None
             previous, self._reservation = self._reservation, reservation
             if reservation is None:
-                self._publish(_NO_TICK)  # stop at once
+                self._publish_tick(_NO_TICK)  # stop at once
                 self._fence_tick = -1
                 return
             self._fence_tick = self.layout.tick_of(reservation.fence_ms)
@@ -481,7 +417,7 @@ class Generator:
                 self._node = self.layout.node_bits(reservation.worker_id)
                 self._tick = max(self._tick, self.layout.tick_of(reservation.after_ms))
                 self._tick_worker = reservation.worker_id
-                self._publish(_NO_TICK)
+                self._publish_tick(_NO_TICK)
                 if leaving:
                     # Only now, with no snapshot of the old worker ID left to take from: a batch that reads the same
                     # count before its first ID and after its last was minted on one side of the switch (next_ids).
@@ -555,7 +491,7 @@ class Generator:
                 with self._lock:
                     self._switch_soon()
                 reason += f", more than the {self.max_lead_ms} ms IDs may run ahead of it; minting resumes when"
-                reason += f" {self._switch_state()}"
+                reason += f" {self._switching.until()}"
             return False, reason
         return True, None
 
@@ -570,9 +506,9 @@ class Generator:
             self._closed = True
             # No thread opens a tick from here on; one that read the old snapshot takes IDs only in its tick.
             self._reservation, self._fence_tick = None, -1
-            self._publish(_NO_TICK)
+            self._publish_tick(_NO_TICK)
             high_water_ms = self.layout.tick_ms(self._tick)  # nothing was minted above it, even if nothing was
-            switcher = self._switcher
+            switcher = self._switching.thread
         if switcher is not None:
             switcher.join()  # it closes its candidate, or the lease it switched away from, before it ends
         self.lease.close(high_water_ms)

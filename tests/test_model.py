@@ -48,7 +48,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from lease_backends import Backend, LocalBackend, ZooKeeperBackend, observe
 from polling import eventually
 
-from idgen import DEFAULT_LAYOUT, Generator, Layout, generator
+from idgen import DEFAULT_LAYOUT, Generator, Layout, switching
 from idgen.clock import ManualClock
 from idgen.errors import FenceReached, LeaseUnavailable, Unavailable
 from idgen.leases.base import Lease, LeaseState, Reservation
@@ -222,7 +222,7 @@ class LeaseModel(RuleBasedStateMachine):
         eventually(
             lambda: (
                 all(lease.status().state is LeaseState.HELD for lease in waiting)
-                and all(s.gen._switcher is None for s in self.live)
+                and all(s.gen._switching.thread is None for s in self.live)
             ),
             timeout=0.2,
             interval=0.002,
@@ -288,7 +288,7 @@ class LeaseModel(RuleBasedStateMachine):
         for _ in range(4):
             self.clock.advance(back_ms / 4)
         racer.join(10)
-        eventually(lambda: slot.gen._switcher is None, timeout=0.5, interval=0.002)
+        eventually(lambda: slot.gen._switching.thread is None, timeout=0.5, interval=0.002)
         if failures:
             raise failures[0]
 
@@ -304,7 +304,7 @@ class LeaseModel(RuleBasedStateMachine):
         self.mint(slot, lambda gen: gen.next_ids(5))
         self.clock.advance(-3_600_000)
         self.mint(slot, lambda gen: gen.next_ids(5))
-        eventually(lambda: slot.gen._switcher is None, timeout=0.5, interval=0.002)
+        eventually(lambda: slot.gen._switching.thread is None, timeout=0.5, interval=0.002)
         self.mint(slot, lambda gen: gen.next_ids(5))
 
     @rule(ms=st.integers(1, 5))
@@ -385,7 +385,7 @@ def run_model(request: pytest.FixtureRequest, backend: Callable[[], Backend], ex
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
-            generator, "SWITCH_RETRY_S", 0.0
+            switching, "SWITCH_RETRY_S", 0.0
         )  # the model's steps take microseconds, not the seconds it spaces
         run_state_machine_as_test(
             Model, settings=model_settings(request, max_examples=examples, stateful_step_count=steps)

@@ -20,12 +20,12 @@ import pytest
 from forks import Child
 from polling import eventually, poll
 
-from idgen import DEFAULT_LAYOUT, Generator, Layout, generator
+from idgen import DEFAULT_LAYOUT, Generator, Layout, switching
 from idgen.clock import ManualClock
 from idgen.errors import ClockBehind, FenceReached, InvalidInput, LeaseUnavailable
-from idgen.generator import SWITCH_RETRY_AFTER_S
 from idgen.leases.base import DEFAULT_WINDOW_MS
 from idgen.leases.local import LocalLease
+from idgen.switching import SWITCH_RETRY_AFTER_S
 
 WINDOW_MS = 1_000
 # 16 IDs per 1 ms tick, so riding runs through ticks quickly.
@@ -342,7 +342,7 @@ def test_close_during_a_switch_releases_both_leases(tmp_path: Path, clock: Manua
 
 @pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(generator, "SWITCH_RETRY_S", 0.05)
+    monkeypatch.setattr(switching, "SWITCH_RETRY_S", 0.05)
 
 
 def claimable(tmp_path: Path, clock: ManualClock, workers: range) -> list[int]:
@@ -375,8 +375,8 @@ def test_a_failed_switch_is_retried_on_readiness_checks_without_traffic_and_logg
         poll(lambda: "no other worker ID could be leased" in (gen.readiness()[1] or ""), "the failed switch")
         with pytest.raises(ClockBehind) as refused:
             gen.next_id()
-        assert refused.value.retry_after <= generator.SWITCH_RETRY_AFTER_S  # not an hour: a worker ID may free up
-        poll(lambda: not gen.readiness()[0] and gen._switch_attempts >= 4, "a few more attempts, on readiness checks")
+        assert refused.value.retry_after <= switching.SWITCH_RETRY_AFTER_S  # not an hour: a worker ID may free up
+        poll(lambda: not gen.readiness()[0] and gen._switching.attempts >= 4, "more attempts, on readiness checks")
         holder.close()  # worker 4 frees up, its fence below the clock
         poll(lambda: gen.readiness()[0] and gen.worker_id == 4, "the switch, with no request to start it")
         assert gen.readiness() == (True, None) and gen.worker_switches == 1
@@ -408,7 +408,7 @@ def test_a_child_forked_far_behind_mints_on_its_own_fresh_claim_at_once(tmp_path
     gen = make(tmp_path, clock, range(3, 5), max_lead_ms=15_000)
     with pytest.raises(ClockBehind):
         gen.next_id()
-    poll(lambda: gen._switch_failure, "the parent's failed switch")  # the next is a second away
+    poll(lambda: gen._switching.failure, "the parent's failed switch")  # the next is a second away
     holder.close()  # worker 4 is free, its fence below the clock
 
     def child_work(report: Any) -> None:
@@ -481,7 +481,7 @@ def test_a_batch_racing_a_switch_is_strictly_increasing_and_a_switch_the_clock_o
         ):
             with pytest.raises(ClockBehind):
                 gen.next_id()  # starts the switch
-            poll(lambda: gen._switcher is None, "the switch attempt to end")
+            poll(lambda: gen._switching.thread is None, "the switch attempt to end")
         for racer in racers:
             racer.join(5)
         if not racers:  # no switch landed: nothing to race, mint the batch now

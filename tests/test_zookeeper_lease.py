@@ -246,7 +246,7 @@ def test_no_switch_of_worker_ids_is_tried_while_zookeeper_calls_the_clock_untrus
             with contextlib.suppress(ClockBehind):
                 gen.next_id()  # the first refusal records why no switch is tried
         gen.next_id()
-    assert gen._switch_attempts == 0 and gen.worker_switches == 0
+    assert gen._switching.attempts == 0 and gen.worker_switches == 0
 
 
 def test_a_clock_skewed_from_zookeepers_is_not_ready_with_the_reason(

@@ -33,7 +33,6 @@ import copy
 import logging
 import math
 import os
-import random
 import socket
 import threading
 import time
@@ -46,15 +45,14 @@ from typing import Any, Self
 from idgen.clock import SYSTEM_CLOCK, Clock
 from idgen.errors import ClockUntrusted, LeaseUnavailable, whole_number
 from idgen.layout import Layout, iso_ms
+from idgen.logs import RepeatLimitedLog
+from idgen.retry import backoff_s
 
 log = logging.getLogger("idgen.lease")
 
 DEFAULT_WINDOW_MS = 5_000
 DEFAULT_HISTORY_SIZE = 100
-RETRY_FIRST_S = 0.1  # the back-off after one failed renewal step; it doubles with each failure in a row
-RETRY_MAX_S = 1.0  # ... up to this, so a lease recovers within about this long once its fault clears
 WAKE_SPACING_S = 0.05  # a healthy lease takes at most one renewal step this often, however often it is woken
-REPEAT_LOG_INTERVAL_S = 30.0  # the same warning is logged at most once this often; the rest are counted
 TRACED_HISTORIES = 256  # worker IDs whose settled history Lease.trace keeps in memory
 
 
@@ -211,34 +209,6 @@ class _Histories:
                 del self._histories[next(iter(self._histories))]
 
 
-def _backoff_s(failures: int) -> float:
-    """The wait after ``failures`` failed steps in a row: exponential, capped, with full jitter in its upper half."""
-    return random.uniform(0.5, 1.0) * min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16))
-
-
-class RepeatLimitedLog:
-    """Logs a warning, then the same warning at most once per ``REPEAT_LOG_INTERVAL_S``, with how many were skipped.
-    Two warnings are the same if their ``key`` is: their text by default; give one where the text carries numbers
-    that change from one attempt to the next."""
-
-    def __init__(self, logger: logging.Logger) -> None:
-        self._logger = logger
-        self._last: str | None = None
-        self._last_at = 0.0
-        self._skipped = 0
-
-    def warning(self, message: str, *args: object, event: str, key: str | None = None) -> None:
-        text = message % args
-        same = text if key is None else key
-        now = time.monotonic()
-        if same == self._last and now - self._last_at < REPEAT_LOG_INTERVAL_S:
-            self._skipped += 1
-            return
-        skipped = f" (and {self._skipped} more like it)" if same == self._last and self._skipped else ""
-        self._last, self._last_at, self._skipped = same, now, 0
-        self._logger.warning("%s%s", text, skipped, extra={"event": event})
-
-
 class LeaseLost(Exception):
     """Raised by a backend when the claim is provably gone (another holder, or an expired session)."""
 
@@ -301,7 +271,7 @@ class Lease(ABC):
         self._reservation: Reservation | None = None
         self._listener: Callable[[Reservation | None], None] = lambda _: None
         self._lock = threading.RLock()  # guards state; never held while calling out
-        self._publishing = threading.Lock()  # orders listener calls; taken before ``_lock``, never after
+        self._handing_over = threading.Lock()  # orders listener calls; taken before ``_lock``, never after
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -370,7 +340,7 @@ class Lease(ABC):
             with self._lock:
                 self._reason = str(exc)
         else:
-            self._publish(reservation)
+            self._hand_over(reservation)
         self._thread = threading.Thread(target=self._run, name="idgen-lease", daemon=True)
         self._thread.start()
         return reservation
@@ -389,7 +359,7 @@ class Lease(ABC):
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=max(5.0, self.window_ms / 1000))
-        with self._publishing:
+        with self._handing_over:
             with self._lock:
                 reservation, self._reservation = self._reservation, None
                 held = self._state in (LeaseState.HELD, LeaseState.SUSPENDED)
@@ -472,7 +442,7 @@ class Lease(ABC):
 
     def _lose(self, why: str) -> None:
         """The claim is gone: stop minting at once, then let the renewal thread acquire afresh."""
-        with self._publishing:
+        with self._handing_over:
             with self._lock:
                 if self._state in (LeaseState.RELEASED, LeaseState.LOST):
                     return
@@ -603,8 +573,10 @@ class Lease(ABC):
         """Why the local clock cannot be trusted now, or ``None``. Backends with a reference clock override it."""
         return None
 
-    def _publish(self, reservation: Reservation) -> None:
-        with self._publishing:
+    def _hand_over(self, reservation: Reservation) -> None:
+        """Make ``reservation`` (durable already) the current one and give it to the listener (the generator's
+        ``_on_reservation``), unless the lease was lost or released meanwhile."""
+        with self._handing_over:
             with self._lock:
                 if self._state is not LeaseState.HELD and self._state is not LeaseState.SUSPENDED:
                     return  # lost or released meanwhile: a stale reservation must never reach the listener
@@ -629,7 +601,7 @@ class Lease(ABC):
             if failed:
                 failures += 1
                 self.renewal_failures += 1
-                self._closing.wait(max(delay, _backoff_s(failures)))
+                self._closing.wait(max(delay, backoff_s(failures)))
                 continue
             failures = 0
             self._wake.wait(delay)
@@ -641,7 +613,7 @@ class Lease(ABC):
             state, reservation = self._state, self._reservation
         if state in (LeaseState.ACQUIRING, LeaseState.LOST):
             try:
-                self._publish(self._acquire_checked())
+                self._hand_over(self._acquire_checked())
             except LeaseUnavailable as exc:
                 with self._lock:
                     self._reason = f"no lease yet: {exc}" if state is LeaseState.ACQUIRING else f"lease lost: {exc}"
@@ -663,7 +635,7 @@ class Lease(ABC):
             except LeaseLost as exc:
                 self._lose(str(exc))
                 return 0.0
-            self._publish(replace(reservation, fence_ms=fence))
+            self._hand_over(replace(reservation, fence_ms=fence))
             log.debug(
                 "fence extended",
                 extra={"event": "fence_extended", "worker_id": reservation.worker_id, "fence_ms": fence},
