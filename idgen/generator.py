@@ -96,6 +96,48 @@ class _Tick:
 _NO_TICK = _Tick(-1, 0, 0, iter(()), 0)  # matches no clock reading: every call takes the slow path
 
 
+def _check_count(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidInput(f"count must be a positive integer, not {n!r}")
+
+
+class IdBatch:
+    """``n`` IDs of ``generator``, minted in chunks by the caller (:meth:`Generator.batch`, :meth:`Generator.next_ids`).
+
+    The rule it owns: a batch is strictly increasing, across a switch of worker IDs too. It reads
+    ``worker_switches`` before the batch's first ID and after its last; if a switch came in between, ``ids`` may
+    not be in order, so they are dropped (never returned, so never a duplicate) and the batch is minted afresh under
+    the new worker ID. The count is raised only once the old worker ID's snapshot is gone, so a batch that read it
+    after the raise took no old ID. Usage::
+
+        for size in batch.chunk_sizes(chunk):
+            batch.add(generator.next_ids(size))
+        batch.ids  # n strictly increasing IDs
+    """
+
+    __slots__ = ("_generator", "_n", "ids")
+
+    def __init__(self, generator: Generator, n: int) -> None:
+        self._generator, self._n = generator, n
+        self.ids: list[int] = []
+
+    def chunk_sizes(self, chunk: int) -> Iterator[int]:
+        """How many IDs to mint and :meth:`add` next, at most ``chunk`` each time, in order; it ends once ``ids``
+        holds the whole batch, minted on one side of every switch."""
+        while True:
+            switches = self._generator.worker_switches
+            self.ids = []
+            while len(self.ids) < self._n:
+                yield min(chunk, self._n - len(self.ids))
+            if self._generator.worker_switches == switches:
+                return
+            # A switch of worker IDs came during the batch: mint it afresh (see the class docstring).
+
+    def add(self, ids: list[int]) -> None:
+        """The IDs of one chunk, minted by the generator after those added before."""
+        self.ids += ids
+
+
 class Generator:
     """Mints 63-bit IDs of ``layout`` under the worker ID that ``lease`` holds. Thread-safe.
 
@@ -205,28 +247,34 @@ class Generator:
 
     def next_ids(self, n: int) -> list[int]:
         """``n`` IDs, strictly increasing. All or nothing: on an error none of them is returned."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise InvalidInput(f"count must be a positive integer, not {n!r}")
+        _check_count(n)
         if not self._lock_free:
             self._check_fork()
             with self._lock:
                 return [self._advance() for _ in range(n)]
-        while True:
-            switches = self.worker_switches
-            out: list[int] = []
-            while len(out) < n:
-                marker = self._marker  # before the snapshot: an adoption swaps the snapshot first, then the marker
-                snapshot = self._snapshot
-                if snapshot.start_ns <= self._now_ns() < snapshot.end_ns and marker[0]:
-                    out += itertools.islice(snapshot.ids, n - len(out))
-                    if len(out) == n:
-                        break
-                out.append(self._next_id_locked())  # a new tick, or the wait for one
-            if self.worker_switches == switches:
-                return out
-            # A switch of worker IDs came during the batch, so ``out`` may not be in order: drop it (never returned,
-            # so never a duplicate) and mint the batch afresh under the new worker ID. The count is raised only once
-            # the old worker ID's snapshot is gone, so a batch that read it after the raise took no old ID.
+        batch = IdBatch(self, n)
+        for size in batch.chunk_sizes(n):
+            batch.add(self._next_ids_lock_free(size))
+        return batch.ids
+
+    def batch(self, n: int) -> IdBatch:
+        """A batch of ``n`` strictly increasing IDs for a caller that mints them in chunks, with ``next_ids``, and
+        does other work in between (the HTTP service lets its event loop run): see :class:`IdBatch`."""
+        _check_count(n)
+        return IdBatch(self, n)
+
+    def _next_ids_lock_free(self, n: int) -> list[int]:
+        """``n`` IDs, in order unless a switch of worker IDs came meanwhile (:class:`IdBatch` checks that)."""
+        out: list[int] = []
+        while len(out) < n:
+            marker = self._marker  # before the snapshot: an adoption swaps the snapshot first, then the marker
+            snapshot = self._snapshot
+            if snapshot.start_ns <= self._now_ns() < snapshot.end_ns and marker[0]:
+                out += itertools.islice(snapshot.ids, n - len(out))
+                if len(out) == n:
+                    break
+            out.append(self._next_id_locked())  # a new tick, or the wait for one
+        return out
 
     def _next_id_locked(self) -> int:
         self._check_fork()

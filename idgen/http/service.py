@@ -16,9 +16,9 @@ Routes (all GET; the OpenAPI document in :mod:`idgen.http.openapi` describes eac
 ``GET /id``, by name: the route's handler is :meth:`Service.get_id_quick`, which answers the common request (one
 ID as JSON) from :attr:`Generator.next_id <idgen.generator.Generator.next_id>` itself; every other request goes
 through :meth:`Service._endpoint`'s wrapper to :meth:`Service.get_id`, which reads the request
-(:func:`~idgen.http.negotiation.id_request`), mints (:meth:`Service.mint`, :meth:`Service._mint_chunk`,
-``Generator.next_ids``), formats (:func:`~idgen.http.answers.id_answer`) and, for a batch, sends within the ID
-budget (:mod:`idgen.http.budget`).
+(:func:`~idgen.http.negotiation.id_request`), mints (:meth:`Service.mint`, ``Generator.batch``,
+:meth:`Service._mint_chunk`, ``Generator.next_ids``), formats (:func:`~idgen.http.answers.id_answer`) and, for a
+batch, sends within the ID budget (:mod:`idgen.http.budget`).
 
 Invariants:
 
@@ -183,15 +183,11 @@ class Service:
         """``n`` strictly increasing IDs; raises :class:`Unavailable` (nothing is returned then)."""
         if n <= self.chunk:
             return await self._mint_chunk(n)
-        while True:
-            switches = self.generator.worker_switches
-            ids: list[int] = []
-            while len(ids) < n:
-                ids += await self._mint_chunk(min(self.chunk, n - len(ids)))
-                await asyncio.sleep(0)  # let other requests in between ticks' worth of IDs
-            if self.generator.worker_switches == switches:
-                return ids
-            # a switch of worker IDs came between two chunks, so ``ids`` is out of order: never return it
+        batch = self.generator.batch(n)  # in order across a switch of worker IDs too: it restarts then
+        for size in batch.chunk_sizes(self.chunk):
+            batch.add(await self._mint_chunk(size))
+            await asyncio.sleep(0)  # let other requests in between ticks' worth of IDs
+        return batch.ids
 
     async def _mint_chunk(self, n: int) -> list[int]:
         """At most one tick's IDs from the generator, awaiting a clock rollback of up to ``tolerance_ms``."""
