@@ -286,6 +286,26 @@ def test_beyond_the_bound_it_switches_to_a_worker_id_whose_fence_is_below_the_cl
             assert traced.holder is not None and traced.holder.lease_id == minter
 
 
+def test_a_batch_in_chunks_that_a_switch_crosses_is_minted_afresh_in_order(tmp_path: Path, clock: ManualClock) -> None:
+    """Generator.batch, as Service.mint mints a count= request: chunks one after another, here a switch of worker
+    IDs between two of them. The chunks before the switch are dropped and the batch starts again on the new worker."""
+    with make(tmp_path, clock, range(3, 5)) as gen:
+        batch = gen.batch(40)
+        sizes = batch.chunk_sizes(16)
+        batch.add(gen.next_ids(next(sizes)))
+        dropped = list(batch.ids)  # on worker 3, at the clock
+        clock.advance(-3_600_000)
+        with pytest.raises(ClockBehind):
+            gen.next_id()  # starts the switch
+        poll(gen.next_id, "the switch", 5)
+        for size in sizes:
+            assert size <= 16
+            batch.add(gen.next_ids(size))
+        assert len(batch.ids) == 40 and batch.ids == sorted(set(batch.ids))
+        assert {DEFAULT_LAYOUT.decode(i)["worker_id"] for i in batch.ids} == {4}
+        assert not set(dropped) & set(batch.ids)
+
+
 def test_without_a_worker_id_below_the_clock_it_refuses_with_the_reason_and_recovers_when_the_clock_does(
     tmp_path: Path, clock: ManualClock
 ) -> None:
