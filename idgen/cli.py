@@ -26,7 +26,7 @@ from idgen.encoding import FORMS, format_id, parse_id
 from idgen.errors import IdgenError, InvalidInput, LayoutMismatch, Unavailable
 from idgen.generator import DEFAULT_MAX_LEAD_MS
 from idgen.layout import DEFAULT_LAYOUT, PRESETS, SPEC_EXAMPLE, iso_ms
-from idgen.leases.base import trace
+from idgen.leases.tracing import trace
 from idgen.leases.zookeeper import (
     DEFAULT_NAMESPACE,
     DEFAULT_SESSION_TIMEOUT_S,

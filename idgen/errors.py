@@ -97,6 +97,13 @@ class ClockUntrusted(LeaseUnavailable):
     code = "clock_untrusted"
 
 
+class LeaseLost(IdgenError):
+    """Raised by a lease backend when the claim is provably gone (another holder, or an expired session); the lease
+    stops minting at once (``Lease._lose``) and claims afresh."""
+
+    code = "lease_lost"
+
+
 class NoLease(Unavailable):
     """The generator holds no lease (not yet acquired, lost, or released)."""
 

@@ -22,8 +22,9 @@ from kazoo.client import KazooClient
 
 from idgen import Layout
 from idgen.clock import ManualClock
-from idgen.leases.base import Holder, Lease, Reservation
+from idgen.leases.base import Lease, Reservation
 from idgen.leases.local import LocalLease
+from idgen.leases.tracing import Holder
 from idgen.leases.zookeeper import ZkLease, connect
 
 WINDOW_MS = 1_000

@@ -24,8 +24,9 @@ from zkharness import ZkServer
 from idgen import DEFAULT_LAYOUT, Generator, Layout
 from idgen.clock import ManualClock
 from idgen.errors import LeaseUnavailable
-from idgen.leases.base import Lease, Traced
+from idgen.leases.base import Lease
 from idgen.leases.local import LocalLease
+from idgen.leases.tracing import Traced
 from idgen.leases.zookeeper import ZkLease, connected
 
 EPOCH = DEFAULT_LAYOUT.epoch_ms

@@ -26,9 +26,18 @@ from zkinject import Injector
 import idgen
 from idgen import DEFAULT_LAYOUT, PRESETS, Generator, Layout, decode, get_layout
 from idgen.clock import ManualClock
-from idgen.errors import ClockBehind, IdgenError, InvalidInput, LayoutMismatch, LeaseUnavailable, NoLease, Unavailable
+from idgen.errors import (
+    ClockBehind,
+    IdgenError,
+    InvalidInput,
+    LayoutMismatch,
+    LeaseLost,
+    LeaseUnavailable,
+    NoLease,
+    Unavailable,
+)
 from idgen.leases import zookeeper
-from idgen.leases.base import LeaseLost, LeaseState
+from idgen.leases.base import LeaseState
 from idgen.leases.zookeeper import Namespace, ZkLease, connected
 
 EPOCH = DEFAULT_LAYOUT.epoch_ms

@@ -11,7 +11,7 @@ Files in the state directory:
 Every claim and every record write runs under a ``flock`` on the directory itself, and a write first checks that
 the claim is still this lease's: the lock file at the path is the very file it locked (a lock file removed, by a
 tmp cleaner or by hand, lets another process lock a new file of that name), and the record still carries its lease
-ID. A holder that fails that check has lost the worker ID (:class:`~idgen.leases.base.LeaseLost`): it never extends
+ID. A holder that fails that check has lost the worker ID (:class:`~idgen.errors.LeaseLost`): it never extends
 its fence again, so a new holder, which starts above that fence, never meets its IDs. The renewal thread writes
 every half window, so a lost claim is noticed within that.
 
@@ -49,10 +49,11 @@ from pathlib import Path
 from typing import Any, Self
 
 from idgen import forking
-from idgen.errors import InsecureState, InvalidInput, LayoutMismatch, LeaseUnavailable, UnreadableRecord
+from idgen.errors import InsecureState, InvalidInput, LayoutMismatch, LeaseLost, LeaseUnavailable, UnreadableRecord
 from idgen.layout import Layout
-from idgen.leases.base import Census, Holder, Lease, LeaseLost, Reservation, remember
+from idgen.leases.base import Census, Lease, Reservation
 from idgen.leases.records import MAX_RECORD_BYTES, load_record, parse_worker_record, read_record_file
+from idgen.leases.tracing import Holder, remember
 
 DIRECTORY_LOCK_TIMEOUT_S = 5.0
 _RECORD_NAME = re.compile(r"worker-([0-9]{5})\.json", re.ASCII)

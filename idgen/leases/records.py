@@ -15,7 +15,7 @@ from typing import Any
 
 from idgen.errors import InsecureState, InvalidInput, UnreadableRecord
 from idgen.files import read_bounded
-from idgen.leases.base import Holder
+from idgen.leases.tracing import Holder
 
 MAX_RECORD_BYTES = 1 << 20  # ZooKeeper's own limit on a node's data (jute.maxbuffer): no record of idgen's is larger
 MAX_UNIX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: every time a record holds is at most this

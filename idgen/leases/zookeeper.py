@@ -53,11 +53,12 @@ from kazoo.interfaces import IAsyncResult
 from kazoo.protocol.states import ZnodeStat
 from kazoo.security import ACL, Permissions, make_digest_acl
 
-from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable, UnreadableRecord
+from idgen.errors import InvalidInput, LayoutMismatch, LeaseLost, LeaseUnavailable, UnreadableRecord
 from idgen.files import read_bounded
 from idgen.layout import Layout
-from idgen.leases.base import Census, Holder, Lease, LeaseLost, Reservation, remember
+from idgen.leases.base import Census, Lease, Reservation
 from idgen.leases.records import WORKER_ID, load_record, parse_fence, parse_history, parse_holder
+from idgen.leases.tracing import Holder, remember
 
 log = logging.getLogger("idgen.lease")
 
