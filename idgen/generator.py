@@ -25,7 +25,8 @@ reservation, instead of refusing. A ridden tick's snapshot is served from the mo
 clock reaches the tick's end; the next tick opens only when its IDs run out, so the lead (how far IDs run ahead of
 the clock) shrinks as the clock advances and never exceeds ``max_lead_ms``. Further behind than that, it refuses
 (:class:`~idgen.errors.ClockBehind`) and leases, in the background, another worker ID whose fence is below the clock
-(a *switch*), then mints there; the old lease is released with its fence at the last tick used.
+(a *switch*, :mod:`idgen.switching`), then mints there; the old lease is released with its fence at the last tick
+used. A batch stays strictly increasing across a switch (:class:`IdBatch`).
 
 Invariants:
 
