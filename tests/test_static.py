@@ -90,10 +90,18 @@ def test_the_package_ships_its_type_hints() -> None:
 
 # --- the tiers (tests/tiers.py) ---
 
+#: Scripts outside tests/ that start components through the harnesses (loadtest/run.py starts ZooKeeper).
+STARTING_SCRIPTS = sorted(
+    path.name
+    for path in ROOT.glob("*/*.py")
+    if path.parent.name != "tests" and re.search(r"^from (zk|pg|etcd)harness import", path.read_text(), re.MULTILINE)
+)
 #: Code that starts a component from outside Python, in a test or a fixture (the guard in tests/tiers.py catches the
 #: programs themselves while a test runs; this catches them before anything runs, in code that never ran here).
 STARTS_A_COMPONENT = re.compile(
-    r"\b(ZkServer|ZkEnsemble|PgServer|EtcdServer|EtcdCluster|webdriver\.Chrome|promtool|zookeeper_classpath)\("
+    r"\b(?:(?:ZkServer|ZkEnsemble|PgServer|EtcdServer|EtcdCluster|webdriver\.Chrome|promtool|zookeeper_classpath)\("
+    + "".join(f"|{re.escape(name)}\\b" for name in STARTING_SCRIPTS)
+    + ")"
 )
 
 

@@ -14,8 +14,9 @@ fault-injection suite (tests/faults/), which takes minutes. tests/conftest.py ma
 
 The guard makes the marks honest: while a test is set up or runs, starting a component's program (``java``,
 ``initdb``, ``chromedriver``, ``etcd``, ``promtool``...) that the test is not marked for fails the test at once, in
-every run, so a test that forgets its mark cannot slip into the quick tier. Teardown is not guarded: a session
-fixture is torn down in whichever test ran last.
+every run, so a test that forgets its mark cannot slip into the quick tier. The harnesses check too, so that a
+script the test runs (which starts ZooKeeper through tests/zkharness.py) is caught in its own process. Teardown is
+not guarded: a session fixture is torn down in whichever test ran last.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytest
+if TYPE_CHECKING:  # the harnesses import this module in scripts that run without pytest (loadtest/run.py)
+    import pytest
 
 TESTS = Path(__file__).resolve().parent
 
@@ -91,36 +93,44 @@ def mark(item: pytest.Item) -> None:
 
 # --- the guard ---
 
-_allowed: frozenset[str] | None = None  # the components the running test may start; None: outside a test
+#: The components the running test may start (comma-separated), in the environment so that the processes it starts
+#: inherit it: a script that starts ZooKeeper itself (loadtest/run.py) checks it in the harness. Unset outside a
+#: test's setup and call, where anything may start.
+MAY_START_ENV = "TEST_TIER_MAY_START"
+
 _installed = False
 
 
 class UnmarkedComponent(RuntimeError):
-    """A test started a component's program without the component's marker."""
+    """A test started a component without the component's marker."""
 
 
 @contextlib.contextmanager
 def guarding(item: pytest.Item) -> Iterator[None]:
-    """While the block runs, ``item`` may start only the components it is marked for."""
-    global _allowed
-    _allowed = frozenset(mark.name for mark in item.iter_markers() if mark.name in COMPONENTS)
+    """While the block runs, ``item`` (and what it starts) may start only the components it is marked for."""
+    os.environ[MAY_START_ENV] = ",".join(sorted(mark.name for mark in item.iter_markers() if mark.name in COMPONENTS))
     try:
         yield
     finally:
-        _allowed = None
+        os.environ.pop(MAY_START_ENV, None)
+
+
+def check_may_start(component: str, what: str) -> None:
+    """Raise :class:`UnmarkedComponent` if the running test may not start ``component`` (here by ``what``)."""
+    allowed = os.environ.get(MAY_START_ENV)
+    if allowed is not None and component not in allowed.split(","):
+        raise UnmarkedComponent(
+            f"this test started {what} but is not marked {component!r}: mark it @pytest.mark.{component}, "
+            f"or start {component} through its fixture (see tests/tiers.py)"
+        )
 
 
 def _refuse_unmarked_start(event: str, args: tuple[Any, ...]) -> None:
     """Audit hook: refuse to start a component's program in a test not marked for it."""
-    if event != "subprocess.Popen" or _allowed is None:
-        return
-    program = os.path.basename(os.fsdecode(args[0]))
-    component = PROGRAMS.get(program)
-    if component is not None and component not in _allowed:
-        raise UnmarkedComponent(
-            f"this test started {program!r} but is not marked {component!r}: mark it @pytest.mark.{component}, "
-            f"or start {component} through its fixture (see tests/tiers.py)"
-        )
+    if event == "subprocess.Popen":
+        program = os.path.basename(os.fsdecode(args[0]))
+        if program in PROGRAMS:
+            check_may_start(PROGRAMS[program], repr(program))
 
 
 def install_guard() -> None:
