@@ -88,7 +88,7 @@ def serve_option_env() -> dict[str, str]:
     read = {}
     for action in options:
         name = f"IDGEN_{action.dest.upper()}"
-        for candidate in ("7", "true", "0.5", "/x", "twitter"):
+        for candidate in ("7", "true", "false", "0.5", "/x", "twitter"):
             quiet = contextlib.redirect_stderr(io.StringIO())
             with idgen_env(**{name: candidate}), quiet, contextlib.suppress(SystemExit):
                 if vars(cli.build_parser().parse_args(["serve"]))[action.dest] != baseline[action.dest]:

@@ -440,7 +440,7 @@ def test_wrong_credentials_are_one_clear_error_in_the_lease_the_cli_the_server_a
     idgen.reset_default()
     with pytest.raises(Unavailable, match="ZooKeeper refused access"):  # not kazoo's NoAuthError
         idgen.next_id()
-    server = ServerProcess("--host", "127.0.0.1", "--port", "0", env=wrong)
+    server = ServerProcess(env=wrong)  # serve --host 127.0.0.1 --port 0
     assert server.proc.wait(30) == 1
     failed = server.event("start_failed")
     assert failed["message"].startswith("ZooKeeper refused access") and "Traceback" not in json.dumps(failed)
