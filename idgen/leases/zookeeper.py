@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -74,6 +75,7 @@ _REFUSED_IN_PATHS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\uf8ff\ufff0-\U0010fff
 DEFAULT_SESSION_TIMEOUT_S = 10.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_MAX_SKEW_MS = 1_000
+CLAIM_SAMPLE = 8  # used worker IDs whose fences a claim reads first, in one round trip: DESIGN.md, the claim path
 T = TypeVar("T")
 Handled = tuple[type[KazooException], ...]  # the kazoo errors a caller of Namespace.call handles itself
 _RETRY = {"max_tries": -1, "delay": 0.1, "backoff": 1.5, "max_delay": 0.5}  # kazoo's default backoff grows to an hour
@@ -350,19 +352,23 @@ class Namespace:
                     leases[worker_id] = parse_holder(load_record(data, what), what)
         return leases
 
-    def claimed(self) -> set[int]:
-        """The worker IDs with a live claim, whatever the claims say."""
-        return set(self.worker_ids("leases"))
-
     def scan_fences(self) -> tuple[dict[int, int], dict[int, str]]:
         """The fence of every worker ID that has one, and why each unreadable fence cannot be read."""
+        return self.read_fences(self.worker_ids("fences"))
+
+    def read_fences(self, worker_ids: Sequence[int]) -> tuple[dict[int, int], dict[int, str]]:
+        """The fences of ``worker_ids`` that exist, and why each unreadable one cannot be read: one request per worker
+        ID, all sent before any answer is awaited (one round trip)."""
+        pending = [(w, self.node("fences", w)) for w in worker_ids]
+        sent = [(w, path, self.client.get_async(path)) for w, path in pending]
         fences, unreadable = {}, {}
-        for worker_id in self.worker_ids("fences"):
-            path = self.node("fences", worker_id)
-            data = self._get(path)
+        for worker_id, path, answer in sent:
             try:
-                if data is not None:
-                    fences[worker_id] = parse_fence(data, f"the fence {path}")["fence_ms"]
+                data, _ = self.wait(answer, f"get {path}", handled=(NoNodeError,))
+            except NoNodeError:
+                continue
+            try:
+                fences[worker_id] = parse_fence(bytes(data), f"the fence {path}")["fence_ms"]
             except UnreadableRecord as exc:
                 unreadable[worker_id] = str(exc)
         return fences, unreadable
@@ -575,12 +581,10 @@ class ZkLease(Lease):
         namespace = self.namespace
         session_id = self._session_id()
         self._drop_strays(session_id)
-        live = namespace.claimed()
-        fences, unreadable = namespace.scan_fences()
-        for worker_id, why in unreadable.items():
-            self._quarantine(worker_id, why)
+        live = set(namespace.worker_ids("leases"))
+        fenced = set(namespace.worker_ids("fences"))
         usable = [w for w in range(self.layout.worker_capacity) if w not in live and w not in self.quarantined]
-        for worker_id in self._claim_order(usable, fences):
+        for worker_id in self._candidates(usable, fenced):
             claimed = self._claim(worker_id, holder, session_id)
             if claimed:
                 return claimed
@@ -589,6 +593,30 @@ class ZkLease(Lease):
             f"all {self.layout.worker_capacity} worker IDs of layout {self.layout.name!r} in ZooKeeper namespace"
             f" {namespace.path} are held by live workers{quarantined}"
         )
+
+    def _candidates(self, usable: Sequence[int], fenced: set[int]) -> Iterator[int]:
+        """The worker IDs of ``usable`` (free and not quarantined when listed) in the order to try to claim them, read
+        lazily: a claim that succeeds reads no further (DESIGN.md, *the claim path and its cost*).
+
+        First the never-used ones (no fence listed), in random order, so starters spread instead of colliding. Then
+        the used ones in random batches of ``CLAIM_SAMPLE``, doubling: the fences of a batch are read in one round
+        trip (an unreadable one quarantines its worker ID), and the batch is tried in :meth:`_claim_order` (oldest
+        fence first; for a switch, only fences below its bound). So the first try is the oldest of a random sample,
+        the newest fence of the sample is tried last, and a switch reads batches until one qualifies or none is
+        left: at most ``log2(capacity / CLAIM_SAMPLE) + 1`` rounds."""
+        never_used = [w for w in usable if w not in fenced]
+        used = [w for w in usable if w in fenced]
+        random.shuffle(never_used)
+        random.shuffle(used)
+        yield from never_used
+        batch_size = CLAIM_SAMPLE
+        while used:
+            batch, used = used[:batch_size], used[batch_size:]
+            fences, unreadable = self.namespace.read_fences(batch)
+            for worker_id, why in unreadable.items():
+                self._quarantine(worker_id, why)
+            yield from self._claim_order([w for w in batch if w not in unreadable], fences)
+            batch_size *= 2
 
     def _claim(self, worker_id: int, holder: Holder, session_id: int) -> Reservation | None:
         """Create the claim on ``worker_id``, check the ACLs of its nodes, and write its first fence and history;
@@ -617,6 +645,9 @@ class ZkLease(Lease):
             self._drop_claim(worker_id)
             return None
         found = fence_data["fence_ms"] if fence_data else None
+        if found is not None and self._fence_below_ms is not None and found >= self._fence_below_ms:
+            self._drop_claim(worker_id)  # a switch's bound: its fence rose since it was listed or sampled
+            return None
         after = self._claim_after(found)
         me = replace(me, after_ms=after)
         fence = self._first_fence(after)
