@@ -320,6 +320,8 @@ def test_a_live_servers_namespace_gauges_on_zookeeper(zk_hosts: str, zk_namespac
     admin = connect(zk_hosts, TEST_CREDENTIALS)  # the servers' credentials (tests/conftest.py)
     try:
         admin.create(f"{zk_namespace}/fences/3", GARBAGE, makepath=True)
+        for used in (0, 1, 2):  # every worker ID used, so a claim reads the fences: it quarantines only what it reads
+            admin.create(f"{zk_namespace}/fences/{used}", b'{"fence_ms": 1, "lease_id": "old"}')
     finally:
         admin.stop()
         admin.close()
