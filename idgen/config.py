@@ -81,7 +81,7 @@ def namespace(text: str) -> str:
 
 def urls(text: str) -> tuple[str, ...]:
     """Comma-separated server URLs, checked as :class:`~idgen.client.Client` checks them."""
-    from idgen.client import check_urls
+    from idgen.client.options import check_urls
 
     return tuple(check_urls([url for url in text.split(",") if url.strip()]))
 

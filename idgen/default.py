@@ -93,11 +93,11 @@ def source_from_env(environ: Mapping[str, str] | None = None, settings: Settings
 
 def client_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The :class:`~idgen.client.Client` options set in the environment: ``IDGEN_CLIENT_<OPTION>`` for each of
-    :data:`~idgen.client.CLIENT_OPTIONS` (``TIMEOUT``, ``BATCH``, ``LOW_WATER``, ``RETRIES``, ``BACKOFF``,
+    :data:`~idgen.client.options.CLIENT_OPTIONS` (``TIMEOUT``, ``BATCH``, ``LOW_WATER``, ``RETRIES``, ``BACKOFF``,
     ``PROBE_INTERVAL``, ``MAX_WAIT``, ``MAX_AGE``). A number in ASCII digits (seconds may have a fraction); ``none``
     or ``off`` where the option may be None. Unset or empty: the client's default. A bad value is
     :class:`InvalidInput`, one line starting with the variable's name."""
-    from idgen.client import CLIENT_OPTIONS, check_option
+    from idgen.client.options import CLIENT_OPTIONS, check_option
 
     environ = os.environ if environ is None else environ
     options: dict[str, Any] = {}

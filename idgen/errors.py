@@ -76,6 +76,29 @@ class Unavailable(IdgenError):
         self.retry_after = max(retry_after, 0.001)
 
 
+class ClientError(IdgenError):
+    """A client-side failure other than the servers' (closed client, internal fault): :mod:`idgen.client`."""
+
+    code = "client_error"
+
+
+class ClientClosed(ClientError):
+    """The client was closed."""
+
+    code = "client_closed"
+
+
+class AllServersFailed(Unavailable, ClientError):
+    """No server handed over IDs in time. ``failures`` maps each server URL to its last failure; ``retry_after`` is
+    the shortest ``Retry-After`` any server sent (1 s if none did)."""
+
+    code = "all_servers_failed"
+
+    def __init__(self, message: str, failures: dict[str, str], retry_after: float) -> None:
+        super().__init__(message, retry_after)
+        self.failures = failures
+
+
 class LeaseUnavailable(Unavailable):
     """No worker ID can be leased (all taken, or the coordination service is unreachable). Raised by a lease's
     ``start()``, so by ``Generator()``, and by the first ``next_id()`` of a process that makes or adopts its generator

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tiers
 from holder import HolderProcess
 from pgharness import PgServer
 from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
@@ -20,6 +21,28 @@ from idgen.leases.zookeeper import ZK_AUTH_ENV, ZK_AUTH_FILE_ENV, connected
 # Every idgen process the tests start talks to ZooKeeper with credentials, as deployments do (DEPLOY.md).
 os.environ[ZK_AUTH_ENV] = TEST_CREDENTIALS
 os.environ.pop(ZK_AUTH_FILE_ENV, None)
+
+# --- tiers (tests/tiers.py): each test is marked for the components it needs, or `quick` ---
+
+tiers.install_guard()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tiers.mark(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with tiers.guarding(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with tiers.guarding(item):
+        return (yield)
+
 
 # --- worker processes ---
 

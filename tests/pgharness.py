@@ -28,6 +28,7 @@ import weakref
 from pathlib import Path
 from types import TracebackType
 
+import tiers
 from zkharness import free_port
 
 __all__ = ["PG_BIN", "PgServer"]
@@ -108,6 +109,7 @@ class PgServer:
             RuntimeError: initdb failed, or the server exited or was not ready within ``start_timeout``; the message
                 has the tail of the log. The process is killed in that case.
         """
+        tiers.check_may_start("postgres", "a PgServer")
         if not self.data_dir.exists():
             self._run(PG_BIN / "initdb", "-D", self.data_dir, "-A", "trust", "-U", USER, "-E", "UTF8",
                       "--locale=C", "--no-sync", "--no-instructions")  # fmt: skip

@@ -4,15 +4,18 @@
 #     chromium-driver (the inspector page's browser test; browsers cannot be downloaded otherwise)
 #     and prometheus (its promtool checks the alert rules and /metrics; no Prometheus server is started)
 #   - a virtualenv in .venv with idgen and its test extras
-# Extra arguments go to pytest, e.g. `bash tests/run.sh -k zookeeper -x`.
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -k zookeeper -x`. `bash tests/run.sh -m quick` runs only
+# the tests that need nothing but Python (tests/tiers.py), and installs no Debian package for them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for pkg in zookeeper chromium chromium-driver postgresql prometheus; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-command -v java >/dev/null || missing+=(default-jre-headless)
+if [[ " $* " != *" -m quick "* ]]; then
+  for pkg in zookeeper chromium chromium-driver postgresql prometheus; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  command -v java >/dev/null || missing+=(default-jre-headless)
+fi
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

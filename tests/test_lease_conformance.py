@@ -208,11 +208,12 @@ def test_recycling_prefers_never_used_worker_ids_then_the_oldest_fence(backend: 
     clock = ManualClock()
     a = start(leases, backend.lease(TINY, clock=clock))
     b = start(leases, backend.lease(TINY, clock=clock))
-    assert (reservation(a).worker_id, reservation(b).worker_id) == (0, 1)
+    used = [reservation(a).worker_id, reservation(b).worker_id]
     a.close(high_water_ms=clock.now_ms() + 500)  # released first, with the newer fence
     b.close(high_water_ms=clock.now_ms() + 200)
     order = [reservation(start(leases, backend.lease(TINY, clock=clock))).worker_id for _ in range(4)]
-    assert order == [2, 3, 1, 0]
+    assert sorted(order[:2]) == sorted({0, 1, 2, 3} - set(used))  # in any order: ZooKeeper's is random
+    assert order[2:] == used[::-1]  # the oldest fence first (ZooKeeper's sample of 8 holds all 4)
 
 
 # -- history and tracing ----------------------------------------------------------------------------
@@ -285,15 +286,15 @@ def test_an_unreadable_record_quarantines_its_worker_id_and_the_others_still_wor
 ) -> None:
     with Generator(TINY, backend.lease(TINY)) as used:
         used.next_id()
-        assert used.worker_id == 0
-    backend.tamper(TINY, 0, raw)
+        tampered = used.worker_id
+    backend.tamper(TINY, tampered, raw)
     others = [reservation(start(leases, backend.lease(TINY))).worker_id for _ in range(3)]
-    assert sorted(others) == [1, 2, 3]
+    assert sorted(others) == sorted({0, 1, 2, 3} - {tampered})
     refused = backend.lease(TINY)
     with pytest.raises(LeaseUnavailable):
-        start(leases, refused)  # worker 0 is free but unreadable: never claimed
-    assert 0 in refused.quarantined, refused.quarantined
-    assert refused.quarantined[0]
+        start(leases, refused)  # the tampered worker ID is free but unreadable: never claimed
+    assert tampered in refused.quarantined, refused.quarantined
+    assert refused.quarantined[tampered]
 
 
 # -- a claim taken away -------------------------------------------------------------------------------

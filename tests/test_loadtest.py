@@ -66,6 +66,7 @@ def test_ids_going_backwards_for_one_user_and_worker_fail_the_run(tmp_path: Path
     assert json.loads(result.stdout)["out_of_order"] == 1
 
 
+@pytest.mark.zookeeper  # the runner starts its own ensemble
 @pytest.mark.timeout(180)
 def test_the_runner_starts_everything_loads_it_and_reports(tmp_path: Path) -> None:
     result = subprocess.run(

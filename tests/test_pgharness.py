@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 
 import psycopg
+import pytest
 from pgharness import PgServer
+
+pytestmark = pytest.mark.postgres
 
 
 def test_a_server_serves_sql_on_loopback_and_stop_removes_it_all() -> None:

@@ -79,13 +79,13 @@ def test_parse_runs_refuses_anything_but_exactly_count_increasing_ids(body: byte
 
 
 def test_the_client_reads_both_forms_and_refuses_a_malformed_one() -> None:
-    from idgen.client import _Failed, _ids_answer
+    from idgen.client.answers import Failed, ids_answer
 
     runs = {"Content-Type": RUNS_TYPE}
-    assert _ids_answer(200, runs, b'{"runs":[["1",2],["4",1]]}', 3) == [range(1, 3), range(4, 5)]
-    assert _ids_answer(200, {"Content-Type": "application/json"}, b'{"ids":["1","2","4"]}', 3) == [
+    assert ids_answer(200, runs, b'{"runs":[["1",2],["4",1]]}', 3) == [range(1, 3), range(4, 5)]
+    assert ids_answer(200, {"Content-Type": "application/json"}, b'{"ids":["1","2","4"]}', 3) == [
         range(1, 3),
         range(4, 5),
     ]
-    with pytest.raises(_Failed, match="malformed answer"):
-        _ids_answer(200, runs, b'{"runs":[["1",2]]}', 3)
+    with pytest.raises(Failed, match="malformed answer"):
+        ids_answer(200, runs, b'{"runs":[["1",2]]}', 3)

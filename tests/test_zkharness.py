@@ -17,6 +17,8 @@ from kazoo.exceptions import NodeExistsError
 from kazoo.retry import KazooRetry
 from zkharness import ZkEnsemble, ZkServer, free_port, zookeeper_classpath
 
+pytestmark = pytest.mark.zookeeper  # the harness's own tests start ZkServer and read Debian's jars
+
 T = TypeVar("T")
 
 _CONNECTION_RETRY = {"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 0.5, "max_jitter": 0.05}

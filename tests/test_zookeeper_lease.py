@@ -70,7 +70,7 @@ def test_twenty_processes_starting_at_once_get_distinct_worker_ids(
 ) -> None:
     started = [spawn_holder(DEFAULT_LAYOUT, zk=zk_hosts, namespace=zk_namespace, options=FAST) for _ in range(20)]
     workers = [h.ready().worker_id for h in started]
-    assert sorted(workers) == list(range(20))  # all distinct, and never-used IDs first
+    assert len(set(workers)) == 20  # all distinct
     with connected(zk_hosts, TEST_CREDENTIALS) as client:
         leases = Namespace(client, zk_namespace).live_leases()
     assert {w: h.pid for w, h in leases.items()} == {h.worker_id: h.pid for h in started}
@@ -107,13 +107,14 @@ def test_a_dead_holders_worker_id_is_recycled_and_the_new_holder_mints_above_its
 def test_never_used_ids_first_then_the_oldest_fence(zk_hosts: str, zk_namespace: str) -> None:
     first = Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
     second = Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
-    assert (first.worker_id, second.worker_id) == (0, 1)
+    used = [first.worker_id, second.worker_id]
     first.close()
-    second.close()  # released later, so its fence is newer than worker 0's
+    second.close()  # released later, so its fence is newer than the first's
     third = Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
     fourth = Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
     fifth = Generator(TINY, ZkLease(TINY, zk_hosts, zk_namespace, **FAST))
-    assert (third.worker_id, fourth.worker_id, fifth.worker_id) == (2, 3, 0)
+    assert {third.worker_id, fourth.worker_id} == {0, 1, 2, 3} - set(used)  # never used: in random order
+    assert fifth.worker_id == used[0]
     for gen in (third, fourth, fifth):
         gen.close()
 
@@ -449,7 +450,7 @@ def test_wrong_credentials_are_one_clear_error_in_the_lease_the_cli_the_server_a
     idgen.reset_default()
     with pytest.raises(Unavailable, match="ZooKeeper refused access"):  # not kazoo's NoAuthError
         idgen.next_id()
-    server = ServerProcess("--host", "127.0.0.1", "--port", "0", env=wrong)
+    server = ServerProcess(env=wrong)  # serve --host 127.0.0.1 --port 0
     assert server.proc.wait(30) == 1
     failed = server.event("start_failed")
     assert failed["message"].startswith("ZooKeeper refused access") and "Traceback" not in json.dumps(failed)

@@ -44,6 +44,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+import tiers
+
 __all__ = [
     "DEFAULT_JVM_OPTIONS",
     "JAVA_DIR",
@@ -323,6 +325,7 @@ class ZkServer:
                 (default ``start_timeout``); the message has the tail of the log.
                 The process is killed in that case; the directory is kept.
         """
+        tiers.check_may_start("zookeeper", "a ZkServer")
         attempts = 3 if (wait and self._may_repick_port) else 1
         self._may_repick_port = False  # later starts keep their ports
         for attempt in range(1, attempts + 1):

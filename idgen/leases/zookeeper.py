@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -75,6 +76,7 @@ _REFUSED_IN_PATHS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\uf8ff\ufff0-\U0010fff
 DEFAULT_SESSION_TIMEOUT_S = 10.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_MAX_SKEW_MS = 1_000
+CLAIM_SAMPLE = 8  # used worker IDs whose fences a claim reads first, in one round trip: DESIGN.md, the claim path
 T = TypeVar("T")
 Handled = tuple[type[KazooException], ...]  # the kazoo errors a caller of Namespace.call handles itself
 _RETRY = {"max_tries": -1, "delay": 0.1, "backoff": 1.5, "max_delay": 0.5}  # kazoo's default backoff grows to an hour
@@ -222,6 +224,7 @@ def connected(hosts: str, auth: str | None = None) -> Iterator[KazooClient]:
         client.close()
 
 
+_CONTAINERS = ("clock", "leases", "fences", "history")  # the namespace's nodes with children, and the clock
 _WRITE_PERMS = Permissions.WRITE | Permissions.CREATE | Permissions.DELETE | Permissions.ADMIN
 
 
@@ -265,9 +268,28 @@ class Namespace:
             raise LeaseUnavailable(_explain(exc, request)) from None
 
     def bind_layout(self, layout: Layout) -> None:
-        """Store ``layout`` as the namespace's layout, or check that it is the one already stored."""
-        for kind in ("leases", "fences", "history", "clock"):
-            self.call("ensure_path", self.node(kind))  # safe when many workers create them at once
+        """Store ``layout`` as the namespace's layout, or check that it is the one already stored. A namespace set up
+        already (its layout and every container there) costs one round trip: its children and its layout, read
+        together; else the containers are made, then the layout (safe when many workers do it at once)."""
+        children = self.client.get_children_async(self.path)
+        stored = self.client.get_async(self.node("layout"))
+        try:
+            present = set(self.wait(children, f"get_children {self.path}", handled=(NoNodeError,)))
+            data: bytes | None = bytes(self.wait(stored, f"get {self.node('layout')}", handled=(NoNodeError,))[0])
+        except NoNodeError:
+            present, data = set(), None
+        if data is None or not present >= set(_CONTAINERS):
+            data = self._set_up(layout)
+        if data is not None and (found := self._parse_layout(data)) != layout:
+            raise LayoutMismatch(
+                f"ZooKeeper namespace {self.path} belongs to layout {found.summary()}, not {layout.summary()}"
+            )
+        self._layout = layout
+
+    def _set_up(self, layout: Layout) -> bytes | None:
+        """Make the containers, then store ``layout``; the layout stored already instead, if there is one."""
+        for kind in _CONTAINERS:
+            self.call("ensure_path", self.node(kind))
         try:
             self.call(
                 "create",
@@ -277,12 +299,9 @@ class Namespace:
                 handled=(NodeExistsError,),
             )
         except NodeExistsError:
-            stored = self.layout()
-            if stored != layout:
-                raise LayoutMismatch(
-                    f"ZooKeeper namespace {self.path} belongs to layout {stored.summary()}, not {layout.summary()}"
-                ) from None
-        self._layout = layout
+            data, _ = self.call("get", self.node("layout"))
+            return bytes(data)
+        return None
 
     def layout(self) -> Layout:
         if self._layout is None:
@@ -292,17 +311,20 @@ class Namespace:
                 raise InvalidInput(
                     f"ZooKeeper namespace {self.path} has no idgen layout (nothing was ever minted there)"
                 ) from None
-            what = f"the layout record {self.node('layout')}"
-            try:
-                self._layout = Layout.from_spec(load_record(data, what))
-            except InvalidInput:
-                raise UnreadableRecord(f"{what} is unreadable: not a layout spec") from None
+            self._layout = self._parse_layout(bytes(data))
         return self._layout
+
+    def _parse_layout(self, data: bytes) -> Layout:
+        what = f"the layout record {self.node('layout')}"
+        try:
+            return Layout.from_spec(load_record(data, what))
+        except InvalidInput:
+            raise UnreadableRecord(f"{what} is unreadable: not a layout spec") from None
 
     def containers(self) -> list[str]:
         """The nodes every worker relies on: the namespace itself, ``layout``, ``clock``, ``leases``, ``fences`` and
         ``history``. Creating or deleting a child takes CREATE or DELETE on its container."""
-        return [self.path, *(self.node(kind) for kind in ("layout", "clock", "leases", "fences", "history"))]
+        return [self.path, self.node("layout"), *(self.node(kind) for kind in _CONTAINERS)]
 
     def worker_nodes(self, worker_id: int) -> list[str]:
         """The nodes of one worker ID: its claim, fence and history."""
@@ -351,19 +373,23 @@ class Namespace:
                     leases[worker_id] = parse_holder(load_record(data, what), what)
         return leases
 
-    def claimed(self) -> set[int]:
-        """The worker IDs with a live claim, whatever the claims say."""
-        return set(self.worker_ids("leases"))
-
     def scan_fences(self) -> tuple[dict[int, int], dict[int, str]]:
         """The fence of every worker ID that has one, and why each unreadable fence cannot be read."""
+        return self.read_fences(self.worker_ids("fences"))
+
+    def read_fences(self, worker_ids: Sequence[int]) -> tuple[dict[int, int], dict[int, str]]:
+        """The fences of ``worker_ids`` that exist, and why each unreadable one cannot be read: one request per worker
+        ID, all sent before any answer is awaited (one round trip)."""
+        pending = [(w, self.node("fences", w)) for w in worker_ids]
+        sent = [(w, path, self.client.get_async(path)) for w, path in pending]
         fences, unreadable = {}, {}
-        for worker_id in self.worker_ids("fences"):
-            path = self.node("fences", worker_id)
-            data = self._get(path)
+        for worker_id, path, answer in sent:
             try:
-                if data is not None:
-                    fences[worker_id] = parse_fence(data, f"the fence {path}")["fence_ms"]
+                data, _ = self.wait(answer, f"get {path}", handled=(NoNodeError,))
+            except NoNodeError:
+                continue
+            try:
+                fences[worker_id] = parse_fence(bytes(data), f"the fence {path}")["fence_ms"]
             except UnreadableRecord as exc:
                 unreadable[worker_id] = str(exc)
         return fences, unreadable
@@ -409,12 +435,25 @@ class Namespace:
     def worker_ids(self, kind: str) -> list[int]:
         """The children of ``kind`` that name a worker ID of the layout (``[0-9]+``, canonical, in range); any other
         name (``"²"``, ``"-1"``, ``"007"``, ``"99999"``) is ignored."""
-        capacity = self.layout().worker_capacity
-        return [int(c) for c in self._children(kind, strict=True) if int(c) < capacity]
+        return self.listings([kind])[0]
 
-    def _children(self, kind: str, strict: bool) -> list[str]:
+    def listings(self, kinds: Sequence[str]) -> list[list[int]]:
+        """:meth:`worker_ids` of each of ``kinds``, all listed in one round trip."""
+        capacity = self.layout().worker_capacity
+        sent = [self.client.get_children_async(self.node(kind)) for kind in kinds]
+        listed = [self._children(kind, strict=True, sent=answer) for kind, answer in zip(kinds, sent, strict=True)]
+        return [[int(c) for c in children if int(c) < capacity] for children in listed]
+
+    def _children(self, kind: str, strict: bool, sent: IAsyncResult | None = None) -> list[str]:
+        """The children of ``kind`` (only the ones that look like a worker ID if ``strict``), from the request
+        ``sent`` if one is under way."""
+        path = self.node(kind)
         try:
-            children: list[str] = self.call("get_children", self.node(kind), handled=(NoNodeError,))
+            children: list[str] = self.wait(
+                sent if sent is not None else self.client.get_children_async(path),
+                f"get_children {path}",
+                (NoNodeError,),
+            )
         except NoNodeError:
             return []
         return [c for c in children if WORKER_ID.fullmatch(c)] if strict else children
@@ -576,12 +615,9 @@ class ZkLease(Lease):
         namespace = self.namespace
         session_id = self._session_id()
         self._drop_strays(session_id)
-        live = namespace.claimed()
-        fences, unreadable = namespace.scan_fences()
-        for worker_id, why in unreadable.items():
-            self._quarantine(worker_id, why)
+        live, fenced = (set(listed) for listed in namespace.listings(["leases", "fences"]))
         usable = [w for w in range(self.layout.worker_capacity) if w not in live and w not in self.quarantined]
-        for worker_id in self._claim_order(usable, fences):
+        for worker_id in self._candidates(usable, fenced):
             claimed = self._claim(worker_id, holder, session_id)
             if claimed:
                 return claimed
@@ -590,6 +626,30 @@ class ZkLease(Lease):
             f"all {self.layout.worker_capacity} worker IDs of layout {self.layout.name!r} in ZooKeeper namespace"
             f" {namespace.path} are held by live workers{quarantined}"
         )
+
+    def _candidates(self, usable: Sequence[int], fenced: set[int]) -> Iterator[int]:
+        """The worker IDs of ``usable`` (free and not quarantined when listed) in the order to try to claim them, read
+        lazily: a claim that succeeds reads no further (DESIGN.md, *the claim path and its cost*).
+
+        First the never-used ones (no fence listed), in random order, so starters spread instead of colliding. Then
+        the used ones in random batches of ``CLAIM_SAMPLE``, doubling: the fences of a batch are read in one round
+        trip (an unreadable one quarantines its worker ID), and the batch is tried in :meth:`_claim_order` (oldest
+        fence first; for a switch, only fences below its bound). So the first try is the oldest of a random sample,
+        the newest fence of the sample is tried last, and a switch reads batches until one qualifies or none is
+        left: at most ``log2(capacity / CLAIM_SAMPLE) + 1`` rounds."""
+        never_used = [w for w in usable if w not in fenced]
+        used = [w for w in usable if w in fenced]
+        random.shuffle(never_used)
+        random.shuffle(used)
+        yield from never_used
+        batch_size = CLAIM_SAMPLE
+        while used:
+            batch, used = used[:batch_size], used[batch_size:]
+            fences, unreadable = self.namespace.read_fences(batch)
+            for worker_id, why in unreadable.items():
+                self._quarantine(worker_id, why)
+            yield from self._claim_order([w for w in batch if w not in unreadable], fences)
+            batch_size *= 2
 
     def _claim(self, worker_id: int, holder: Holder, session_id: int) -> Reservation | None:
         """Create the claim on ``worker_id``, check the ACLs of its nodes, and write its first fence and history;
@@ -608,9 +668,11 @@ class ZkLease(Lease):
             self._drop_claim(worker_id, session_id)
             return None
         self._refuse_foreign_writers(namespace, namespace.worker_nodes(worker_id))
+        fence_path, history_path = namespace.node("fences", worker_id), namespace.node("history", worker_id)
+        sent = [namespace.client.get_async(path) for path in (fence_path, history_path)]  # one round trip
         try:
-            fence_data, fence_stat = self._read(namespace.node("fences", worker_id), parse_fence)
-            history_data, history_stat = self._read(namespace.node("history", worker_id), parse_history)
+            fence_data, fence_stat = self._read(fence_path, parse_fence, sent[0])
+            history_data, history_stat = self._read(history_path, parse_history, sent[1])
             if fence_data is None and history_data:
                 raise UnreadableRecord(_fence_gone(worker_id))
         except UnreadableRecord as exc:
@@ -618,6 +680,9 @@ class ZkLease(Lease):
             self._drop_claim(worker_id)
             return None
         found = fence_data["fence_ms"] if fence_data else None
+        if found is not None and self._fence_below_ms is not None and found >= self._fence_below_ms:
+            self._drop_claim(worker_id)  # a switch's bound: its fence rose since it was listed or sampled
+            return None
         after = self._claim_after(found)
         me = replace(me, after_ms=after)
         fence = self._first_fence(after)
@@ -752,10 +817,16 @@ class ZkLease(Lease):
         self._fence_version = stat.version
         return True
 
-    def _read(self, path: str, parse: Callable[[bytes, str], T]) -> tuple[T | None, ZnodeStat | None]:
-        """The record at ``path`` parsed by ``parse`` (:class:`UnreadableRecord` if it does not parse), and its stat."""
+    def _read(
+        self, path: str, parse: Callable[[bytes, str], T], sent: IAsyncResult | None = None
+    ) -> tuple[T | None, ZnodeStat | None]:
+        """The record at ``path`` parsed by ``parse`` (:class:`UnreadableRecord` if it does not parse), and its stat;
+        from the request ``sent`` if one is under way."""
+        namespace = self.namespace
         try:
-            data, stat = self.namespace.call("get", path, handled=(NoNodeError,))
+            data, stat = namespace.wait(
+                sent if sent is not None else namespace.client.get_async(path), f"get {path}", (NoNodeError,)
+            )
         except NoNodeError:
             return None, None
         return parse(bytes(data), path), stat

@@ -12,9 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 from faultkit import IdgenServer, Partition, wait_until
 from loadclient import LoadClient, Record, Report, check
 from zkharness import ZkServer, four_letter_word
+
+pytestmark = pytest.mark.zookeeper  # starts its own ZkServer on the veth
 
 CUT_S = 9.0  # past the 7.5 s the fence can be ahead, and far past the 2 s session timeout
 
