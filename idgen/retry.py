@@ -10,4 +10,4 @@ RETRY_MAX_S = 1.0  # ... up to this, so a loop recovers within about this long o
 
 def backoff_s(failures: int) -> float:
     """The wait after ``failures`` failed attempts in a row: exponential, capped, with full jitter in its upper half."""
-    return random.uniform(0.5, 1.0) * min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16))
+    return random.uniform(0.5, 1.0) * min(RETRY_MAX_S, RETRY_FIRST_S * 2.0 ** min(failures - 1, 16))
