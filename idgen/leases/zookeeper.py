@@ -32,7 +32,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 from kazoo.client import KazooClient, KazooState
@@ -51,6 +50,7 @@ from kazoo.security import ACL, Permissions, make_digest_acl
 from idgen.errors import InvalidInput, LayoutMismatch, LeaseUnavailable, UnreadableRecord
 from idgen.layout import Layout
 from idgen.leases.base import Census, Holder, Lease, LeaseLost, Reservation, remember
+from idgen.leases.credentials import CredentialSource
 from idgen.leases.records import WORKER_ID, load_record, parse_fence, parse_history, parse_holder
 
 log = logging.getLogger("idgen.lease")
@@ -67,39 +67,19 @@ T = TypeVar("T")
 _RETRY = {"max_tries": -1, "delay": 0.1, "backoff": 1.5, "max_delay": 0.5}  # kazoo's default backoff grows to an hour
 
 
+ZK_CREDENTIALS = CredentialSource("ZooKeeper", ZK_AUTH_ENV, ZK_AUTH_FILE_ENV, ZK_INSECURE_ENV, ZK_INSECURE_FLAG)
+
+
 def credentials_from_env() -> str | None:
     """``user:password`` from ``$IDGEN_ZK_AUTH`` or the file named by ``$IDGEN_ZK_AUTH_FILE`` (never from argv)."""
-    if os.environ.get(ZK_AUTH_ENV):
-        auth = os.environ[ZK_AUTH_ENV]
-    elif os.environ.get(ZK_AUTH_FILE_ENV):
-        try:
-            auth = Path(os.environ[ZK_AUTH_FILE_ENV]).read_bytes().decode("utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-            raise InvalidInput(f"cannot read ZooKeeper credentials from {ZK_AUTH_FILE_ENV}: {reason}") from None
-    else:
-        return None
-    if ":" not in auth or auth.startswith(":") or not auth.isprintable():
-        raise InvalidInput(
-            f"ZooKeeper credentials must look like user:password (from {ZK_AUTH_ENV} or {ZK_AUTH_FILE_ENV})"
-        )
-    return auth
+    return ZK_CREDENTIALS.from_env()
 
 
 def required_credentials(insecure_flag: bool) -> str | None:
     """The credentials from the environment; ``None`` only when the operator opted out of access control with both
     ``--zk-insecure-no-auth`` and ``IDGEN_ZK_INSECURE_NO_AUTH=1``. Otherwise no credentials is :class:`InvalidInput`:
     without them every node is world-writable, and anyone who reaches ZooKeeper can delete a claim or a fence."""
-    auth = credentials_from_env()
-    if auth is not None:
-        return auth
-    if insecure_flag and os.environ.get(ZK_INSECURE_ENV) == "1":
-        return None
-    raise InvalidInput(
-        f"ZooKeeper credentials are required: set {ZK_AUTH_ENV}=user:password or {ZK_AUTH_FILE_ENV}=FILE"
-        f" (to run without access control, letting anyone delete claims and fences, pass {ZK_INSECURE_FLAG}"
-        f" and set {ZK_INSECURE_ENV}=1)"
-    )
+    return ZK_CREDENTIALS.required(insecure_flag)
 
 
 def digest_acl(auth: str) -> ACL:

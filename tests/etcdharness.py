@@ -1,0 +1,247 @@
+"""Real etcd members for tests, started from Debian's ``etcd-server`` package (etcd 3.4).
+
+Every member binds 127.0.0.1 on free ports and keeps its data in a private temp directory, removed by
+:meth:`EtcdCluster.stop`. A cluster starts with authentication enabled: a ``root`` user and an ``idgen`` user
+(:data:`TEST_CREDENTIALS`) whose role may read and write only keys under :data:`NAMESPACE_PREFIX`::
+
+    with EtcdServer() as etcd:            # one member
+        lease = EtcdLease(layout, etcd.endpoints, "/idgen-test/x", auth=TEST_CREDENTIALS)
+
+    with EtcdCluster(3) as cluster:       # three members, one leader
+        cluster.leader().kill()
+        cluster.wait_for_leader()
+
+Readiness is ``/health`` answering ``{"health":"true"}`` (it needs a leader). This module does not import pytest;
+tests/conftest.py wraps it in fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from zkharness import free_port
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+ROOT_CREDENTIALS = "root:root-secret"
+TEST_CREDENTIALS = "idgen:etcd-secret"
+NAMESPACE_PREFIX = "/idgen"  # the idgen user's role: readwrite on every key starting with this (and nothing else)
+READY_TIMEOUT_S = 30.0
+
+
+class EtcdMember:
+    """One etcd process of a cluster; ``kill``, ``pause``/``resume`` and ``restart`` act on it alone."""
+
+    def __init__(self, name: str, data_dir: Path, client_port: int, peer_port: int) -> None:
+        self.name = name
+        self.data_dir = data_dir
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def spawn(self, initial_cluster: str, state: str, extra: Sequence[str] = ()) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    ETCD,
+                    f"--name={self.name}",
+                    f"--data-dir={self.data_dir}",
+                    f"--listen-client-urls={self.url}",
+                    f"--advertise-client-urls={self.url}",
+                    f"--listen-peer-urls={self.peer_url}",
+                    f"--initial-advertise-peer-urls={self.peer_url}",
+                    f"--initial-cluster={initial_cluster}",
+                    f"--initial-cluster-state={state}",
+                    "--initial-cluster-token=idgen-test",
+                    "--heartbeat-interval=100",
+                    "--election-timeout=1000",
+                    "--logger=zap",
+                    "--log-level=warn",
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def healthy(self, timeout_s: float = 1.0) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout_s) as answer:
+                return bool(json.loads(answer.read()).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    def is_leader(self) -> bool:
+        try:
+            request = urllib.request.Request(f"{self.url}/v3/maintenance/status", data=b"{}", method="POST")
+            with urllib.request.urlopen(request, timeout=1.0) as answer:
+                status = json.loads(answer.read())
+        except (OSError, ValueError):
+            return False
+        return bool(status.get("leader") == status.get("header", {}).get("member_id"))
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def __repr__(self) -> str:
+        return f"EtcdMember({self.name}, {self.url}, pid={self.pid})"
+
+
+class EtcdCluster:
+    """``size`` members on free loopback ports, with auth enabled (see the module docstring)."""
+
+    def __init__(self, size: int = 3, *, auth: bool = True, extra_args: Sequence[str] = ()) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="idgen-etcd-"))
+        self.auth = auth
+        self.extra_args = list(extra_args)
+        self.members = [EtcdMember(f"m{i}", self.root / f"m{i}", free_port(), free_port()) for i in range(1, size + 1)]
+        self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    @property
+    def endpoints(self) -> str:
+        """Every member's client URL, comma-separated: what ``--etcd`` takes."""
+        return ",".join(m.url for m in self.members)
+
+    def start(self) -> EtcdCluster:
+        for member in self.members:
+            member.spawn(self.initial_cluster, "new", self.extra_args)
+        self.wait_ready()
+        if self.auth:
+            self._enable_auth()
+        return self
+
+    def wait_ready(self, members: Sequence[EtcdMember] | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        for member in members or self.members:
+            while not member.healthy():
+                if member.proc is not None and member.proc.poll() is not None:
+                    raise RuntimeError(f"{member} exited: {member.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{member} not healthy within {timeout_s:g} s: {member.log_tail()}")
+                time.sleep(0.05)
+
+    def etcdctl(self, *args: str, user: str | None = ROOT_CREDENTIALS) -> str:
+        """Run ``etcdctl`` (API 3) against the live members; its stdout, or RuntimeError with its stderr."""
+        live = ",".join(m.url for m in self.members if m.pid is not None)
+        command = [ETCDCTL, f"--endpoints={live}", "--dial-timeout=3s", "--command-timeout=5s"]
+        if user is not None and self.auth_enabled:
+            command.append(f"--user={user}")
+        done = subprocess.run(
+            [*command, *args], capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    auth_enabled = False
+
+    def _enable_auth(self) -> None:
+        root_password = ROOT_CREDENTIALS.partition(":")[2]
+        user, _, password = TEST_CREDENTIALS.partition(":")
+        for args in (
+            ("user", "add", f"root:{root_password}", "--interactive=false"),
+            ("role", "add", "root"),
+            ("user", "grant-role", "root", "root"),
+            ("role", "add", user),
+            ("role", "grant-permission", user, "--prefix=true", "readwrite", NAMESPACE_PREFIX),
+            ("user", "add", f"{user}:{password}", "--interactive=false"),
+            ("user", "grant-role", user, user),
+            ("auth", "enable"),
+        ):
+            self.etcdctl(*args)
+        self.auth_enabled = True
+
+    def leader(self, timeout_s: float = 10.0) -> EtcdMember:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            leaders = [m for m in self.members if m.pid is not None and m.is_leader()]
+            if len(leaders) == 1:
+                return leaders[0]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no single leader among {self.members} within {timeout_s:g} s")
+            time.sleep(0.05)
+
+    def wait_for_leader(self, exclude: EtcdMember | None = None, timeout_s: float = 10.0) -> EtcdMember:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            leader = self.leader(timeout_s)
+            if leader is not exclude:
+                return leader
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the leader is still {exclude}")
+            time.sleep(0.05)
+
+    def restart(self, member: EtcdMember) -> None:
+        """Start a killed or stopped member again on its data directory and ports."""
+        member.spawn(self.initial_cluster, "existing", self.extra_args)
+        self.wait_ready([member])
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> EtcdCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class EtcdServer(EtcdCluster):
+    """A single-member cluster."""
+
+    def __init__(self, *, auth: bool = True, extra_args: Sequence[str] = ()) -> None:
+        super().__init__(1, auth=auth, extra_args=extra_args)
