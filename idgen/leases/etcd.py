@@ -34,10 +34,9 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import urllib3
 
@@ -60,7 +59,6 @@ DEFAULT_TTL_S = 10.0
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_SKEW_MS = 1_000
 UNAUTHENTICATED = 16  # gRPC status of an expired or unknown auth token: authenticate again and retry
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,18 +102,20 @@ def _prefix_end(prefix: str) -> str:
     return base64.b64encode(raw[:-1] + bytes([raw[-1] + 1])).decode()
 
 
-class EtcdError(Exception):
-    """etcd refused a request; ``code`` is its gRPC status code."""
+class EtcdError(LeaseUnavailable):
+    """etcd refused a request; ``code`` is its gRPC status code, ``reason`` etcd's own words. Its message is
+    :func:`explain`'s."""
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(explain(code, reason))
+        self.grpc_code = code
+        self.reason = reason
 
 
-def explain(exc: EtcdError) -> str:
+def explain(code: int, reason: str) -> str:
     """A one-line reason for an etcd refusal, naming the fix where there is one."""
-    message = " ".join(str(exc).split())
-    if exc.code in (3, 7, UNAUTHENTICATED) and ("user name" in message or "permission" in message or "auth" in message):
+    message = " ".join(reason.split())
+    if code in (3, 7, UNAUTHENTICATED) and ("user name" in message or "permission" in message or "auth" in message):
         return (
             f"etcd refused access ({message}: set {ETCD_CREDENTIALS.auth_env}=user:password or"
             f" {ETCD_CREDENTIALS.auth_file_env}=FILE for a user whose role may read and write the namespace)"
@@ -160,7 +160,7 @@ class EtcdClient:
         try:
             return self._post(path, body, timeout_s, dated=dated)
         except EtcdError as exc:
-            if exc.code != UNAUTHENTICATED or self.auth is None:
+            if exc.grpc_code != UNAUTHENTICATED or self.auth is None or "invalid auth token" not in exc.reason:
                 raise
             self.authenticate()  # tokens expire (simple tokens after --auth-token-ttl idle seconds; JWTs by age)
             return self._post(path, body, timeout_s, dated=dated)
@@ -170,13 +170,13 @@ class EtcdClient:
         try:
             answer = self._post("/v3/auth/authenticate", {"name": user, "password": password}, None, token=False)
         except EtcdError as exc:
-            if "authentication is not enabled" in str(exc):
+            if "authentication is not enabled" in exc.reason:
                 raise LeaseUnavailable(
                     f"etcd at {','.join(self.endpoints)} has authentication disabled: anyone who reaches it could"
                     " delete claims and fences. Enable it (etcdctl auth enable) with a user whose role may read and"
                     " write the namespace"
                 ) from None
-            raise LeaseUnavailable(explain(exc)) from None
+            raise
         self._token = answer["token"]
 
     def _post(
@@ -264,7 +264,7 @@ class EtcdClient:
         try:
             self.call("/v3/lease/revoke", {"ID": lease})
         except EtcdError as exc:
-            if "requested lease not found" not in str(exc):
+            if "requested lease not found" not in exc.reason:
                 raise
 
     def close(self) -> None:
@@ -529,16 +529,9 @@ class EtcdLease(Lease):
             namespace = EtcdNamespace(
                 EtcdClient(self.endpoints, self.auth, timeout_s=self.timeout_s, tls=self.tls), self.namespace_path
             )
-            self._etcd(lambda: namespace.bind_layout(self.layout))
+            namespace.bind_layout(self.layout)
             self._ns = namespace
         return self._ns
-
-    def _etcd(self, call: Callable[[], T]) -> T:
-        """``call()``, with etcd's refusals as :class:`LeaseUnavailable`."""
-        try:
-            return call()
-        except EtcdError as exc:
-            raise LeaseUnavailable(explain(exc)) from None
 
     # -- the etcd lease (the session) ---------------------------------------------------------------
 
@@ -549,11 +542,11 @@ class EtcdLease(Lease):
             stale, self._stale_lease = self._stale_lease, None
             try:  # frees any claim still bound to it now rather than after its TTL
                 client.revoke(stale)
-            except (EtcdError, LeaseUnavailable) as exc:
+            except LeaseUnavailable as exc:
                 log.warning("could not revoke etcd lease %s: %s", stale, exc, extra={"event": "etcd_revoke_failed"})
         if self._etcd_lease is None:
             sent = time.monotonic()
-            lease, ttl = self._etcd(lambda: client.grant(self.ttl_s))
+            lease, ttl = client.grant(self.ttl_s)
             self._expires_at, self._etcd_lease, self._keepalive_failing = sent + ttl, lease, False
             if self._keepalive_thread is None:
                 self._keepalive_thread = threading.Thread(target=self._keep_alive, name="idgen-etcd", daemon=True)
@@ -570,7 +563,7 @@ class EtcdLease(Lease):
             sent = time.monotonic()
             try:
                 ttl = namespace.client.keepalive(lease, timeout_s=max(self._expires_at - self.margin_s - sent, 0.05))
-            except (EtcdError, LeaseUnavailable) as exc:
+            except LeaseUnavailable as exc:
                 ttl = -1
                 why = str(exc)
             if lease != self._etcd_lease:
@@ -610,7 +603,7 @@ class EtcdLease(Lease):
         namespace = self.namespace
         started = time.monotonic()
         before = self._now_ms()
-        header = self._etcd(lambda: namespace.client.date(namespace.key("layout")))
+        header = namespace.client.date(namespace.key("layout"))
         after = self._now_ms()
         rtt = (time.monotonic() - started) * 1000
         try:
@@ -637,7 +630,7 @@ class EtcdLease(Lease):
     def _acquire(self, holder: Holder) -> Reservation:
         namespace = self.namespace
         lease = self._session()
-        fences, unreadable, live = self._etcd(namespace.scan)
+        fences, unreadable, live = namespace.scan()
         for worker_id, why in unreadable.items():
             self._quarantine(worker_id, why)
         usable = [w for w in range(self.layout.worker_capacity) if w not in live and w not in self.quarantined]
@@ -647,7 +640,7 @@ class EtcdLease(Lease):
             # the best candidate first; after a collision, a random one among the next 2, 4, 8... best, so that
             # workers starting together spread out instead of colliding on every candidate in turn
             worker_id = order.pop(random.randrange(min(2**collisions, len(order))))
-            claimed = self._etcd(lambda w=worker_id: self._claim(w, holder, lease))  # type: ignore[misc]
+            claimed = self._claim(worker_id, holder, lease)
             if isinstance(claimed, Reservation):
                 return claimed
             if claimed is not None:
@@ -713,7 +706,7 @@ class EtcdLease(Lease):
 
     def _extend(self, reservation: Reservation, fence_ms: int) -> None:
         try:
-            self._etcd(lambda: self._write_fence(reservation, fence_ms))
+            self._write_fence(reservation, fence_ms)
         except LeaseLost:
             self._stale_lease, self._etcd_lease = self._etcd_lease, None  # revoked, with the claim, before the next
             raise
@@ -721,7 +714,7 @@ class EtcdLease(Lease):
     def _release(self, reservation: Reservation, final_fence_ms: int) -> None:
         namespace = self.namespace
         history_key = namespace.key("history", reservation.worker_id)
-        kvs = self._etcd(lambda: namespace.client.range(history_key))
+        kvs = namespace.client.range(history_key)
         history = [] if not kvs else parse_history(_value(kvs[0]), f"the history {history_key}")
         ended = self._now_ms()
         history = [
@@ -729,7 +722,7 @@ class EtcdLease(Lease):
             for h in history
         ]
         also = (history_key, [h.to_json() for h in history], int(kvs[0]["mod_revision"]) if kvs else 0)
-        self._etcd(lambda: self._write_fence(reservation, final_fence_ms, also_history=also, then_delete=True))
+        self._write_fence(reservation, final_fence_ms, also_history=also, then_delete=True)
 
     def _write_fence(
         self,
@@ -778,17 +771,17 @@ class EtcdLease(Lease):
         return True
 
     def holders(self, worker_id: int) -> list[Holder]:
-        return self._etcd(lambda: self.namespace.holders(worker_id))
+        return self.namespace.holders(worker_id)
 
     def fence_of(self, worker_id: int) -> int | None:
-        return self._etcd(lambda: self.namespace.fence(worker_id))
+        return self.namespace.fence(worker_id)
 
     def census(self) -> Census:
         """One prefix range over the claims (keys only), on this lease's connection."""
         namespace = self._ns
         if namespace is None:
             raise LeaseUnavailable("not connected to etcd")
-        held = self._etcd(namespace.claimed)
+        held = namespace.claimed()
         return self._census_of(range(self.layout.worker_capacity), held)
 
     def close(self, high_water_ms: int | None = None) -> None:
@@ -802,7 +795,7 @@ class EtcdLease(Lease):
                 if lease is not None:
                     try:
                         self._ns.client.revoke(lease)
-                    except (EtcdError, LeaseUnavailable) as exc:  # its keys go when its TTL runs out
+                    except LeaseUnavailable as exc:  # its keys go when its TTL runs out
                         log.warning("etcd lease revoke failed: %s", exc, extra={"event": "etcd_revoke_failed"})
                 self._ns.client.close()
 
