@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -43,8 +43,18 @@ READY_TIMEOUT_S = 30.0
 class EtcdMember:
     """One etcd process of a cluster; ``kill``, ``pause``/``resume`` and ``restart`` act on it alone."""
 
-    def __init__(self, name: str, data_dir: Path, client_port: int, peer_port: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        data_dir: Path,
+        client_port: int,
+        peer_port: int,
+        hosts: Sequence[str] = ("127.0.0.1",),
+        netns: str = "",
+    ) -> None:
         self.name = name
+        self.hosts = tuple(hosts)  # it listens on, and advertises, every one; the first is the one tests use
+        self.netns = netns  # a network namespace to run in (``ip netns exec``, which execs: the pid is etcd's)
         self.data_dir = data_dir
         self.client_port = client_port
         self.peer_port = peer_port
@@ -53,11 +63,15 @@ class EtcdMember:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.hosts[0]}:{self.client_port}"
 
     @property
-    def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+    def client_urls(self) -> str:
+        return ",".join(f"http://{host}:{self.client_port}" for host in self.hosts)
+
+    @property
+    def peer_urls(self) -> list[str]:
+        return [f"http://{host}:{self.peer_port}" for host in self.hosts]
 
     @property
     def pid(self) -> int | None:
@@ -67,13 +81,14 @@ class EtcdMember:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [
+                    *(["ip", "netns", "exec", self.netns] if self.netns else []),
                     ETCD,
                     f"--name={self.name}",
                     f"--data-dir={self.data_dir}",
-                    f"--listen-client-urls={self.url}",
-                    f"--advertise-client-urls={self.url}",
-                    f"--listen-peer-urls={self.peer_url}",
-                    f"--initial-advertise-peer-urls={self.peer_url}",
+                    f"--listen-client-urls={self.client_urls}",
+                    f"--advertise-client-urls={self.client_urls}",
+                    f"--listen-peer-urls={','.join(self.peer_urls)}",
+                    f"--initial-advertise-peer-urls={','.join(self.peer_urls)}",
                     f"--initial-cluster={initial_cluster}",
                     f"--initial-cluster-state={state}",
                     "--initial-cluster-token=idgen-test",
@@ -138,14 +153,27 @@ class EtcdMember:
 
 
 class EtcdCluster:
-    """``size`` members on free loopback ports, with auth enabled (see the module docstring)."""
+    """``size`` members on free loopback ports, with auth enabled (see the module docstring). ``placement`` puts
+    members elsewhere: ``{index: (addresses, netns)}``, e.g. one member inside a network namespace to partition it,
+    the others on loopback and on the host's end of the link to it (peers try each advertised URL in turn)."""
 
-    def __init__(self, size: int = 3, *, auth: bool = True, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        size: int = 3,
+        *,
+        auth: bool = True,
+        extra_args: Sequence[str] = (),
+        placement: Mapping[int, tuple[Sequence[str], str]] | None = None,
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="idgen-etcd-"))
         self.auth = auth
         self.extra_args = list(extra_args)
-        self.members = [EtcdMember(f"m{i}", self.root / f"m{i}", free_port(), free_port()) for i in range(1, size + 1)]
-        self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        where = placement or {}
+        self.members = [
+            EtcdMember(f"m{i}", self.root / f"m{i}", free_port(), free_port(), *where.get(i - 1, (("127.0.0.1",), "")))
+            for i in range(1, size + 1)
+        ]
+        self.initial_cluster = ",".join(f"{m.name}={url}" for m in self.members for url in m.peer_urls)
 
     @property
     def endpoints(self) -> str:

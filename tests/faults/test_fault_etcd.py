@@ -7,6 +7,8 @@
   mints nothing above its old fence (the successor's ``after_ms``), goes LOST and re-leases once the ID is free.
 - 18c: an anonymous client (no credentials) tries to delete the claims and fences under load: etcd refuses every
   attempt, nothing is lost or refused.
+- 18d: one member partitioned from its peers and from the servers (network namespace, veth down), the servers' first
+  endpoint: they fail over to the majority; nothing is lost or refused.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import pytest
 from etcdharness import TEST_CREDENTIALS, EtcdCluster
-from faultkit import SOLO, IdgenServer, wait_until
+from faultkit import SOLO, IdgenServer, Partition, wait_until
 from loadclient import LoadClient, Record, Report, check, ids_of, timestamps_ms
 
 from idgen import Generator
@@ -236,3 +238,61 @@ def test_an_anonymous_client_deleting_claims_and_fences_under_load_is_refused(
     for lease in after.values():
         assert admin.range(f"{namespace}/leases/{lease['worker_id']}")
         assert admin.range(f"{namespace}/fences/{lease['worker_id']}")
+
+
+CUT_S = 9.0  # past the 7.5 s a fence can be ahead and three etcd lease TTLs: a stale member would have shown
+
+
+def test_an_etcd_member_partitioned_from_the_others_and_the_servers_costs_nothing(
+    partition: Partition,
+    spawn_server: Callable[..., IdgenServer],
+    start_load: Callable[..., LoadClient],
+    fault_results: list[Report],
+) -> None:
+    """Member m3 runs in a network namespace; m1 and m2 listen on loopback and on the host's end of the veth. Cutting
+    the veth isolates m3 from its peers and from the servers (whose first endpoint it is): they fail over to m1/m2."""
+    host_side = ("127.0.0.1", partition.zk_host)
+    cluster = EtcdCluster(
+        3, placement={0: (host_side, ""), 1: (host_side, ""), 2: ((partition.zk_peer,), partition.netns)}
+    )
+    try:
+        cluster.start()
+        isolated = cluster.members[2]
+        endpoints = ",".join(m.url for m in (isolated, *cluster.members[:2]))  # the isolated member first
+        options = ("--etcd", endpoints, "--namespace", "/idgen-faults/partition", "--etcd-ttl", TTL)
+        servers = [spawn_server(name, *options) for name in ("a", "b")]
+        load = start_load(*(s.wait_ready() for s in servers))
+        for server in servers:
+            load.wait_ok(server.name, 150)
+        before = _leases(servers)
+        cut = time.monotonic()
+        partition.cut()
+        try:
+            wait_until(lambda: not isolated.healthy(timeout_s=0.5), 10, "the isolated member to be unreachable")
+            wait_until(
+                lambda: all(
+                    lease["state"] == "held" and lease["fence_ms"] > before[name]["fence_ms"]
+                    for name, lease in _leases(servers).items()
+                ),
+                15,
+                "fences extended through the majority",
+            )
+            time.sleep(max(0.0, cut + CUT_S - time.monotonic()))  # the rest of the partition
+        finally:
+            partition.restore()
+        restored = time.monotonic()
+        wait_until(lambda: isolated.healthy(), 30, "the isolated member to rejoin")
+        for server in servers:
+            load.wait_ok(server.name, 100, since=restored)
+        records = load.stop()
+        after = _leases(servers)
+    finally:
+        cluster.stop()
+
+    report = check(records, "18d. etcd: one member of 3 partitioned (netns, veth down), the servers' first endpoint")
+    report.notes.append(
+        f"link down {restored - cut:.1f} s; both servers kept their claims and fences through m1/m2, nothing refused"
+    )
+    fault_results.append(report)
+    report.assert_ok()
+    assert all(after[n]["lease_id"] == before[n]["lease_id"] for n in after), "a claim was lost"
