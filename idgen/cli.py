@@ -113,8 +113,8 @@ def _add_zookeeper(parser: argparse.ArgumentParser) -> None:
         type=_type("etcd"),
         metavar="URL[,URL...]",
         help="etcd client URLs, e.g. https://etcd-0:2379 (env IDGEN_ETCD); credentials are required and come only from"
-        f" the environment: {ETCD_CREDENTIALS.auth_env}=user:password or {ETCD_CREDENTIALS.auth_file_env}=FILE, or a"
-        f" client certificate {ETCD_CERT_ENV} + {ETCD_KEY_ENV}; {ETCD_CA_ENV} verifies the servers",
+        f" the environment: {ETCD_CREDENTIALS.auth_env}=user:password or {ETCD_CREDENTIALS.auth_file_env}=FILE;"
+        f" {ETCD_CA_ENV} verifies the servers, {ETCD_CERT_ENV} + {ETCD_KEY_ENV} is a client certificate for mutual TLS",
     )
     parser.add_argument(
         ETCD_CREDENTIALS.insecure_flag,

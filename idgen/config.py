@@ -183,7 +183,7 @@ def lease_for(settings: Settings, address: str | None = None) -> Lease:
         from idgen.leases import etcd
 
         tls = etcd.EtcdTls.from_env()
-        auth = etcd.required_credentials(settings.etcd_insecure_no_auth, tls)
+        auth = etcd.required_credentials(settings.etcd_insecure_no_auth)
         return etcd.EtcdLease(
             layout,
             settings.etcd,
@@ -237,7 +237,7 @@ def namespace_of(settings: Settings, auth: str | None = None) -> Iterator[Namesp
 
         tls = etcd.EtcdTls.from_env()
         client = etcd.EtcdClient(
-            settings.etcd, auth or etcd.required_credentials(settings.etcd_insecure_no_auth, tls), tls=tls
+            settings.etcd, auth or etcd.required_credentials(settings.etcd_insecure_no_auth), tls=tls
         )
         try:
             yield etcd.EtcdNamespace(client, settings.namespace or etcd.DEFAULT_NAMESPACE)

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -55,6 +56,7 @@ class EtcdMember:
         self.name = name
         self.hosts = tuple(hosts)  # it listens on, and advertises, every one; the first is the one tests use
         self.netns = netns  # a network namespace to run in (``ip netns exec``, which execs: the pid is etcd's)
+        self.tls: EtcdTlsFiles | None = None  # set by the cluster: client URLs over TLS, client certificates required
         self.data_dir = data_dir
         self.client_port = client_port
         self.peer_port = peer_port
@@ -63,15 +65,19 @@ class EtcdMember:
 
     @property
     def url(self) -> str:
-        return f"http://{self.hosts[0]}:{self.client_port}"
+        return f"{self.scheme}://{self.hosts[0]}:{self.client_port}"
 
     @property
     def client_urls(self) -> str:
-        return ",".join(f"http://{host}:{self.client_port}" for host in self.hosts)
+        return ",".join(f"{self.scheme}://{host}:{self.client_port}" for host in self.hosts)
 
     @property
     def peer_urls(self) -> list[str]:
         return [f"http://{host}:{self.peer_port}" for host in self.hosts]
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     @property
     def pid(self) -> int | None:
@@ -97,6 +103,7 @@ class EtcdMember:
                     "--logger=zap",
                     "--log-level=warn",
                     *extra,
+                    *(self.tls.server_args() if self.tls else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -105,7 +112,8 @@ class EtcdMember:
 
     def healthy(self, timeout_s: float = 1.0) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout_s) as answer:
+            context = self.tls.context() if self.tls else None
+            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout_s, context=context) as answer:
                 return bool(json.loads(answer.read()).get("health") == "true")
         except (OSError, ValueError):
             return False
@@ -113,7 +121,8 @@ class EtcdMember:
     def is_leader(self) -> bool:
         try:
             request = urllib.request.Request(f"{self.url}/v3/maintenance/status", data=b"{}", method="POST")
-            with urllib.request.urlopen(request, timeout=1.0) as answer:
+            context = self.tls.context() if self.tls else None
+            with urllib.request.urlopen(request, timeout=1.0, context=context) as answer:
                 status = json.loads(answer.read())
         except (OSError, ValueError):
             return False
@@ -164,6 +173,7 @@ class EtcdCluster:
         auth: bool = True,
         extra_args: Sequence[str] = (),
         placement: Mapping[int, tuple[Sequence[str], str]] | None = None,
+        tls: bool = False,
     ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="idgen-etcd-"))
         self.auth = auth
@@ -173,6 +183,9 @@ class EtcdCluster:
             EtcdMember(f"m{i}", self.root / f"m{i}", free_port(), free_port(), *where.get(i - 1, (("127.0.0.1",), "")))
             for i in range(1, size + 1)
         ]
+        self.tls = EtcdTlsFiles(self.root / "tls") if tls else None
+        for member in self.members:
+            member.tls = self.tls
         self.initial_cluster = ",".join(f"{m.name}={url}" for m in self.members for url in m.peer_urls)
 
     @property
@@ -202,6 +215,8 @@ class EtcdCluster:
         """Run ``etcdctl`` (API 3) against the live members; its stdout, or RuntimeError with its stderr."""
         live = ",".join(m.url for m in self.members if m.pid is not None)
         command = [ETCDCTL, f"--endpoints={live}", "--dial-timeout=3s", "--command-timeout=5s"]
+        if self.tls is not None:
+            command += [f"--cacert={self.tls.ca}", f"--cert={self.tls.client_cert}", f"--key={self.tls.client_key}"]
         if user is not None and self.auth_enabled:
             command.append(f"--user={user}")
         done = subprocess.run(
@@ -271,5 +286,50 @@ class EtcdCluster:
 class EtcdServer(EtcdCluster):
     """A single-member cluster."""
 
-    def __init__(self, *, auth: bool = True, extra_args: Sequence[str] = ()) -> None:
-        super().__init__(1, auth=auth, extra_args=extra_args)
+    def __init__(self, *, auth: bool = True, extra_args: Sequence[str] = (), tls: bool = False) -> None:
+        super().__init__(1, auth=auth, extra_args=extra_args, tls=tls)
+
+
+class EtcdTlsFiles:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate without a CommonName (etcd's gateway refuses
+    one that has a CN), made with ``openssl`` in ``directory``: etcd then serves TLS and requires client certificates
+    (``--client-cert-auth``)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True)
+        self.ca, ca_key = directory / "ca.crt", directory / "ca.key"
+        self.server_cert, self.server_key = directory / "server.crt", directory / "server.key"
+        self.client_cert, self.client_key = directory / "client.crt", directory / "client.key"
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=idgen-test-ca",
+                 "-keyout", ca_key, "-out", self.ca)  # fmt: skip
+        for cert, key, subject, extension in (
+            (self.server_cert, self.server_key, "/CN=etcd", "subjectAltName=IP:127.0.0.1"),
+            (self.client_cert, self.client_key, "/O=idgen-test", "extendedKeyUsage=clientAuth"),  # no CN (gateway)
+        ):
+            request = key.with_suffix(".csr")
+            _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", key, "-out", request)
+            _openssl("x509", "-req", "-in", request, "-CA", self.ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+                     "-extfile", _extension_file(directory, extension), "-out", cert)  # fmt: skip
+
+    def server_args(self) -> list[str]:
+        return [
+            f"--cert-file={self.server_cert}",
+            f"--key-file={self.server_key}",
+            f"--trusted-ca-file={self.ca}",
+            "--client-cert-auth",
+        ]
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+
+
+def _extension_file(directory: Path, line: str) -> Path:
+    path = directory / f"ext-{abs(hash(line))}.cnf"
+    path.write_text(line + "\n")
+    return path

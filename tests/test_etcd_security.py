@@ -86,7 +86,7 @@ def test_serve_and_every_etcd_command_refuse_to_start_without_credentials(
 
 
 def test_the_library_lease_needs_credentials_or_an_explicit_opt_out(etcd_endpoints: str) -> None:
-    with pytest.raises(InvalidInput, match=r"auth='user:password' or a client certificate, or insecure=True"):
+    with pytest.raises(InvalidInput, match=r"auth='user:password', or insecure=True"):
         EtcdLease(DEFAULT_LAYOUT, etcd_endpoints)
 
 
@@ -184,3 +184,35 @@ def test_an_expired_auth_token_is_renewed(short_token_etcd: EtcdServer) -> None:
     assert eventually(expired, timeout=30, interval=2.0), "the token never expired"
     assert client.range("/idgen/token-test")  # renewed on the way
     assert client._token not in (None, old)
+
+
+# -- TLS ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_etcd() -> Iterator[EtcdServer]:
+    """A member serving TLS only and requiring client certificates (``--client-cert-auth``)."""
+    with EtcdServer(tls=True) as server:
+        yield server
+
+
+def test_tls_with_a_client_certificate_works_and_an_unknown_ca_or_no_certificate_is_one_line(
+    tls_etcd: EtcdServer,
+) -> None:
+    tls = tls_etcd.tls
+    assert tls is not None and tls_etcd.endpoints.startswith("https://")
+    files = {
+        "IDGEN_ETCD_CA": str(tls.ca),
+        "IDGEN_ETCD_CERT": str(tls.client_cert),
+        "IDGEN_ETCD_KEY": str(tls.client_key),
+    }
+    namespace = ("--etcd", tls_etcd.endpoints, "--namespace", "/idgen/tls")
+    minted = idgen("mint", "-n", "2", *namespace, env=files)
+    assert minted.returncode == 0, minted.stderr
+    assert len(set(minted.stdout.split())) == 2
+    without_ca = {**files, "IDGEN_ETCD_CA": ""}  # the system's CAs do not know this one
+    without_certificate = {**files, "IDGEN_ETCD_CERT": "", "IDGEN_ETCD_KEY": ""}  # etcd requires one
+    for env in (without_ca, without_certificate):
+        refused = idgen("mint", *namespace, env=env)
+        assert refused.returncode == 1, refused.stderr
+        assert "no etcd endpoint answered" in one_line(refused)

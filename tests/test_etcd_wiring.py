@@ -64,3 +64,9 @@ def test_contradictory_or_malformed_etcd_settings_are_one_line(
     result = idgen(*args, env=env)
     assert result.returncode == 2, result
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_no_etcd_answering_is_one_line_exit_1() -> None:
+    result = idgen("mint", "--etcd", "http://127.0.0.1:1,http://127.0.0.1:2")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "no etcd endpoint answered" in result.stderr, result.stderr

@@ -63,8 +63,9 @@ UNAUTHENTICATED = 16  # gRPC status of an expired or unknown auth token: authent
 
 @dataclass(frozen=True)
 class EtcdTls:
-    """TLS to etcd: ``ca`` verifies the servers; ``cert`` and ``key`` are a client certificate, for etcd's
-    client-certificate authentication (``--client-cert-auth``), which then needs no password."""
+    """TLS to etcd: ``ca`` verifies the servers; ``cert`` and ``key`` are a client certificate for mutual TLS
+    (``--client-cert-auth``). It does not name the user: etcd's JSON gateway refuses a certificate with a CommonName
+    (it would ignore it), so the certificate must have none, and the user comes from the credentials."""
 
     ca: str | None = None
     cert: str | None = None
@@ -78,13 +79,9 @@ class EtcdTls:
         return None if ca is None and cert is None else cls(ca, cert, key)
 
 
-def required_credentials(insecure_flag: bool, tls: EtcdTls | None = None) -> str | None:
-    """``user:password`` from the environment; ``None`` with a client certificate (etcd takes the user from it) or
-    with the double opt-out (``--etcd-insecure-no-auth`` and ``IDGEN_ETCD_INSECURE_NO_AUTH=1``); otherwise
-    :class:`InvalidInput`."""
-    auth = ETCD_CREDENTIALS.from_env()
-    if auth is not None or (tls is not None and tls.cert is not None):
-        return auth
+def required_credentials(insecure_flag: bool) -> str | None:
+    """``user:password`` from the environment; ``None`` only with the double opt-out (``--etcd-insecure-no-auth`` and
+    ``IDGEN_ETCD_INSECURE_NO_AUTH=1``); otherwise :class:`InvalidInput`."""
     return ETCD_CREDENTIALS.required(insecure_flag)
 
 
@@ -146,7 +143,7 @@ class EtcdClient:
         self.timeout_s = timeout_s
         tls = tls or EtcdTls()
         self._pool = urllib3.PoolManager(
-            ca_certs=tls.ca, cert_file=tls.cert, key_file=tls.key, retries=False, maxsize=4
+            ca_certs=tls.ca, cert_file=tls.cert, key_file=tls.key, retries=False, maxsize=8
         )
         self._token: str | None = None
         self._preferred = 0
@@ -211,7 +208,8 @@ class EtcdClient:
             try:
                 answer = json.loads(response.data)
             except ValueError:
-                problems.append(f"{self.endpoints[index]}: HTTP {response.status}, not JSON")
+                text = " ".join(response.data[:200].decode(errors="replace").split())
+                problems.append(f"{self.endpoints[index]}: HTTP {response.status} {text}".rstrip())
                 continue
             if response.status != 200:
                 code, message = answer.get("code", 2), answer.get("message") or answer.get("error", "")
@@ -225,7 +223,8 @@ class EtcdClient:
             result = answer.get("result", answer)  # a streaming call (keepalive) wraps its first answer
             return result if isinstance(result, dict) else {}
         raise LeaseUnavailable(
-            f"etcd did not answer {path} within {timeout_s or self.timeout_s:g} s ({'; '.join(problems) or 'timeout'})"
+            f"no etcd endpoint answered {path} within {timeout_s or self.timeout_s:g} s"
+            f" ({'; '.join(problems) or 'timeout'})"
         )
 
     # -- the calls idgen makes ----------------------------------------------------------------------
@@ -461,7 +460,7 @@ class EtcdNamespace:
 class EtcdLease(Lease):
     """A worker ID leased from the etcd cluster at ``endpoints`` (URLs, comma-separated) under ``namespace``.
 
-    ``auth`` (``user:password``) or a client certificate (``tls``) is required; ``insecure=True`` instead runs
+    ``auth`` (``user:password``) is required; ``insecure=True`` instead runs
     without access control (anyone who reaches etcd can delete a claim or a fence). ``ttl_s`` is the etcd lease's
     TTL: a holder that stops renewing loses its claim after it. ``timeout_s`` bounds every etcd call.
     """
@@ -480,10 +479,9 @@ class EtcdLease(Lease):
         max_skew_ms: int = DEFAULT_MAX_SKEW_MS,
         **options: Any,
     ) -> None:
-        if auth is None and not insecure and (tls is None or tls.cert is None):
+        if auth is None and not insecure:
             raise InvalidInput(
-                "EtcdLease needs etcd credentials, auth='user:password' or a client certificate, or insecure=True to"
-                " run without access control"
+                "EtcdLease needs etcd credentials, auth='user:password', or insecure=True to run without access control"
             )
         if ttl_s < 2:
             raise InvalidInput(f"etcd lease TTL {ttl_s:g} s is too short (at least 2 s)")
@@ -492,7 +490,7 @@ class EtcdLease(Lease):
         self.namespace_path = namespace
         self.auth = auth
         self.tls = tls
-        self.insecure = auth is None and (tls is None or tls.cert is None)
+        self.insecure = auth is None
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.max_skew_ms = max_skew_ms
