@@ -1,5 +1,5 @@
 """etcd faults under load, on a 3-member cluster with auth enabled (tests/etcdharness.py), servers run with
-``--etcd`` (all three client URLs) and an etcd lease TTL of a few seconds.
+``--etcd`` (all three client URLs) and the default etcd lease TTL (10 s; 3 s where a lease must expire).
 
 - 18a: the etcd leader killed under load: the servers' keepalives and fence writes go to the surviving members; the
   fence lead covers the election, so nothing is refused and no claim is lost.
@@ -29,7 +29,8 @@ from loadclient import LoadClient, Record, Report, check, ids_of, timestamps_ms
 from idgen import Generator
 from idgen.leases.etcd import EtcdClient, EtcdLease
 
-TTL = "3"
+TTL = "10"  # the default: keepalives may fail for 9 s before minting stops, far longer than an election (1-2 s)
+ZOMBIE_TTL = "3"  # short, so the frozen server's etcd lease expires soon
 
 
 @pytest.fixture
@@ -45,8 +46,8 @@ def _record(admin: EtcdClient, key: str) -> Any:
     return json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
 
 
-def _options(cluster: EtcdCluster, namespace: str) -> tuple[str, ...]:
-    return ("--etcd", cluster.endpoints, "--namespace", namespace, "--etcd-ttl", TTL)
+def _options(cluster: EtcdCluster, namespace: str, ttl: str = TTL) -> tuple[str, ...]:
+    return ("--etcd", cluster.endpoints, "--namespace", namespace, "--etcd-ttl", ttl)
 
 
 def _leases(servers: list[IdgenServer]) -> dict[str, dict[str, Any]]:
@@ -109,7 +110,7 @@ def test_sigstop_zombie_past_its_etcd_lease_mints_nothing_above_its_fence_and_re
 ) -> None:
     namespace = "/idgen-faults/zombie"
     _create_namespace(etcd_cluster, namespace)
-    zombie = spawn_server("zombie", *_options(etcd_cluster, namespace))
+    zombie = spawn_server("zombie", *_options(etcd_cluster, namespace, ZOMBIE_TTL))
     load = start_load(zombie.wait_ready())
     load.wait_ok("zombie", 300)
     held = zombie.info()
@@ -118,7 +119,7 @@ def test_sigstop_zombie_past_its_etcd_lease_mints_nothing_above_its_fence_and_re
     zombie.freeze()  # requests keep arriving; they wait in the socket
     try:
         wait_until(lambda: _claim_pid(admin, namespace) is None, 20, "the frozen server's etcd lease to expire")
-        other = spawn_server("other", *_options(etcd_cluster, namespace))
+        other = spawn_server("other", *_options(etcd_cluster, namespace, ZOMBIE_TTL))
         wait_until(lambda: _claim_pid(admin, namespace) == other.pid, 20, "the other server's claim")
     finally:
         resumed = time.monotonic()
@@ -127,7 +128,8 @@ def test_sigstop_zombie_past_its_etcd_lease_mints_nothing_above_its_fence_and_re
     successor = next(h for h in history if h["pid"] == other.pid)
     fence = successor["after_ms"]  # the zombie's last fence, as its successor read it
 
-    lost = wait_until(lambda: _lost(zombie), 15, "the zombie to notice that its lease is lost")
+    wait_until(lambda: _lost(zombie), 15, "the zombie to notice that its lease is lost")
+    lost = zombie.event("lease_lost")
     load.add(other.wait_ready())
     load.wait_ok("other", 300)
     assert zombie.get("/readyz").status == 503
@@ -154,8 +156,8 @@ def test_sigstop_zombie_past_its_etcd_lease_mints_nothing_above_its_fence_and_re
     )
     above = sum(t > fence for t in zombie_after)
     report.notes.append(
-        f"frozen {resumed - frozen:.1f} s (TTL {TTL} s); after SIGCONT the zombie answered {len(zombie_after)} IDs,"
-        f" {above} of them above its old fence; it went LOST ({lost['reason']!r})"
+        f"frozen {resumed - frozen:.1f} s (TTL {ZOMBIE_TTL} s); after SIGCONT the zombie answered"
+        f" {len(zombie_after)} IDs, {above} of them above its old fence; it went LOST ({lost['message']!r})"
     )
     fault_results.append(report)
     report.assert_ok()
