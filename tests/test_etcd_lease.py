@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from etcdharness import TEST_CREDENTIALS, EtcdServer
 from polling import poll
+from serverproc import ServerProcess as Server
 
 from idgen import DEFAULT_LAYOUT, Layout
+from idgen.errors import LayoutMismatch
 from idgen.leases.base import LeaseState, Reservation
 from idgen.leases.etcd import EtcdClient, EtcdLease
 
@@ -116,3 +118,20 @@ def test_failing_keepalives_stop_minting_before_the_etcd_lease_can_expire(own_et
     finally:
         own_etcd.members[0].resume()
         held.close()
+
+
+def test_a_namespace_is_bound_to_its_layout(etcd_endpoints: str, etcd_namespace: str) -> None:
+    first = lease(etcd_endpoints, etcd_namespace)
+    first.start(lambda _: None)
+    first.close()
+    other = lease(etcd_endpoints, etcd_namespace, DEFAULT_LAYOUT)
+    with pytest.raises(LayoutMismatch, match=rf"etcd namespace {etcd_namespace} belongs to layout 'wide'"):
+        other.start(lambda _: None)
+    other.close()
+
+
+def test_the_census_of_an_etcd_namespace_shows_in_metrics(etcd_endpoints: str, etcd_namespace: str) -> None:
+    env = {"IDGEN_ETCD": etcd_endpoints, "IDGEN_NAMESPACE": etcd_namespace, "IDGEN_LAYOUT": "idgen"}
+    with Server(env=env) as server:
+        poll(lambda: 'idgen_namespace_worker_ids{state="held"} 1.0' in server.get("/metrics").body.decode(),
+             what="the census of the etcd namespace in /metrics")  # fmt: skip
