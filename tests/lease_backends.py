@@ -32,7 +32,7 @@ from idgen.leases.zookeeper import ZkLease, connect
 WINDOW_MS = 1_000
 ZK_AUTH = "idgen:secret"  # the one place the suite's ZooKeeper credentials (or an insecure opt-out) are set
 ZK_OPTIONS: dict[str, Any] = {"auth": ZK_AUTH, "session_timeout_s": 2.0}
-ETCD_OPTIONS: dict[str, Any] = {"auth": ETCD_TEST_CREDENTIALS, "ttl_s": 2.0}
+ETCD_OPTIONS: dict[str, Any] = {"auth": ETCD_TEST_CREDENTIALS, "ttl_s": 4.0}  # slack for keepalives on a busy machine
 
 
 class Backend(ABC):

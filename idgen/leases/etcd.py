@@ -693,8 +693,10 @@ class EtcdLease(Lease):
                 _put_op(history_key, [h.to_json() for h in remember(history, me, self.history_size, found)]),
             ],
         )
-        if not written:
-            self._delete_claim(claim_key, revision)  # someone raced us on the records; leave this worker ID alone
+        if not written or lease != self._etcd_lease:
+            # someone raced us on the records, or the keepalive thread gave up on the etcd lease meanwhile (a claim
+            # bound to it would live only until it expires): leave this worker ID alone
+            self._delete_claim(claim_key, revision)
             return None
         self._claim_revision, self._fence_revision = revision, written_at
         return Reservation(worker_id, after, fence, me.lease_id, found)
