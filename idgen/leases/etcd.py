@@ -193,7 +193,11 @@ class EtcdNamespace:
     def scan(self) -> tuple[dict[int, tuple[int, int]], dict[int, str], set[int]]:
         """Every fence (parsed), the unreadable ones, and the claimed worker IDs, at one revision: one request."""
         _, responses, _ = self.client.txn(
-            [], [_range_op(self.prefix("fences"), prefix=True), _range_op(self.prefix("leases"), prefix=True)]
+            [],
+            [
+                _range_op(self.prefix("fences"), prefix=True),
+                _range_op(self.prefix("leases"), prefix=True, keys_only=True),
+            ],
         )
         fences, unreadable = self.parse_fences(responses[0])
         return fences, unreadable, self.ids_of(responses[1], "leases")
