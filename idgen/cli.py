@@ -1,4 +1,4 @@
-"""The ``idgen`` command line: mint, decode, layouts, leases, zk-secure, serve.
+"""The ``idgen`` command line: mint, decode, layouts, leases, zk-secure, serve (on a local, ZooKeeper or etcd lease).
 
 Every option can also be set through an environment variable (``IDGEN_`` + the option name in upper case,
 for example ``IDGEN_STATE_DIR``); a command-line option wins, and a variable a command has no option for is still read
@@ -26,6 +26,7 @@ from idgen.encoding import FORMS, format_id, parse_id
 from idgen.errors import IdgenError, InvalidInput, LayoutMismatch, Unavailable
 from idgen.generator import DEFAULT_MAX_LEAD_MS
 from idgen.layout import DEFAULT_LAYOUT, PRESETS, SPEC_EXAMPLE, iso_ms
+from idgen.leases.etcd import DEFAULT_TTL_S, ETCD_CA_ENV, ETCD_CERT_ENV, ETCD_CREDENTIALS, ETCD_KEY_ENV
 from idgen.leases.tracing import trace
 from idgen.leases.zookeeper import (
     DEFAULT_NAMESPACE,
@@ -34,6 +35,7 @@ from idgen.leases.zookeeper import (
     ZK_AUTH_FILE_ENV,
     ZK_INSECURE_ENV,
     ZK_INSECURE_FLAG,
+    Namespace,
     credentials_from_env,
 )
 from idgen.version import __version__
@@ -133,7 +135,21 @@ def _add_zookeeper(parser: argparse.ArgumentParser) -> None:
         "--namespace",
         type=_type("namespace"),
         metavar="PATH",
-        help=f"ZooKeeper namespace path (env IDGEN_NAMESPACE; default {DEFAULT_NAMESPACE})",
+        help=f"ZooKeeper namespace path, or etcd key prefix (env IDGEN_NAMESPACE; default {DEFAULT_NAMESPACE})",
+    )
+    parser.add_argument(
+        "--etcd",
+        type=_type("etcd"),
+        metavar="URL[,URL...]",
+        help="etcd client URLs, e.g. https://etcd-0:2379 (env IDGEN_ETCD); credentials are required and come only from"
+        f" the environment: {ETCD_CREDENTIALS.auth_env}=user:password or {ETCD_CREDENTIALS.auth_file_env}=FILE;"
+        f" {ETCD_CA_ENV} verifies the servers, {ETCD_CERT_ENV} + {ETCD_KEY_ENV} is a client certificate for mutual TLS",
+    )
+    parser.add_argument(
+        ETCD_CREDENTIALS.insecure_flag,
+        action="store_true",
+        help=f"with {ETCD_CREDENTIALS.insecure_env}=1 as well, use etcd without credentials: anyone who reaches it can"
+        " delete claims and fences, and duplicate IDs follow (never in production)",
     )
 
 
@@ -270,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_layout(serve)
     _add_local_lease(serve)
+    serve.add_argument(
+        "--etcd-ttl",
+        type=_type("etcd_ttl"),
+        metavar="SECONDS",
+        help="TTL of the etcd lease the claim is bound to; the claim is lost after this long without etcd"
+        f" (env IDGEN_ETCD_TTL; default {DEFAULT_TTL_S:g})",
+    )
     _add_zookeeper(serve)
     serve.set_defaults(run=_serve)
     return parser
@@ -296,7 +319,7 @@ def _decode(args: argparse.Namespace) -> None:
     if settings.url:
         _print(_ask_servers(settings.url, f"/decode/{id_}"), args.json)
         return
-    if not settings.zk:
+    if not settings.zk and not settings.etcd:
         _print((settings.layout or DEFAULT_LAYOUT).decode(id_), args.json)
         return
     with config.namespace_of(settings) as namespace:
@@ -386,7 +409,12 @@ def _zk_secure(args: argparse.Namespace) -> None:
     auth = credentials_from_env()
     if auth is None:
         raise InvalidInput(f"zk-secure needs the credentials to secure with: set {ZK_AUTH_ENV} or {ZK_AUTH_FILE_ENV}")
+    if args.etcd:
+        raise InvalidInput(
+            "zk-secure is for ZooKeeper; etcd's access is its users' roles (etcdctl role grant-permission)"
+        )
     with config.namespace_of(Settings.of(args), auth) as namespace:
+        assert isinstance(namespace, Namespace)  # with --zk, never etcd's
         changed = namespace.secure(auth)
     print(f"secured {len(changed)} nodes of {namespace.path}")
 

@@ -25,6 +25,7 @@ from idgen.leases.base import Lease
 from idgen.leases.local import LocalLease, parse_state_dir, parse_worker_ids
 
 if TYPE_CHECKING:
+    from idgen.leases.etcd import EtcdNamespace
     from idgen.leases.zookeeper import Namespace
 
 ENV_PREFIX = "IDGEN_"
@@ -92,6 +93,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "zk": (zk_hosts, None),
     "namespace": (namespace, None),
     "zk_session_timeout": (positive_float, None),
+    "etcd": (str.strip, None),
+    "etcd_ttl": (bounded(float, "a number of seconds", 2, 3600), None),
     "state_dir": (parse_state_dir, None),
     "worker_ids": (parse_worker_ids, None),
     "url": (urls, None),
@@ -135,16 +138,20 @@ def from_env(option: str, environ: Mapping[str, str] | None = None) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    """Where IDs come from: running servers (``url``), else a ZooKeeper lease (``zk``), else a local lease.
+    """Where IDs come from: running servers (``url``), else a ZooKeeper lease (``zk``) or an etcd lease (``etcd``),
+    else a local lease.
 
-    Invariant: at most one of the three is configured; lease settings with ``url``, or ``worker_ids`` with ``zk``,
-    are refused, so a setting is never silently ignored."""
+    Invariant: at most one of them is configured; lease settings with ``url``, or ``worker_ids`` with ``zk`` or
+    ``etcd``, are refused, so a setting is never silently ignored."""
 
     layout: Layout | None = None
     zk: str | None = None
     namespace: str | None = None
     zk_insecure_no_auth: bool = False
     zk_session_timeout: float | None = None
+    etcd: str | None = None
+    etcd_insecure_no_auth: bool = False
+    etcd_ttl: float | None = None
     state_dir: str | None = None
     worker_ids: range | None = None
     url: tuple[str, ...] | None = None
@@ -155,6 +162,13 @@ class Settings:
             raise InvalidInput(
                 "--worker-ids (IDGEN_WORKER_IDS) is for the local lease; with --zk, ZooKeeper hands out the worker"
                 " IDs: leave it unset"
+            )
+        if self.etcd and self.zk:
+            raise InvalidInput("--etcd (IDGEN_ETCD) and --zk (IDGEN_ZK) both name a coordinator: keep one")
+        if self.etcd and self.worker_ids:
+            raise InvalidInput(
+                "--worker-ids (IDGEN_WORKER_IDS) is for the local lease; with --etcd, etcd hands out the worker IDs:"
+                " leave it unset"
             )
         if self.url:
             lease_settings = [
@@ -188,16 +202,31 @@ def layout_for(settings: Settings) -> Layout:
     """The layout asked for; else, with ZooKeeper, the layout the namespace already has; else the default."""
     if settings.layout:
         return settings.layout
-    if settings.zk:
+    if settings.zk or settings.etcd:
         with namespace_of(settings) as namespace, contextlib.suppress(InvalidInput):  # a new namespace has none yet
             return namespace.layout()
     return DEFAULT_LAYOUT
 
 
 def lease_for(settings: Settings, address: str | None = None) -> Lease:
-    """The lease the settings ask for: ZooKeeper with ``zk``, else local. ``address``: how others reach this
-    process, recorded with the claim."""
+    """The lease the settings ask for: ZooKeeper with ``zk``, etcd with ``etcd``, else local. ``address``: how others
+    reach this process, recorded with the claim."""
     layout = layout_for(settings)
+    if settings.etcd:
+        from idgen.leases import etcd
+
+        tls = etcd.EtcdTls.from_env()
+        auth = etcd.required_credentials(settings.etcd_insecure_no_auth)
+        return etcd.EtcdLease(
+            layout,
+            settings.etcd,
+            settings.namespace or etcd.DEFAULT_NAMESPACE,
+            auth=auth,
+            insecure=auth is None,
+            tls=tls,
+            address=address,
+            ttl_s=settings.etcd_ttl or etcd.DEFAULT_TTL_S,
+        )
     if settings.zk:
         from idgen.leases.zookeeper import DEFAULT_NAMESPACE, DEFAULT_SESSION_TIMEOUT_S, ZkLease, required_credentials
 
@@ -227,8 +256,21 @@ def generator_for(settings: Settings, address: str | None = None, **options: Any
 
 
 @contextlib.contextmanager
-def namespace_of(settings: Settings, auth: str | None = None) -> Iterator[Namespace]:
-    """The ZooKeeper namespace of the settings, connected with ``auth`` or the credentials in the environment."""
+def namespace_of(settings: Settings, auth: str | None = None) -> Iterator[Namespace | EtcdNamespace]:
+    """The ZooKeeper (or etcd) namespace of the settings, connected with ``auth`` or the credentials in the
+    environment."""
+    if settings.etcd:
+        from idgen.leases import etcd
+
+        tls = etcd.EtcdTls.from_env()
+        client = etcd.EtcdClient(
+            settings.etcd, auth or etcd.required_credentials(settings.etcd_insecure_no_auth), tls=tls
+        )
+        try:
+            yield etcd.EtcdNamespace(client, settings.namespace or etcd.DEFAULT_NAMESPACE)
+        finally:
+            client.close()
+        return
     from idgen.leases.zookeeper import DEFAULT_NAMESPACE, Namespace, connected, required_credentials
 
     if not settings.zk:

@@ -2,7 +2,8 @@
 
 It is made on first use from the ``IDGEN_*`` environment, read as ``idgen serve`` reads it
 (:meth:`idgen.config.Settings.from_env`): a :class:`~idgen.generator.Generator` under a local lease by default, under a
-ZooKeeper lease with ``IDGEN_ZK`` (credentials from ``IDGEN_ZK_AUTH`` or ``IDGEN_ZK_AUTH_FILE``, always), or a
+ZooKeeper lease with ``IDGEN_ZK`` (credentials from ``IDGEN_ZK_AUTH`` or ``IDGEN_ZK_AUTH_FILE``, always), an etcd lease
+with ``IDGEN_ETCD`` (credentials from ``IDGEN_ETCD_AUTH`` or ``IDGEN_ETCD_AUTH_FILE``, TTL ``IDGEN_ETCD_TTL``), or a
 :class:`~idgen.client.Client` of the running servers listed, comma-separated, in ``IDGEN_URL``, with its options from
 ``IDGEN_CLIENT_TIMEOUT``, ``IDGEN_CLIENT_BATCH``, ... (:func:`client_options`). :func:`source_from_env` makes that
 source; ``idgen mint`` takes its IDs from it too. A bad variable raises

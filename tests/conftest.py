@@ -10,17 +10,22 @@ from typing import Any
 
 import pytest
 import tiers
+from etcdharness import TEST_CREDENTIALS as ETCD_TEST_CREDENTIALS
+from etcdharness import EtcdCluster, EtcdServer
 from holder import HolderProcess
 from pgharness import PgServer
 from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
 
 import idgen
 from idgen import Layout
+from idgen.leases.etcd import ETCD_CREDENTIALS
 from idgen.leases.zookeeper import ZK_AUTH_ENV, ZK_AUTH_FILE_ENV, connected
 
 # Every idgen process the tests start talks to ZooKeeper with credentials, as deployments do (DEPLOY.md).
 os.environ[ZK_AUTH_ENV] = TEST_CREDENTIALS
 os.environ.pop(ZK_AUTH_FILE_ENV, None)
+os.environ[ETCD_CREDENTIALS.auth_env] = ETCD_TEST_CREDENTIALS  # and to etcd likewise
+os.environ.pop(ETCD_CREDENTIALS.auth_file_env, None)
 
 # --- tiers (tests/tiers.py): each test is marked for the components it needs, or `quick` ---
 
@@ -126,6 +131,49 @@ def zk_ensemble() -> Iterator[ZkEnsemble]:
 
 
 # --- end ZooKeeper ---
+
+
+# --- etcd ---
+# Real etcd members from Debian's `etcd-server` package, started by the tests (see tests/etcdharness.py), with auth
+# enabled: the `idgen` user may read and write only under /idgen.
+
+ETCD_NAMESPACE_ROOT = "/idgen-test"
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    """One single-member cluster shared by the whole session: never kill or pause it (use ``etcd_cluster``)."""
+    server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_endpoints(etcd_server: EtcdServer) -> str:
+    return etcd_server.endpoints
+
+
+@pytest.fixture
+def etcd_namespace() -> str:
+    """A unique namespace (key prefix) for one test on the shared server, e.g. ``/idgen-test/3f2b...``."""
+    return f"{ETCD_NAMESPACE_ROOT}/{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """A dedicated 3-member cluster whose members a test may kill, pause or restart."""
+    cluster = EtcdCluster(3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+# --- end etcd ---
 
 
 # --- PostgreSQL ---

@@ -19,12 +19,15 @@ from idgen import Generator, Layout
 
 
 def _run(config: dict[str, Any]) -> None:
+    from idgen.leases.etcd import EtcdLease
     from idgen.leases.local import LocalLease
     from idgen.leases.zookeeper import ZkLease
 
     layout = Layout.from_spec(config["layout"])
     options = config.get("options", {})
-    if "zk" in config:
+    if "etcd" in config:
+        lease = EtcdLease(layout, config["etcd"], config["namespace"], **options)
+    elif "zk" in config:
         lease = ZkLease(layout, config["zk"], config["namespace"], **options)
     else:
         lease = LocalLease(layout, config["state_dir"], range(*config["worker_ids"]), **options)

@@ -1,13 +1,14 @@
 """Lease backends as the conformance suite and the model test see them: one worker-ID space per backend.
 
-A :class:`Backend` makes leases over one shared space (a state directory, a ZooKeeper namespace), starts real
+A :class:`Backend` makes leases over one shared space (a state directory, a ZooKeeper or etcd namespace), starts real
 holder processes in it (tests/holder.py), and reads or damages its records the way an outsider would: from the
-files, or from another ZooKeeper client. Adding a backend means adding one subclass here and one name to
+files, or from another ZooKeeper or etcd client. Adding a backend means adding one subclass here and one name to
 ``BACKENDS``; every test in tests/test_lease_conformance.py then runs on it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -17,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from etcdharness import TEST_CREDENTIALS as ETCD_TEST_CREDENTIALS
 from holder import HolderProcess
 from kazoo.client import KazooClient
 
 from idgen import Layout
 from idgen.clock import ManualClock
 from idgen.leases.base import Lease, Reservation
+from idgen.leases.etcd import EtcdClient, EtcdLease
 from idgen.leases.local import LocalLease
 from idgen.leases.tracing import Holder
 from idgen.leases.zookeeper import ZkLease, connect
@@ -30,6 +33,7 @@ from idgen.leases.zookeeper import ZkLease, connect
 WINDOW_MS = 1_000
 ZK_AUTH = "idgen:secret"  # the one place the suite's ZooKeeper credentials (or an insecure opt-out) are set
 ZK_OPTIONS: dict[str, Any] = {"auth": ZK_AUTH, "session_timeout_s": 2.0}
+ETCD_OPTIONS: dict[str, Any] = {"auth": ETCD_TEST_CREDENTIALS, "ttl_s": 4.0}  # slack for keepalives on a busy machine
 
 
 class Backend(ABC):
@@ -249,6 +253,81 @@ class ZooKeeperBackend(Backend):
             self._admin.close()
 
 
+class EtcdBackend(Backend):
+    """``EtcdLease`` with credentials on the shared test member, one namespace per layout under ``namespace``."""
+
+    name = "etcd"
+
+    def __init__(self, endpoints: str, namespace: str) -> None:
+        self.endpoints = endpoints
+        self.namespace = namespace
+        self.admin = EtcdClient(endpoints, ETCD_TEST_CREDENTIALS)  # an operator's etcdctl, or another deployment
+
+    def key(self, layout: Layout, kind: str, worker_id: int) -> str:
+        return f"{self.namespace}/{layout.name}/{kind}/{worker_id}"
+
+    def lease(self, layout: Layout, **options: Any) -> EtcdLease:
+        if isinstance(options.get("clock"), ManualClock):
+            options.setdefault("max_skew_ms", 3_600_000)  # a manual clock parts from etcd's by design
+        return EtcdLease(
+            layout, self.endpoints, f"{self.namespace}/{layout.name}", **ETCD_OPTIONS, **_lease_options(options)
+        )
+
+    def holder_config(self, layout: Layout, **options: Any) -> dict[str, Any]:
+        return {
+            "etcd": self.endpoints,
+            "namespace": f"{self.namespace}/{layout.name}",
+            "options": {**ETCD_OPTIONS, **_lease_options(options)},
+        }
+
+    def _get(self, key: str) -> Any:
+        kvs = self.admin.range(key)
+        return None if not kvs else json.loads(base64.b64decode(kvs[0]["value"]))
+
+    def fence(self, layout: Layout, worker_id: int) -> int | None:
+        record = self._get(self.key(layout, "fences", worker_id))
+        return None if record is None else record["fence_ms"]
+
+    def history(self, layout: Layout, worker_id: int) -> list[Holder]:
+        return [Holder.from_json(h) for h in self._get(self.key(layout, "history", worker_id)) or []]
+
+    def tamper(self, layout: Layout, worker_id: int, raw: bytes) -> None:
+        self.admin.put(self.key(layout, "fences", worker_id), raw)
+
+    def take_claim(self, layout: Layout, worker_id: int, spawn_holder: Callable[..., HolderProcess]) -> int:
+        """Another client deletes the claim key and puts its own in its place."""
+        claim = self.key(layout, "leases", worker_id)
+        self.admin.delete(claim)
+        self.admin.put(claim, b"{}")
+        fence = self.fence(layout, worker_id)  # any extension after the delete fails its compare on the claim
+        assert fence is not None
+        return fence
+
+    def crash(self, lease: Lease) -> None:
+        """The dead process stops renewing; its etcd lease expires (revoked here, rather than waited for)."""
+        assert isinstance(lease, EtcdLease)
+        stop_renewal(lease)
+        if lease._etcd_lease is not None:
+            self.admin.revoke(lease._etcd_lease)
+        if lease._keepalive_thread is not None:
+            lease._keepalive_thread.join(timeout=10)
+
+    def lose_claim(self, lease: Lease) -> None:
+        """The etcd lease expires (revoked); returns once the lease has seen it."""
+        assert isinstance(lease, EtcdLease)
+        held = lease.status().reservation
+        if held is None or lease._etcd_lease is None:
+            return
+        self.admin.revoke(lease._etcd_lease)
+        deadline = time.monotonic() + 5
+        while (now := lease.status().reservation) is not None and now.lease_id == held.lease_id:
+            assert time.monotonic() < deadline, "the lease did not notice its etcd lease expired within 5 s"
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self.admin.close()
+
+
 def stop_renewal(lease: Lease) -> None:
     """Stop ``lease``'s renewal thread where it is, releasing nothing: what a crash does to it."""
     lease._closing.set()
@@ -288,7 +367,7 @@ def observe(
     return published
 
 
-BACKENDS = ("local", "zookeeper")
+BACKENDS = ("local", "zookeeper", "etcd")
 
 
 def make_backend(name: str, tmp_path: Path, fixture: Callable[[str], Any]) -> Backend:
@@ -297,4 +376,6 @@ def make_backend(name: str, tmp_path: Path, fixture: Callable[[str], Any]) -> Ba
         return LocalBackend(tmp_path / "state")
     if name == "zookeeper":
         return ZooKeeperBackend(fixture("zk_hosts"), fixture("zk_namespace"))
+    if name == "etcd":
+        return EtcdBackend(fixture("etcd_endpoints"), fixture("etcd_namespace"))
     raise ValueError(f"unknown lease backend {name!r}")

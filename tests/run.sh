@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs whatever the tests need that is missing, then runs the whole suite.
-#   - Debian packages: zookeeper (3.8) and postgresql (15; the tests start their own servers), chromium +
+#   - Debian packages: zookeeper (3.8), etcd-server + etcd-client (3.4) and postgresql (15; the tests start their
+#     own servers), chromium +
 #     chromium-driver (the inspector page's browser test; browsers cannot be downloaded otherwise)
 #     and prometheus (its promtool checks the alert rules and /metrics; no Prometheus server is started)
 #   - a virtualenv in .venv with idgen and its test extras
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 if [[ " $* " != *" -m quick "* ]]; then
-  for pkg in zookeeper chromium chromium-driver postgresql prometheus; do
+  for pkg in zookeeper etcd-server etcd-client chromium chromium-driver postgresql prometheus; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   command -v java >/dev/null || missing+=(default-jre-headless)

@@ -39,7 +39,7 @@ from aiohttp.web_urldispatcher import PlainResource
 from idgen import cli
 from idgen.http.server import HARD_STOP_S
 from idgen.layout import PRESETS
-from idgen.leases import zookeeper
+from idgen.leases import etcd, zookeeper
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -98,14 +98,29 @@ def serve_option_env() -> dict[str, str]:
 
 
 def server_env_names() -> set[str]:
-    """Every ``IDGEN_*`` variable the server reads: the ``serve`` options' plus the ZooKeeper credentials' and the
-    second half of the insecure opt-out."""
-    return {*serve_option_env().values(), zookeeper.ZK_AUTH_ENV, zookeeper.ZK_AUTH_FILE_ENV, zookeeper.ZK_INSECURE_ENV}
+    """Every ``IDGEN_*`` variable the server reads: the ``serve`` options' plus the ZooKeeper and etcd credentials',
+    etcd's TLS files, and the second halves of the insecure opt-outs."""
+    credentials = etcd.ETCD_CREDENTIALS
+    return {
+        *serve_option_env().values(),
+        zookeeper.ZK_AUTH_ENV,
+        zookeeper.ZK_AUTH_FILE_ENV,
+        zookeeper.ZK_INSECURE_ENV,
+        credentials.auth_env,
+        credentials.auth_file_env,
+        credentials.insecure_env,
+        etcd.ETCD_CA_ENV,
+        etcd.ETCD_CERT_ENV,
+        etcd.ETCD_KEY_ENV,
+    }
 
 
 #: ``serve`` options deliberately not settable through a variable: running ZooKeeper without credentials takes both
 #: this flag and ``IDGEN_ZK_INSECURE_NO_AUTH=1``, so an environment alone (an image, a manifest) can never opt out.
-COMMAND_LINE_ONLY = {zookeeper.ZK_INSECURE_FLAG.removeprefix("--").replace("-", "_")}
+COMMAND_LINE_ONLY = {
+    flag.removeprefix("--").replace("-", "_")
+    for flag in (zookeeper.ZK_INSECURE_FLAG, etcd.ETCD_CREDENTIALS.insecure_flag)
+}
 
 
 def loadtest_env_names() -> set[str]:

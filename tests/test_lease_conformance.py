@@ -1,7 +1,8 @@
 """The Lease contract (idgen/leases/base.py), checked the same way on every backend.
 
-Every test takes the ``backend`` fixture and runs once per name in ``lease_backends.BACKENDS``: today ``local``
-(a state directory) and ``zookeeper`` (the shared test server, with credentials). A new backend runs the whole
+Every test takes the ``backend`` fixture and runs once per name in ``lease_backends.BACKENDS``: ``local``
+(a state directory), ``zookeeper`` (the shared test server, with credentials) and ``etcd`` (the shared test member,
+auth enabled). A new backend runs the whole
 suite by adding one class and one name there. Holders are real processes (tests/holder.py) wherever users have
 processes: concurrent starts, clean stops, kill -9, another process taking a claim, fork.
 """

@@ -20,9 +20,9 @@ from test_cli import idgen
 
 from idgen import DEFAULT_LAYOUT, PRESETS, Generator, decode
 from idgen.errors import InsecureState, InvalidInput, LayoutMismatch, LeaseUnavailable
+from idgen.leases.credentials import MAX_CREDENTIALS_BYTES
 from idgen.leases.local import LocalLease, parse_worker_ids
 from idgen.leases.records import MAX_RECORD_BYTES
-from idgen.leases.zookeeper import MAX_CREDENTIALS_BYTES
 
 
 def local_holder(spawn_holder, state_dir: Path, worker_ids: str = "0-1023", window_ms: int = 1_000) -> HolderProcess:

@@ -2,11 +2,12 @@
 
 ``LeaseModel`` (hypothesis stateful testing) drives up to 5 generators, each on its own lease, over one worker-ID
 space of 4 worker IDs (so they are reused all the time) and one manual clock shared by all of them. It runs on
-each backend of tests/lease_backends.py: local leases over one state directory, and ZooKeeper leases (with
-credentials) in one namespace. Its rules mint one and many, close, crash, restart, lose the claim (the lock file
-removed; the session expired) and regain it, extend, step the clock both ways (by up to an hour), and tamper with
-fence records. Each generator gets its own ``max_lead_ms`` (0: never rides a clock step; 50 ms: rides small steps
-and switches worker IDs on larger ones; the 15 s default), so riding and switching meet every other rule.
+each backend of tests/lease_backends.py: local leases over one state directory, ZooKeeper leases (with
+credentials) in one namespace, and etcd leases likewise. Its rules mint one and many, close, crash, restart, lose
+the claim (the lock file removed; the session or etcd lease expired) and regain it, extend, step the clock both
+ways (by up to an hour), and tamper with fence records. Each generator gets its own ``max_lead_ms`` (0: never
+rides a clock step; 50 ms: rides small steps and switches worker IDs on larger ones; the 15 s default), so riding
+and switching meet every other rule.
 After every step it checks that:
 
 1. no ID was issued twice;
@@ -21,9 +22,9 @@ allowed outcome of any rule: it means "not now", never a wrong ID.
 
 A fork copies a whole process, so it gets its own property test with real ``fork()`` calls below.
 
-CI runs a fixed budget (200 examples on local leases, 5 on ZooKeeper), derandomized: the same examples every
-run. To explore others, pass a seed: ``pytest tests/test_model.py --hypothesis-seed=N``;
-``IDGEN_MODEL_EXAMPLES=3000`` runs a longer hunt (a fortieth of it on ZooKeeper). A failure prints the seed in
+CI runs a fixed budget (200 examples on local leases, 5 each on ZooKeeper and etcd), derandomized: the same examples
+every run. To explore others, pass a seed: ``pytest tests/test_model.py --hypothesis-seed=N``;
+``IDGEN_MODEL_EXAMPLES=3000`` runs a longer hunt (a fortieth of it on ZooKeeper and etcd). A failure prints the seed in
 use, the shrunk steps, and a ``@reproduce_failure`` blob that replays them exactly.
 """
 
@@ -45,7 +46,7 @@ from forks import FORKS, Child
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
-from lease_backends import Backend, LocalBackend, ZooKeeperBackend, observe
+from lease_backends import Backend, EtcdBackend, LocalBackend, ZooKeeperBackend, observe
 from polling import eventually
 
 from idgen import DEFAULT_LAYOUT, Generator, Layout, switching
@@ -64,7 +65,7 @@ START_MS = 1_800_000_000_000
 MAX_LIVE = 5  # one more than the worker IDs: the space runs out
 JUNK = (b"", b"\x00\xff", b'{"fence_ms": 17', b'{"fence_ms": "x"}', b"[]", b'{"fence_ms": -5}', b'{"fence_ms": 1e40}')
 EXAMPLES = int(os.environ.get("IDGEN_MODEL_EXAMPLES", "200"))
-ZK_EXAMPLES = max(EXAMPLES // 40, 1)  # a ZooKeeper lease costs a connection and round trips
+ZK_EXAMPLES = max(EXAMPLES // 40, 1)  # a ZooKeeper (or etcd) lease costs a connection and round trips
 
 
 @dataclass
@@ -402,6 +403,13 @@ def test_model_of_one_worker_id_space_on_zookeeper_leases(
     request: pytest.FixtureRequest, zk_hosts: str, zk_namespace: str
 ) -> None:
     run_model(request, lambda: ZooKeeperBackend(zk_hosts, f"{zk_namespace}/{uuid.uuid4().hex}"), ZK_EXAMPLES, 30)
+
+
+@pytest.mark.timeout(600)
+def test_model_of_one_worker_id_space_on_etcd_leases(
+    request: pytest.FixtureRequest, etcd_endpoints: str, etcd_namespace: str
+) -> None:
+    run_model(request, lambda: EtcdBackend(etcd_endpoints, f"{etcd_namespace}/{uuid.uuid4().hex}"), ZK_EXAMPLES, 30)
 
 
 # -- fork: a copied process ----------------------------------------------------------------------------

@@ -55,9 +55,9 @@ from kazoo.protocol.states import ZnodeStat
 from kazoo.security import ACL, Permissions, make_digest_acl
 
 from idgen.errors import InvalidInput, LayoutMismatch, LeaseLost, LeaseUnavailable, UnreadableRecord
-from idgen.files import read_bounded
 from idgen.layout import Layout
 from idgen.leases.base import Census, Lease, Reservation
+from idgen.leases.credentials import CredentialSource
 from idgen.leases.records import WORKER_ID, load_record, parse_fence, parse_history, parse_holder
 from idgen.leases.tracing import Holder, remember
 
@@ -66,7 +66,6 @@ log = logging.getLogger("idgen.lease")
 ZK_AUTH_ENV = "IDGEN_ZK_AUTH"
 ZK_AUTH_FILE_ENV = "IDGEN_ZK_AUTH_FILE"
 ZK_INSECURE_ENV = "IDGEN_ZK_INSECURE_NO_AUTH"
-MAX_CREDENTIALS_BYTES = 4096  # user:password, with room to spare
 ZK_INSECURE_FLAG = "--zk-insecure-no-auth"
 DEFAULT_NAMESPACE = "/idgen"
 NAMESPACE_MAX_CHARS = 1000
@@ -124,42 +123,19 @@ def _namespace_problem(text: str) -> str | None:
     return None
 
 
+ZK_CREDENTIALS = CredentialSource("ZooKeeper", ZK_AUTH_ENV, ZK_AUTH_FILE_ENV, ZK_INSECURE_ENV, ZK_INSECURE_FLAG)
+
+
 def credentials_from_env() -> str | None:
     """``user:password`` from ``$IDGEN_ZK_AUTH`` or the file named by ``$IDGEN_ZK_AUTH_FILE`` (never from argv)."""
-    if os.environ.get(ZK_AUTH_ENV):
-        auth = os.environ[ZK_AUTH_ENV]
-    elif os.environ.get(ZK_AUTH_FILE_ENV):
-        path = os.environ[ZK_AUTH_FILE_ENV]
-        try:
-            what = f"the ZooKeeper credentials file {path} ({ZK_AUTH_FILE_ENV})"
-            auth = read_bounded(path, MAX_CREDENTIALS_BYTES, what).decode("utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-            raise InvalidInput(f"cannot read ZooKeeper credentials from {ZK_AUTH_FILE_ENV}: {reason}") from None
-    else:
-        return None
-    user, _, password = auth.partition(":")
-    if not user or not password or not auth.isprintable():  # "user:" would be a user with an empty password
-        raise InvalidInput(
-            f"ZooKeeper credentials must look like user:password (from {ZK_AUTH_ENV} or {ZK_AUTH_FILE_ENV})"
-        )
-    return auth
+    return ZK_CREDENTIALS.from_env()
 
 
 def required_credentials(insecure_flag: bool) -> str | None:
     """The credentials from the environment; ``None`` only when the operator opted out of access control with both
     ``--zk-insecure-no-auth`` and ``IDGEN_ZK_INSECURE_NO_AUTH=1``. Otherwise no credentials is :class:`InvalidInput`:
     without them every node is world-writable, and anyone who reaches ZooKeeper can delete a claim or a fence."""
-    auth = credentials_from_env()
-    if auth is not None:
-        return auth
-    if insecure_flag and os.environ.get(ZK_INSECURE_ENV) == "1":
-        return None
-    raise InvalidInput(
-        f"ZooKeeper credentials are required: set {ZK_AUTH_ENV}=user:password or {ZK_AUTH_FILE_ENV}=FILE"
-        f" (to run without access control, letting anyone delete claims and fences, pass {ZK_INSECURE_FLAG}"
-        f" and set {ZK_INSECURE_ENV}=1)"
-    )
+    return ZK_CREDENTIALS.required(insecure_flag)
 
 
 def digest_acl(auth: str) -> ACL:
