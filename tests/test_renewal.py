@@ -115,3 +115,32 @@ def test_a_claim_whose_first_write_fails_on_a_full_disk_leaves_no_lock_behind(fu
     (full_disk / "filler").unlink()
     with Generator(lease=LocalLease(DEFAULT_LAYOUT, full_disk, **options)) as after:  # worker 3 is free again
         assert after.worker_id == 3 and after.next_id()
+
+
+class _LostDuringTheClockCheck(LocalLease):
+    """A lease whose claim is lost on another thread (kazoo's, etcd's keepalive) while its renewal step checks the
+    clock, once ``lose_on_check`` is set: the race the step must not paper over."""
+
+    lose_on_check = False
+
+    def _clock_problem(self) -> str | None:
+        if self.lose_on_check:
+            self._lose("the session expired")
+        return None
+
+
+def test_a_claim_lost_during_a_renewal_step_keeps_its_reason_and_is_not_extended(tmp_path: Path) -> None:
+    """The step wrote the clock check's answer (None) over the loss's reason: the lease read LOST with no reason, and
+    the step went on as if it had succeeded. Driven by hand, as ``start`` does but without the renewal thread."""
+    lease = _LostDuringTheClockCheck(DEFAULT_LAYOUT, state_dir=tmp_path)
+    published: list[Any] = []
+    lease._listener = published.append
+    lease._hand_over(lease._acquire_checked())
+    try:
+        lease.lose_on_check = True
+        assert lease._step() == 0.0  # lost meanwhile: straight back to acquiring, no extension
+        status = lease.status()
+        assert (status.state.name, status.reason) == ("LOST", "lease lost: the session expired"), status
+        assert published[-1] is None
+    finally:
+        lease.close()

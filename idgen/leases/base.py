@@ -490,6 +490,8 @@ class Lease(ABC):
             return 0.5  # SUSPENDED: mint up to the fence already reserved, extend nothing
         problem = self.clock_untrusted = self._clock_problem()
         with self._lock:
+            if self._state is not LeaseState.HELD:
+                return 0.0  # lost or released meanwhile, on another thread: its reason stands, nothing to extend
             self._reason = problem
         if problem:
             return 1.0  # do not push the fence ahead on a clock we do not trust
