@@ -103,7 +103,6 @@ def own_etcd() -> Iterator[EtcdServer]:
         yield server
 
 
-@pytest.mark.etcd
 def test_failing_keepalives_stop_minting_before_the_etcd_lease_can_expire(own_etcd: EtcdServer) -> None:
     published: list[tuple[float, Reservation | None]] = []
     held = lease(own_etcd.endpoints, "/idgen/keepalive", window_ms=60_000)  # a fence far ahead: only the lease stops it

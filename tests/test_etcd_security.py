@@ -123,6 +123,7 @@ def test_a_bad_credentials_value_is_one_line_exit_2(etcd_endpoints: str) -> None
     assert "etcd credentials must look like user:password" in one_line(result)
 
 
+@pytest.mark.etcd
 def test_an_etcd_without_authentication_is_refused() -> None:
     with EtcdServer(auth=False) as open_etcd, pytest.raises(LeaseUnavailable, match="authentication disabled"):
         Generator(DEFAULT_LAYOUT, EtcdLease(DEFAULT_LAYOUT, open_etcd.endpoints, auth=TEST_CREDENTIALS))

@@ -48,6 +48,9 @@ STARTED_BY_FIXTURE: dict[str, str] = {
     "pg_server": "postgres",
     "etcd_server": "etcd",
     "etcd_cluster": "etcd",
+    "own_etcd": "etcd",  # test_etcd_lease.py: a member of the test's own
+    "short_token_etcd": "etcd",  # test_etcd_security.py: tokens that expire after 1 s
+    "tls_etcd": "etcd",  # test_etcd_security.py: TLS with client certificates
     "browser": "browser",
 }
 

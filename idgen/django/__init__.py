@@ -59,7 +59,7 @@ class IdFormField(forms.CharField):
         self.form = check_form(form)
         super().__init__(**kwargs)
 
-    def to_python(self, value: Any) -> int | None:  # type: ignore[override]
+    def to_python(self, value: Any) -> int | None:
         text = super().to_python(value)
         return None if text in self.empty_values else _parse(text, self.form, self.error_messages["invalid"])
 
@@ -104,7 +104,7 @@ class IdField(models.BigIntegerField):
         return models.Field.formfield(self, **{"form_class": IdFormField, "form": self.form, **kwargs})
 
 
-class IdAutoField(IdField, models.BigAutoField):  # type: ignore[misc]
+class IdAutoField(IdField, models.BigAutoField):
     """``DEFAULT_AUTO_FIELD = "idgen.django.IdAutoField"``: every implicit primary key is an idgen ID, minted on
     instantiation (see the module docstring). The column is a ``bigint`` without a sequence: the database never
     numbers rows itself, so a row inserted without a key is refused (``NOT NULL``), never given a small number."""

@@ -57,7 +57,8 @@ class IdAdminMixin:
                 return "-"
 
         minted.__name__ = f"{field.name}_minted"  # the admin's CSS class: field-<name>
-        return minted
+        shown: Callable[[models.Model], str] = minted  # admin.display returns it as it was
+        return shown
 
     def _layout(self) -> Layout:
         return get_layout(self.idgen_layout) if self.idgen_layout is not None else default_layout()

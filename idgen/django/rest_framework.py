@@ -22,7 +22,7 @@ from idgen.django import IdField
 __all__ = ["IdModelSerializer", "IdSerializerField"]
 
 
-class IdSerializerField(serializers.Field):  # type: ignore[misc]
+class IdSerializerField(serializers.Field):
     """An ID as a string of ``form`` on the way out (``None``: decimal) and an int or a string in ``form`` on the way in
     (``None``: in the one form it reads in), so what it renders always reads back."""
 
@@ -45,7 +45,7 @@ class IdSerializerField(serializers.Field):  # type: ignore[misc]
             raise  # unreachable: fail() raises
 
 
-class IdModelSerializer(serializers.ModelSerializer):  # type: ignore[misc]
+class IdModelSerializer(serializers.ModelSerializer):
     """A ``ModelSerializer`` whose model ``IdField``s are :class:`IdSerializerField`s, and whose relations to a model
     keyed by an ``IdField`` render and parse that key as one too (DRF would send the bare int)."""
 

@@ -138,7 +138,7 @@ class Metrics:
         self._refused: dict[str, int] = {}
         if multiprocess_dir:
             self.exposition = CollectorRegistry()
-            MultiProcessCollector(self.exposition, path=multiprocess_dir)
+            MultiProcessCollector(self.exposition, path=multiprocess_dir)  # type: ignore[no-untyped-call]
         else:
             self.exposition = registry
         self.multiprocess = bool(multiprocess_dir)

@@ -266,7 +266,7 @@ async def _run(
 ) -> None:
     # aiohttp gives every response that has none a Server header naming Python, aiohttp and their versions, its own
     # error pages (an unparseable request) included, and has no setting for it: its default is replaced.
-    web_response.SERVER_SOFTWARE = SERVER_HEADER
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]  # not in its __all__
     loop = asyncio.get_running_loop()
     log_accept_errors(loop)
     runner = Runner(
@@ -391,7 +391,7 @@ def _wait_for_workers(workers: dict[int, int | None]) -> int:
             if pid not in workers:
                 continue
             workers[pid] = code
-            multiprocess.mark_process_dead(pid)
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
             if stopping_since is None or code != 0:
                 failed = True
                 log.error("worker %d exited with %d", pid, code, extra={"event": "worker_exited", "code": code})

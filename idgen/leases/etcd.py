@@ -100,7 +100,8 @@ def _compare(key: str, target: str, revision: int) -> dict[str, Any]:
 
 
 def _kvs(response: dict[str, Any]) -> list[dict[str, Any]]:
-    return response.get("response_range", {}).get("kvs", [])
+    kvs: list[dict[str, Any]] = response.get("response_range", {}).get("kvs", [])
+    return kvs
 
 
 def _one(response: dict[str, Any]) -> dict[str, Any] | None:

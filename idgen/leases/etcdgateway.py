@@ -201,7 +201,9 @@ class EtcdClient:
 
     def range(self, key: str, *, prefix: bool = False, keys_only: bool = False) -> list[dict[str, Any]]:
         """The key-values at ``key`` (or under the prefix), linearizable."""
-        return self.call("/v3/kv/range", range_request(key, prefix=prefix, keys_only=keys_only)).get("kvs", [])
+        answer = self.call("/v3/kv/range", range_request(key, prefix=prefix, keys_only=keys_only))
+        kvs: list[dict[str, Any]] = answer.get("kvs", [])
+        return kvs
 
     def txn(
         self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]] | None = None
