@@ -166,6 +166,7 @@ def test_decode_request_takes_a_layout_by_preset() -> None:
         ("1", [("layout", "no-such-layout")], InvalidLayout, "invalid_layout"),
         ("not an id", [], InvalidId, "invalid_id"),
         ("1", [("format", "hex"), ("format", "hex")], RepeatedParameter, "repeated_parameter"),
+        ("1", [("layout", "idgen"), ("layout", "discord")], RepeatedParameter, "repeated_parameter"),
         ("1", [("format", "octal")], InvalidFormat, "invalid_format"),
         ("0737185780000", [], AmbiguousId, "ambiguous_id"),  # base32 and decimal both
     ],

@@ -62,12 +62,13 @@ def id_request(query: Query, accept_headers: Sequence[str], max_count: int) -> I
 
 def decode_request(id_text: str, query: Query, default: Layout) -> tuple[Layout, dict[str, Any]]:
     """The layout ``GET /decode/{id}`` decodes in (``?layout=``, else ``default``) and the fields of ``id_text`` read
-    in ``?format=`` (without it, in the one form it reads in). ``?layout=`` given twice: the first counts."""
+    in ``?format=`` (without it, in the one form it reads in). Either given twice is :class:`RepeatedParameter`."""
     form = single(query, "format")
     if form is not None:
         form = parse_form(form)
+    named = single(query, "layout")
     try:
-        layout = get_layout(query.get("layout", default))
+        layout = get_layout(default if named is None else named)
     except InvalidInput as exc:
         raise InvalidLayout(str(exc)) from None
     try:
