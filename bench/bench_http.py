@@ -3,11 +3,14 @@
 Measures, interleaved over ``--rounds`` rounds:
 
 - ``GET /id`` on one process, against a bare aiohttp handler that returns a constant JSON body of the same size
-  (same aiohttp, same event loop policy, access log off in both): target >= 0.9x. Two ways:
+  (same aiohttp, access log off in both) on the standard asyncio loop, while ``idgen serve`` runs on its default,
+  uvloop: target >= 1.0x (issue 22). Two ways:
   - *paired*, the figure the target is checked on: both servers pinned together to CPU 0 and loaded at the same
     moment, each by its own wrk pinned to CPU 1, for ``--slices`` slices per round; the ratio is requests per
     CPU-second of ``idgen serve`` over the bare server's, slice by slice. Whatever slows the VM slows both alike,
-    and a single process is bounded by one core, so this is its throughput ratio with the VM's drift cancelled;
+    and a single process is bounded by one core, so this is its throughput ratio with the VM's drift cancelled.
+    Paired the same way, in the same round: ``idgen serve`` against the bare handler on uvloop (the second
+    baseline), and ``idgen serve --uvloop false`` against the bare handler on asyncio (the loop's A/B);
   - *sequential*: each server alone on both cores with one wrk (drift of +-10% between runs on this VM, so only
     indicative);
 - ``GET /id`` with ``--processes 2`` against one process: target >= 1.4x. Both servers run at once and are loaded in
@@ -62,26 +65,36 @@ function delay() return delay_ms end
 PACE_MS = 1  # the paced runs' wait between an answer and the next request: wrk's finest delay()
 
 
-def handler_server(handler: str, setup: str = "") -> str:
+EVENT_LOOPS = ("asyncio", "uvloop")  # modules with a new_event_loop() for the bare servers
+
+
+def handler_server(handler: str, setup: str = "", event_loop: str = "asyncio") -> str:
     """Python source of a bare aiohttp server with one route, ``GET /id`` running ``handler`` (the body of
     ``async def handler(request)``, one statement per line); ``setup`` runs first. Same aiohttp settings as the
-    baseline's. Arguments: the port, then a state directory (for a ``Generator``)."""
+    baseline's, on ``event_loop``'s loop (one of ``EVENT_LOOPS``; asyncio's is what ``run_app`` makes by default).
+    Arguments: the port, then a state directory (for a ``Generator``)."""
+    if event_loop not in EVENT_LOOPS:
+        raise ValueError(f"event_loop must be one of {EVENT_LOOPS}, not {event_loop!r}")
     body = "".join(f"    {line}\n" for line in handler.splitlines())
     return f"""import sys
+import {event_loop}
 from aiohttp import hdrs, web
 {setup}
 async def handler(request):
 {body}app = web.Application()
 app.router.add_get("/id", handler)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=lambda _: print("up", flush=True),
-            reuse_port=True)
+            reuse_port=True, loop={event_loop}.new_event_loop())
 """
 
 
 MINT_SETUP = "from idgen import Generator\nnext_id = Generator(state_dir=sys.argv[2]).next_id"
-BASELINE_SERVER = handler_server(
-    'return web.Response(body=BODY, content_type="application/json")', f"BODY = {SAMPLE_BODY!r}"
-)
+BASELINE_SERVERS = {
+    loop: handler_server(
+        'return web.Response(body=BODY, content_type="application/json")', f"BODY = {SAMPLE_BODY!r}", loop
+    )
+    for loop in EVENT_LOOPS
+}
 # The floor for any handler that mints: the bare handler, its body made from Generator.next_id() (local lease).
 MINTING_BASELINE_SERVER = handler_server(
     """return web.Response(body=b'{"id":"%d"}' % next_id(), content_type="application/json")""", MINT_SETUP
@@ -134,9 +147,11 @@ def running(command: list[str], ready_path: str | None, copies: int = 1) -> Iter
 
 
 @contextmanager
-def idgen_server(state_dir: str, processes: int, pin: tuple[str, ...] = ()) -> Iterator[Served]:
-    """``idgen serve``, yielded once each of its ``processes`` has answered (they share the port)."""
-    command = [*pin, *serve_command("{port}", "--state-dir", state_dir, "--processes", str(processes))]
+def idgen_server(state_dir: str, processes: int, pin: tuple[str, ...] = (), *, uvloop: bool = True) -> Iterator[Served]:
+    """``idgen serve`` (on uvloop, its default, unless ``uvloop`` is False: ``--uvloop false``), yielded once each
+    of its ``processes`` has answered (they share the port)."""
+    options = ["--state-dir", state_dir, "--processes", str(processes), "--uvloop", str(uvloop).lower()]
+    command = [*pin, *serve_command("{port}", *options)]
     with running(command, "/readyz") as served:
         answered: set[int] = set()
 
@@ -149,8 +164,11 @@ def idgen_server(state_dir: str, processes: int, pin: tuple[str, ...] = ()) -> I
         yield served
 
 
-def baseline_server(pin: tuple[str, ...] = (), processes: int = 1) -> AbstractContextManager[Served]:
-    return running([*pin, sys.executable, "-c", BASELINE_SERVER, "{port}"], None, processes)
+def baseline_server(
+    pin: tuple[str, ...] = (), processes: int = 1, event_loop: str = "asyncio"
+) -> AbstractContextManager[Served]:
+    """The bare handler with the constant body, on ``event_loop``'s loop."""
+    return running([*pin, sys.executable, "-c", BASELINE_SERVERS[event_loop], "{port}"], None, processes)
 
 
 def handler_server_process(source: str, state_dir: str, pin: tuple[str, ...] = ()) -> AbstractContextManager[Served]:
@@ -195,10 +213,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def paired(candidate: AbstractContextManager[Served], slices: int, seconds: int) -> list[float]:
+def paired(
+    candidate: AbstractContextManager[Served], slices: int, seconds: int, bare_event_loop: str = "asyncio"
+) -> list[float]:
     """One round of the paired single-process measurement: per slice, ``candidate``'s requests per CPU-second over
-    the bare server's, both pinned to CPU 0 and loaded at once by a wrk each on CPU 1. The first slice warms up."""
-    with baseline_server(PIN_CPU0) as bare, candidate as idgen:
+    the bare server's (on ``bare_event_loop``), both pinned to CPU 0 and loaded at once by a wrk each on CPU 1. The
+    first slice warms up."""
+    with baseline_server(PIN_CPU0, event_loop=bare_event_loop) as bare, candidate as idgen:
         pids = [bare.pid, idgen.pid]  # taskset execs the server: same pid
         ratios = []
         for slice_number in range(slices + 1):
@@ -254,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     require_tools("bench_http")
 
     runs: dict[str, list[dict[str, float]]] = {}
-    paired_rounds: list[list[float]] = []
+    paired_rounds: list[list[float]] = []  # idgen serve (uvloop) against the bare handler on asyncio: the target
+    uvloop_rounds: list[list[float]] = []  # idgen serve (uvloop) against the bare handler on uvloop
+    asyncio_rounds: list[list[float]] = []  # idgen serve --uvloop false against the bare handler on asyncio
     floor_rounds: list[list[float]] = []
     scaling: dict[str, list[float]] = {}  # per round: two processes' requests/s over one's
     state_dir = tempfile.mkdtemp(prefix="idgen-bench-")
@@ -262,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         for round_number in range(1, args.rounds + 1):
             slice_s = max(1, args.seconds // 5)
             paired_rounds.append(paired(idgen_server(state_dir, 1, PIN_CPU0), args.slices, slice_s))
+            uvloop_rounds.append(paired(idgen_server(state_dir, 1, PIN_CPU0), args.slices, slice_s, "uvloop"))
+            asyncio_rounds.append(paired(idgen_server(state_dir, 1, PIN_CPU0, uvloop=False), args.slices, slice_s))
             floor_rounds.append(
                 paired(
                     handler_server_process(MINTING_BASELINE_SERVER, state_dir + "-floor", PIN_CPU0),
@@ -323,10 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         return median, f"**{median:.3f}x** baseline (quartiles {q1:.2f}-{q3:.2f}; rounds {per_round})"
 
     paired_ratio, paired_cell = summary(paired_rounds)
+    _, uvloop_cell = summary(uvloop_rounds)
+    _, asyncio_cell = summary(asyncio_rounds)
     _, floor_cell = summary(floor_rounds)
     rows = [
         (
-            "bare aiohttp handler, same body (baseline)",
+            "bare aiohttp handler, same body, asyncio loop (baseline)",
             f"{baseline:,.0f}",
             "-",
             f"{med('baseline', 'p50_ms'):.2f} / {med('baseline', 'p99_ms'):.2f}",
@@ -342,13 +369,15 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ),
         (
-            f"GET /id, 1 process, paired on one core ({args.rounds} x {args.slices} slices)",
+            f"GET /id, 1 process (uvloop), paired on one core ({args.rounds} x {args.slices} slices)",
             "-",
             "-",
             "-",
             paired_cell,
-            "MET" if paired_ratio >= 0.9 else "MISSED (>= 0.9x)",
+            "MET" if paired_ratio >= 1.0 else "MISSED (>= 1.0x)",
         ),
+        ("second baseline: GET /id (uvloop), paired with the bare handler on uvloop", "-", "-", "-", uvloop_cell, ""),
+        ("before: GET /id with --uvloop false (asyncio), paired", "-", "-", "-", asyncio_cell, ""),
         ("floor: bare handler minting with Generator.next_id(), paired", "-", "-", "-", floor_cell, ""),
         (
             "GET /id, --processes 2 (loaded in turn with 1 process)",
@@ -388,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs; {args.rounds} rounds x {args.seconds} s, medians; non-2xx responses: {errors:.0f}"
     )
     print_table(header, rows, args.markdown)
-    print(json.dumps({**runs, "paired": paired_rounds, "floor": floor_rounds, "scaling": scaling}), file=sys.stderr)
+    raw = {"paired": paired_rounds, "paired_uvloop": uvloop_rounds, "paired_asyncio": asyncio_rounds}
+    print(json.dumps({**runs, **raw, "floor": floor_rounds, "scaling": scaling}), file=sys.stderr)
     return 0 if errors == 0 else 1
 
 

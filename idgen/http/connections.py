@@ -34,6 +34,7 @@ import re
 import resource
 import socket
 import time
+from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any
 
@@ -277,16 +278,19 @@ class Connection(RequestHandler):
         response.force_close()
         return response
 
-    async def finish_response(
+    def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
-    ) -> tuple[web.StreamResponse, bool]:
-        if isinstance(resp, web.HTTPException):  # aiohttp's own: no route could take the target, a bad Expect
+    ) -> Coroutine[Any, Any, tuple[web.StreamResponse, bool]]:
+        """aiohttp's own answers (no route could take the target, a bad ``Expect``) made idgen's JSON errors. A plain
+        function returning aiohttp's coroutine, not a coroutine of its own: one coroutine layer less on every answer
+        (docs/BENCHMARKS.md, issue 22's event loop)."""
+        if isinstance(resp, web.HTTPException):
             target = " ".join(f"{request.method} {request.raw_path}".split())[:80]
             answer = error_response(resp.status, _code(resp.status), f"{target!r}: {resp.text or resp.reason}")
             if "Allow" in resp.headers:
                 answer.headers["Allow"] = resp.headers["Allow"]
             resp = answer
-        return await super().finish_response(request, resp, start_time)
+        return super().finish_response(request, resp, start_time)
 
 
 def _code(status: int) -> str:
