@@ -200,9 +200,12 @@ def test_every_metric_the_rules_and_the_dashboard_read_is_one_a_server_exports(t
         for server in (single, double):
             assert server.get("/id").status == 200
         may, does = exported(single.get("/metrics").body.decode())
-        _, does_with_two = exported(double.get("/metrics").body.decode())
-    assert used <= may, f"not exported: {sorted(used - may)}"
-    assert used & does <= does_with_two, f"not exported by two processes: {sorted(used & does - does_with_two)}"
+        assert used <= may, f"not exported: {sorted(used - may)}"
+
+        def missing_with_two() -> list[str]:  # a process adds its request counts at its next flush (0.5 s)
+            return sorted(used & does - exported(double.get("/metrics").body.decode())[1])
+
+        poll(lambda: not missing_with_two(), "every family to be exported by two processes too")
 
 
 def test_the_dashboard_shows_what_an_operator_needs() -> None:
@@ -237,12 +240,19 @@ def started(leases: list[Lease], lease: Lease) -> Lease:
     return lease
 
 
+def worker_of(lease: Lease) -> int:
+    reservation = lease.status().reservation
+    assert reservation is not None
+    return reservation.worker_id
+
+
 def test_the_census_follows_claims_releases_crashes_and_quarantine_at_once(
     backend: Backend, leases: list[Lease], spawn_holder: Callable[..., HolderProcess]
 ) -> None:
     first = started(leases, backend.lease(TINY))
     assert first.census() == Census(capacity=4, held=1, quarantined=0)
     second = started(leases, backend.lease(TINY))
+    second_worker_id = worker_of(second)
     other = backend.holder(spawn_holder, TINY).ready()  # another process
     assert first.census() == second.census() == Census(4, 3, 0)
     assert first.census().free == 1
@@ -250,10 +260,12 @@ def test_the_census_follows_claims_releases_crashes_and_quarantine_at_once(
     assert first.census() == Census(4, 2, 0)  # released
     other.proc.kill()  # crashed: the claim goes with the process (local) or its session (ZooKeeper)
     poll(lambda: first.census() == Census(4, 1, 0), "the crashed holder's claim to go")
-    free = [w for w in range(4) if w != first.status().reservation.worker_id]  # type: ignore[union-attr]
-    backend.tamper(TINY, free[0], GARBAGE)
+    # The one worker ID never held gets a garbage record: every free worker ID then has one, so the claim reads them
+    # all, in whatever order it tries them (ZooKeeper's is random), and finds the garbage.
+    never_held = sorted(set(range(4)) - {worker_of(first), second_worker_id, other.worker_id})
+    backend.tamper(TINY, never_held[0], GARBAGE)
     third = started(leases, backend.lease(TINY))  # its claim finds the garbage record
-    assert list(third.quarantined) == [free[0]]
+    assert list(third.quarantined) == never_held
     assert third.census() == Census(4, held=2, quarantined=1)
     assert third.census().free == 1
     assert first.census() == Census(4, held=2, quarantined=0)  # quarantine is what a lease's own claims found
