@@ -128,7 +128,14 @@ def test_slow_clients_cannot_starve_a_server_limited_to_256_files(
     idle_closed = idle_connection_closed(idle)
     lines = len(server.events) - lines_before
 
-    report = check(records, "13a. 400 slowloris connections, 256 files (RLIMIT_NOFILE)")
+    # At the connection cap the server may close the load's idle keep-alive connection (the longest idle goes when
+    # no connection is waiting for a head): a request sent on it just then gets no answer, as HTTP allows; a client
+    # resends it on a new connection. Nothing else may fail.
+    report = check(
+        records,
+        "13a. 400 slowloris connections, 256 files (RLIMIT_NOFILE)",
+        allow=lambda r: r.status == 0 and r.code == "RemoteDisconnected",
+    )
     slowest = max(s for s, _ in probes)
     report.notes += [
         f"{len(probes)} probes on new connections: all {sorted({st for _, st in probes})}, slowest {slowest:.2f} s"
