@@ -352,14 +352,8 @@ class _DeadlineConnection(urllib3.connection.HTTPConnection):
         self.sock = _DeadlineSocket(self.sock, self._deadline)
 
 
-class _DeadlineTLSConnection(urllib3.connection.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: list[float], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock = _DeadlineSocket(self.sock, self._deadline)
+class _DeadlineTLSConnection(_DeadlineConnection, urllib3.connection.HTTPSConnection):
+    """The same over TLS: ``_DeadlineConnection.connect`` runs HTTPS's connect (next in the MRO), then wraps."""
 
 
 class _DeadlinePool(urllib3.HTTPConnectionPool):
