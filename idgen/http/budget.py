@@ -60,7 +60,7 @@ class IdBudget:
         except BaseException as exc:
             if turn.done() and not turn.cancelled():  # granted just as the wait ended: give it back
                 self.free += n
-            else:
+            elif entry in self._queue:  # a release may have dropped it already (see _grant)
                 self._queue.remove(entry)
             self._grant()
             if isinstance(exc, TimeoutError):
@@ -70,8 +70,12 @@ class IdBudget:
             raise
 
     def _grant(self) -> None:
+        """Hand the freed budget to the waiters at the head of the queue, in order. A waiter whose wait has ended
+        (its timeout cancelled the turn it awaits; its own code runs later) is dropped, never granted."""
         while self._queue and self._queue[0][0] <= self.free:
             n, turn = self._queue.popleft()
+            if turn.done():
+                continue
             self.free -= n
             turn.set_result(None)
 
