@@ -31,7 +31,6 @@ BLOCKS = [m["code"] for m in re.finditer(r"^```sh\n(?P<code>.*?)^```$", README, 
 NOT_RUN = {
     "python3 -m pip install .": "the tests run against the checkout installed in their environment",
     "bash tests/run.sh": "it runs this suite",
-    "bash tests/run.sh -m quick": "it runs this suite's quick tier",
     "python loadtest/run.py": "the load test runs for minutes (tests/test_loadtest.py runs its runner)",
     "python loadtest/run.py --duration 600 --servers 4 --users 200": "the load test runs for 10 minutes",
     "python bench/bench_generator.py": "a benchmark",
