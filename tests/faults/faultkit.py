@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
-from loadclient import Target
+from loadclient import Record, Target
 from serverproc import ServerProcess, wait_until
 from zkharness import TEST_CREDENTIALS
 
@@ -258,3 +258,24 @@ class Partition:
         names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=10).stdout
         return self.netns in names or self.zk_veth in links or self.http_veth in links
+
+
+# -- the zombie scenarios (2 on ZooKeeper, 18b on etcd) ----------------------------------------------------------
+
+
+def lost_lease(server: IdgenServer) -> dict[str, Any] | None:
+    """``/info``'s lease once ``server`` reports it lost and is not ready, else None."""
+    info = server.info()
+    return info["lease"] if info["lease"]["state"] == "lost" and not info["ready"] else None
+
+
+def held_again(server: IdgenServer, old_lease_id: str) -> dict[str, Any] | None:
+    """``/info`` once ``server`` holds a lease other than ``old_lease_id`` and is ready, else None."""
+    info = server.info()
+    fresh = info["lease"]["state"] == "held" and info["lease"]["lease_id"] not in (None, old_lease_id)
+    return info if fresh and server.ready() else None
+
+
+def zombie_refusal(record: Record, resumed: float, relet: float) -> bool:
+    """The zombie may refuse (503 + Retry-After) from SIGCONT until it holds the worker ID again."""
+    return record.server == "zombie" and record.status == 503 and resumed <= record.done and record.sent <= relet

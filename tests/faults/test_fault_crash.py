@@ -11,9 +11,20 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from faultkit import SOLO, IdgenServer, claim_owner, create_namespace, read_fence, read_holders, wait_until, zk_client
+from faultkit import (
+    SOLO,
+    IdgenServer,
+    claim_owner,
+    create_namespace,
+    held_again,
+    lost_lease,
+    read_fence,
+    read_holders,
+    wait_until,
+    zk_client,
+    zombie_refusal,
+)
 from loadclient import LoadClient, Record, Report, check, ids_of, timestamps_ms
 
 from idgen import DEFAULT_LAYOUT, Layout
@@ -115,7 +126,7 @@ def test_sigstop_zombie_mints_nothing_above_its_fence_notices_lost_and_re_leases
         )
         fence = successor["after_ms"]
 
-        lost = wait_until(lambda: _lost(zombie), 15, "the zombie to notice that its lease is lost")
+        lost = wait_until(lambda: lost_lease(zombie), 15, "the zombie to notice that its lease is lost")
         load.add(other.wait_ready())
         load.wait_ok("other", 300)
         assert zombie.get("/readyz").status == 503
@@ -123,7 +134,7 @@ def test_sigstop_zombie_mints_nothing_above_its_fence_notices_lost_and_re_leases
         released = time.monotonic()
         load.remove("other")
         assert other.stop() == 0  # releases worker 0
-        relet = wait_until(lambda: _held_again(zombie, held["lease"]["lease_id"]), 15, "the zombie to re-lease")
+        relet = wait_until(lambda: held_again(zombie, held["lease"]["lease_id"]), 15, "the zombie to re-lease")
         relet_seen = time.monotonic()
         load.wait_ok("zombie", 300, since=released)
     records = load.stop()
@@ -131,7 +142,7 @@ def test_sigstop_zombie_mints_nothing_above_its_fence_notices_lost_and_re_leases
     report = check(
         records,
         "2. SIGSTOP past the session timeout while another takes the worker ID; SIGCONT",
-        allow=lambda r: _zombie_refusal(r, resumed, relet_seen),
+        allow=lambda r: zombie_refusal(r, resumed, relet_seen),
         recovery_since=released,
         recovery_servers=["zombie"],
         recovery_from="from the other server's stop to the zombie's re-lease",
@@ -153,22 +164,6 @@ def test_sigstop_zombie_mints_nothing_above_its_fence_notices_lost_and_re_leases
     again = ids_of(records, "zombie", since=released)
     assert again and min(again) > max(other_ids), "the re-leased zombie must mint above everything the other minted"
     assert relet["worker_id"] == 0 and relet["lease"]["lease_id"] != held["lease"]["lease_id"]
-
-
-def _lost(server: IdgenServer) -> dict[str, Any] | None:
-    info = server.info()
-    return info["lease"] if info["lease"]["state"] == "lost" and not info["ready"] else None
-
-
-def _held_again(server: IdgenServer, old_lease_id: str) -> dict[str, Any] | None:
-    info = server.info()
-    fresh = info["lease"]["state"] == "held" and info["lease"]["lease_id"] not in (None, old_lease_id)
-    return info if fresh and server.ready() else None
-
-
-def _zombie_refusal(record: Record, resumed: float, relet: float) -> bool:
-    """The zombie may refuse (503 + Retry-After) from SIGCONT until it holds the worker ID again."""
-    return record.server == "zombie" and record.status == 503 and resumed <= record.done and record.sent <= relet
 
 
 def _between(records: list[Record], server: str, start: float, end: float) -> list[Record]:

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 from etcdharness import TEST_CREDENTIALS, EtcdCluster
-from faultkit import SOLO, IdgenServer, Partition, wait_until
-from loadclient import LoadClient, Record, Report, check, ids_of, timestamps_ms
+from faultkit import SOLO, IdgenServer, Partition, held_again, lost_lease, wait_until, zombie_refusal
+from loadclient import LoadClient, Report, check, ids_of, timestamps_ms
 
 from idgen import Generator
 from idgen.leases.etcd import EtcdClient, EtcdLease
@@ -128,7 +128,7 @@ def test_sigstop_zombie_past_its_etcd_lease_mints_nothing_above_its_fence_and_re
     successor = next(h for h in history if h["pid"] == other.pid)
     fence = successor["after_ms"]  # the zombie's last fence, as its successor read it
 
-    wait_until(lambda: _lost(zombie), 15, "the zombie to notice that its lease is lost")
+    wait_until(lambda: lost_lease(zombie), 15, "the zombie to notice that its lease is lost")
     lost = zombie.event("lease_lost")
     load.add(other.wait_ready())
     load.wait_ok("other", 300)
@@ -137,7 +137,7 @@ def test_sigstop_zombie_past_its_etcd_lease_mints_nothing_above_its_fence_and_re
     released = time.monotonic()
     load.remove("other")
     assert other.stop() == 0  # releases worker 0
-    relet = wait_until(lambda: _held_again(zombie, held["lease"]["lease_id"]), 15, "the zombie to re-lease")
+    relet = wait_until(lambda: held_again(zombie, held["lease"]["lease_id"]), 15, "the zombie to re-lease")
     relet_seen = time.monotonic()
     load.wait_ok("zombie", 300, since=released)
     records = load.stop()
@@ -145,7 +145,7 @@ def test_sigstop_zombie_past_its_etcd_lease_mints_nothing_above_its_fence_and_re
     report = check(
         records,
         "18b. etcd: SIGSTOP past the etcd lease TTL while another takes the worker ID; SIGCONT",
-        allow=lambda r: _zombie_refusal(r, resumed, relet_seen),
+        allow=lambda r: zombie_refusal(r, resumed, relet_seen),
         recovery_since=released,
         recovery_servers=["zombie"],
         recovery_from="from the other server's stop to the zombie's re-lease",
@@ -167,22 +167,6 @@ def test_sigstop_zombie_past_its_etcd_lease_mints_nothing_above_its_fence_and_re
     again = ids_of(records, "zombie", since=released)
     assert again and min(again) > max(other_ids), "the re-leased zombie must mint above everything the other minted"
     assert relet["worker_id"] == 0 and relet["lease"]["lease_id"] != held["lease"]["lease_id"]
-
-
-def _lost(server: IdgenServer) -> dict[str, Any] | None:
-    info = server.info()
-    return info["lease"] if info["lease"]["state"] == "lost" and not info["ready"] else None
-
-
-def _held_again(server: IdgenServer, old_lease_id: str) -> dict[str, Any] | None:
-    info = server.info()
-    fresh = info["lease"]["state"] == "held" and info["lease"]["lease_id"] not in (None, old_lease_id)
-    return info if fresh and server.ready() else None
-
-
-def _zombie_refusal(record: Record, resumed: float, relet: float) -> bool:
-    """The zombie may refuse (503 + Retry-After) from SIGCONT until it holds the worker ID again."""
-    return record.server == "zombie" and record.status == 503 and resumed <= record.done and record.sent <= relet
 
 
 def _anonymous(endpoint: str, path: str, body: dict[str, str]) -> tuple[int, str]:
