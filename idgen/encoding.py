@@ -40,7 +40,7 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CROCKFORD_VALUE = {c: i for i, c in enumerate(_CROCKFORD)}
 _CROCKFORD_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 digits
 _BASE32_WIDTH = 13  # 13 * 5 = 65 bits >= 63
-_DECIMAL = re.compile(r"[0-9]{1,19}")
+DECIMAL_DIGITS = re.compile(r"[0-9]{1,19}")  # a decimal ID: ASCII digits, at most 19
 _HEX = re.compile(r"0x[0-9a-f]{16}")
 _BITCOIN = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # the base58 package's alphabet
 _BITCOIN_PAIRS = [a + b for a in _BITCOIN for b in _BITCOIN]  # a value below 58**2 -> 2 digits
@@ -176,7 +176,7 @@ def _parse_in(text: str, form: str) -> int:
     if not text.isascii():
         raise InvalidInput(f"{_shown(text)} is not an ID: IDs are written in ASCII letters and digits only")
     if form == "decimal":
-        if not _DECIMAL.fullmatch(text):
+        if not DECIMAL_DIGITS.fullmatch(text):
             raise InvalidInput(f"{_shown(text)} is not a decimal ID (1 to 19 digits)")
         value = int(text)
     elif form == "hex":

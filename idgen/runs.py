@@ -11,14 +11,11 @@ returns them as ``range`` objects (so a client can hand them out with ``range`` 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from idgen.encoding import MAX_ID
+from idgen.encoding import DECIMAL_DIGITS, MAX_ID
 
 RUNS_TYPE = "application/vnd.idgen.runs+json"
-
-_DECIMAL = re.compile(r"[0-9]{1,19}")
 
 
 def runs_body(ids: list[int]) -> bytes:
@@ -49,7 +46,9 @@ def parse_runs(body: bytes, count: int) -> list[range]:
     out: list[range] = []
     previous = -1
     for run in runs:
-        if not (isinstance(run, list) and len(run) == 2 and isinstance(run[0], str) and _DECIMAL.fullmatch(run[0])):
+        if not (
+            isinstance(run, list) and len(run) == 2 and isinstance(run[0], str) and DECIMAL_DIGITS.fullmatch(run[0])
+        ):
             raise ValueError('a run is not ["<decimal>", count]')
         first, size = int(run[0]), run[1]
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:

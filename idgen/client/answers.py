@@ -34,13 +34,12 @@ import email.utils
 import errno
 import itertools
 import json
-import math
 import re
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from idgen.encoding import MAX_ID
+from idgen.encoding import DECIMAL_DIGITS, MAX_ID
 from idgen.errors import InvalidInput
 from idgen.layout import Layout, get_layout
 from idgen.runs import RUNS_TYPE, parse_runs, runs_body
@@ -59,7 +58,6 @@ REQUEST_HEADERS = {
     "User-Agent": f"idgen-client/{__version__}",
 }
 
-_DECIMAL = re.compile(r"[0-9]{1,19}")
 _DELAY_SECONDS = re.compile(r"\s*([0-9]{1,30}(?:\.[0-9]{0,30})?)\s*")  # ASCII digits only, unlike float()
 
 
@@ -192,7 +190,7 @@ def _json(body: bytes) -> Any:
 
 
 def _is_decimal(text: Any) -> bool:
-    return isinstance(text, str) and _DECIMAL.fullmatch(text) is not None
+    return isinstance(text, str) and DECIMAL_DIGITS.fullmatch(text) is not None
 
 
 def answer_limit_bytes(count: int) -> int:
@@ -223,8 +221,6 @@ def retry_after_s(text: str | None, now_unix_s: float) -> float:
             seconds = email.utils.parsedate_to_datetime(text).timestamp() - now_unix_s
         except (ValueError, TypeError, IndexError, OverflowError):
             return DEFAULT_RETRY_AFTER_S
-    if not math.isfinite(seconds):
-        return DEFAULT_RETRY_AFTER_S
     return min(MAX_RETRY_AFTER_S, max(1.0, seconds))
 
 
