@@ -20,6 +20,7 @@ from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 from polling import eventually, poll
 from serverproc import ServerProcess
+from stallproxy import StallProxy
 from zkharness import TEST_CREDENTIALS, ZkEnsemble, ZkServer
 from zkinject import Injector
 
@@ -177,6 +178,35 @@ def test_suspended_mints_only_up_to_the_fence_and_recovers_when_the_server_retur
     resumed = poll(lambda: gen.next_id(), what="minting to resume")
     assert resumed > max(minted) and stamp(resumed) > fence
     assert gen.readiness() == (True, None)
+
+
+def test_a_handshake_the_server_never_answers_costs_one_retry_not_the_session(
+    zk_hosts: str, zk_namespace: str, generators: list[Generator]
+) -> None:
+    """A ZooKeeper 3.8 server may accept a connection while it starts and never answer it (ZOOKEEPER-5051, seen in
+    fault 4a). kazoo waits ``session_timeout / len(hosts)`` for a handshake, so with one host a single such
+    connection used to cost the session, the worker ID and every request in between."""
+    proxy = StallProxy(zk_hosts).start()
+    try:
+        gen = zk_generator(generators, DEFAULT_LAYOUT, proxy.hosts, zk_namespace, session_timeout_s=8.0)
+        lease: ZkLease = gen.lease  # type: ignore[assignment]
+        held = lease.status().reservation
+        before = gen.next_id()
+        states: list[str] = []
+        lease._client.add_listener(states.append)
+        proxy.stall_next()
+        proxy.cut()
+        poll(
+            lambda: KazooState.SUSPENDED in states and states[-1] != KazooState.SUSPENDED,
+            timeout=20,
+            what="the session to resume or be lost",
+        )
+        assert proxy.stalled == 1
+        assert states == [KazooState.SUSPENDED, KazooState.CONNECTED]
+        assert lease.status().reservation.lease_id == held.lease_id
+        assert gen.next_id() > before
+    finally:
+        proxy.close()
 
 
 def test_killing_the_ensemble_leader_under_load_gives_no_duplicates(

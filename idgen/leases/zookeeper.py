@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -79,6 +80,7 @@ CLAIM_SAMPLE = 8  # used worker IDs whose fences a claim reads first, in one rou
 T = TypeVar("T")
 Handled = tuple[type[KazooException], ...]  # the kazoo errors a caller of Namespace.call handles itself
 _RETRY = {"max_tries": -1, "delay": 0.1, "backoff": 1.5, "max_delay": 0.5}  # kazoo's default backoff grows to an hour
+HANDSHAKE_TIMEOUT_S = 1.0  # the longest a server may leave a connection's handshake unanswered: see _listed_hosts
 
 
 def zk_hosts(text: str) -> str:
@@ -166,7 +168,7 @@ def connect(
     """A started kazoo client, or :class:`LeaseUnavailable` within ``connect_timeout_s``. With ``auth``
     (``user:password``) every node it creates is readable and writable by that user only."""
     client = KazooClient(
-        hosts=hosts,
+        hosts=_listed_hosts(hosts, session_timeout_s),
         timeout=session_timeout_s,
         connection_retry=_RETRY,
         auth_data=[("digest", auth)] if auth else None,
@@ -182,6 +184,21 @@ def connect(
     # kazoo's stop() waits up to 10 s for a server that accepted the connection but never answered (frozen): not here
     threading.Thread(target=_discard, args=(client,), name="idgen-zk-discard", daemon=True).start()
     raise LeaseUnavailable(f"cannot reach ZooKeeper at {hosts} within {connect_timeout_s:g} s{detail}")
+
+
+def _listed_hosts(hosts: str, session_timeout_s: float) -> list[str]:
+    """``hosts`` as kazoo's host list, each listed often enough that a handshake waits at most
+    ``HANDSHAKE_TIMEOUT_S``.
+
+    kazoo (like ZooKeeper's Java client) waits ``session_timeout / len(hosts)`` for a server to answer a connection's
+    handshake before it tries the next host. A ZooKeeper 3.8 server that accepts a connection while it starts may
+    never answer it (ZOOKEEPER-5051), and neither does a frozen one; with one host, that single wait outlasted the
+    session, so a restart of ZooKeeper shorter than the fence window cost the worker ID. Listing a host ``k`` times
+    divides the wait by ``k`` and changes nothing else: the session, its read time-out (2/3 of it) and the order
+    of hosts (kazoo shuffles them) stay as they were."""
+    listed = [entry.strip() for entry in hosts.split(",")]
+    repeats = max(1, math.ceil(session_timeout_s / (len(listed) * HANDSHAKE_TIMEOUT_S)))
+    return listed * repeats
 
 
 def _discard(client: KazooClient) -> None:
