@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -52,6 +51,7 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.hosts import collect_hosts
 from kazoo.interfaces import IAsyncResult
+from kazoo.protocol.serialization import Connect
 from kazoo.protocol.states import ZnodeStat
 from kazoo.security import ACL, Permissions, make_digest_acl
 
@@ -80,7 +80,7 @@ CLAIM_SAMPLE = 8  # used worker IDs whose fences a claim reads first, in one rou
 T = TypeVar("T")
 Handled = tuple[type[KazooException], ...]  # the kazoo errors a caller of Namespace.call handles itself
 _RETRY = {"max_tries": -1, "delay": 0.1, "backoff": 1.5, "max_delay": 0.5}  # kazoo's default backoff grows to an hour
-HANDSHAKE_TIMEOUT_S = 1.0  # the longest a server may leave a connection's handshake unanswered: see _listed_hosts
+HANDSHAKE_TIMEOUT_S = 1.0  # the longest a server may leave a connection's handshake unanswered: _bound_handshakes
 
 
 def zk_hosts(text: str) -> str:
@@ -168,12 +168,13 @@ def connect(
     """A started kazoo client, or :class:`LeaseUnavailable` within ``connect_timeout_s``. With ``auth``
     (``user:password``) every node it creates is readable and writable by that user only."""
     client = KazooClient(
-        hosts=_listed_hosts(hosts, session_timeout_s),
+        hosts=hosts,
         timeout=session_timeout_s,
         connection_retry=_RETRY,
         auth_data=[("digest", auth)] if auth else None,
         default_acl=[digest_acl(auth)] if auth else None,
     )
+    _bound_handshakes(client)
     detail = ""
     try:
         client.start_async().wait(connect_timeout_s)
@@ -186,19 +187,22 @@ def connect(
     raise LeaseUnavailable(f"cannot reach ZooKeeper at {hosts} within {connect_timeout_s:g} s{detail}")
 
 
-def _listed_hosts(hosts: str, session_timeout_s: float) -> list[str]:
-    """``hosts`` as kazoo's host list, each listed often enough that a handshake waits at most
-    ``HANDSHAKE_TIMEOUT_S``.
+def _bound_handshakes(client: KazooClient) -> None:
+    """Give a server at most ``HANDSHAKE_TIMEOUT_S`` to answer ``client``'s handshakes, then try again.
 
-    kazoo (like ZooKeeper's Java client) waits ``session_timeout / len(hosts)`` for a server to answer a connection's
-    handshake before it tries the next host. A ZooKeeper 3.8 server that accepts a connection while it starts may
-    never answer it (ZOOKEEPER-5051), and neither does a frozen one; with one host, that single wait outlasted the
-    session, so a restart of ZooKeeper shorter than the fence window cost the worker ID. Listing a host ``k`` times
-    divides the wait by ``k`` and changes nothing else: the session, its read time-out (2/3 of it) and the order
-    of hosts (kazoo shuffles them) stay as they were."""
-    listed = [entry.strip() for entry in hosts.split(",")]
-    repeats = max(1, math.ceil(session_timeout_s / (len(listed) * HANDSHAKE_TIMEOUT_S)))
-    return listed * repeats
+    kazoo (like ZooKeeper's Java client) waits ``session_timeout / len(hosts)`` for a server to answer a
+    connection's handshake. A ZooKeeper 3.8 server that accepts a connection while it starts may never answer it
+    (ZOOKEEPER-5051), and neither does a frozen one; with one host, that single wait outlasted the session, so a
+    restart of ZooKeeper shorter than the fence window cost the worker ID. Only the handshake's wait changes (kazoo's
+    ``_invoke`` serves the handshake and the authentication packet alone): the session, its read time-out (2/3 of
+    it) and the retry cadence stay kazoo's. tests/test_zookeeper_lease.py proves it on the pinned kazoo."""
+    connection = client._connection
+    invoke = connection._invoke
+
+    def invoke_bounded(timeout: float, request: Any, xid: int | None = None) -> Any:
+        return invoke(min(timeout, HANDSHAKE_TIMEOUT_S) if isinstance(request, Connect) else timeout, request, xid)
+
+    connection._invoke = invoke_bounded
 
 
 def _discard(client: KazooClient) -> None:

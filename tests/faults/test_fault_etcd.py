@@ -101,6 +101,12 @@ def _claim_pid(admin: EtcdClient, namespace: str) -> int | None:
     return None if claim is None else claim.get("pid")
 
 
+def _holder(admin: EtcdClient, namespace: str, pid: int) -> dict[str, Any] | None:
+    """The entry of process ``pid`` in worker 0's history, once its claim has written it."""
+    history = _record(admin, f"{namespace}/history/0") or []
+    return next((h for h in history if h["pid"] == pid), None)
+
+
 def test_sigstop_zombie_past_its_etcd_lease_mints_nothing_above_its_fence_and_re_leases(
     etcd_cluster: EtcdCluster,
     admin: EtcdClient,
@@ -120,12 +126,11 @@ def test_sigstop_zombie_past_its_etcd_lease_mints_nothing_above_its_fence_and_re
     try:
         wait_until(lambda: _claim_pid(admin, namespace) is None, 20, "the frozen server's etcd lease to expire")
         other = spawn_server("other", *_options(etcd_cluster, namespace, ZOMBIE_TTL))
-        wait_until(lambda: _claim_pid(admin, namespace) == other.pid, 20, "the other server's claim")
+        # The claim is put first, its fence and history in the next transaction: wait for the whole claim.
+        successor = wait_until(lambda: _holder(admin, namespace, other.pid), 20, "the other server's claim")
     finally:
         resumed = time.monotonic()
         zombie.thaw()
-    history = _record(admin, f"{namespace}/history/0")
-    successor = next(h for h in history if h["pid"] == other.pid)
     fence = successor["after_ms"]  # the zombie's last fence, as its successor read it
 
     wait_until(lambda: lost_lease(zombie), 15, "the zombie to notice that its lease is lost")
