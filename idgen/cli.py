@@ -284,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
         " further behind, the server switches to a worker ID whose fence is below the clock; 0 refuses at once and"
         f" never switches (env IDGEN_MAX_LEAD; default {DEFAULT_MAX_LEAD_MS / 1000:g})",
     )
+    serve.add_argument(
+        "--census-interval",
+        type=_type("census_interval"),
+        metavar="SECONDS",
+        help="how often the namespace gauges (idgen_namespace_worker_ids) are counted again, at most, while"
+        f" /metrics is scraped (env IDGEN_CENSUS_INTERVAL; default {_default('census_interval')})",
+    )
     _add_layout(serve)
     _add_local_lease(serve)
     serve.add_argument(

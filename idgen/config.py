@@ -32,6 +32,7 @@ ENV_PREFIX = "IDGEN_"
 # The largest --max-count: 65,536 IDs make a response of about 1.4 MB in JSON and take a worker's whole sequence
 # for 16 ms in the default layout (4,096 per ms), and 2.6 s in sonyflake's; callers wanting more ask again.
 MAX_COUNT_LIMIT = 65536
+CENSUS_INTERVAL_S = 10.0  # how often, at most, a server counts its namespace again for the gauges (idgen.http.metrics)
 
 
 def bounded(convert: Callable[[str], Any], what: str, low: float, high: float) -> Callable[[str], Any]:
@@ -106,6 +107,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "uvloop": (flag, True),
     "max_connections": (positive_int, None),  # None: idgen.http.connections.max_connections_for()
     "max_lead": (bounded(float, "a number of seconds", 0, 3600), None),
+    "census_interval": (bounded(float, "a number of seconds", 1, 3600), CENSUS_INTERVAL_S),
 }
 
 

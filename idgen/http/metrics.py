@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from idgen.config import CENSUS_INTERVAL_S
 from idgen.generator import Generator
 from idgen.leases.base import Census, Lease
 
@@ -30,7 +31,6 @@ log = logging.getLogger("idgen.http")
 # The generator's counters carried into the metrics, each under the same attribute name on Metrics.
 GENERATOR_COUNTERS = ("minted", "overflow_waits", "clock_rollbacks", "clock_rides", "worker_switches")
 ID_LATENCY_SAMPLE = 16  # GET /id's quick path times one request in this many (Service.get_id_quick)
-CENSUS_INTERVAL_S = 10.0  # the lease's census (the namespace gauges) is taken this often, on a thread (CensusGauges)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 _PER_PROCESS: dict[str, Any] = {"multiprocess_mode": "liveall"}  # gauges: one series per live process (pid label)
@@ -113,9 +113,9 @@ class Metrics:
         )
         self.namespace_worker_ids = Gauge(
             "idgen_namespace_worker_ids",
-            f"Worker IDs of the lease's namespace (ZooKeeper namespace, state directory's range) by state: held by a"
-            f" live holder, free, or quarantined (as this server found them). From a census every"
-            f" {CENSUS_INTERVAL_S:g} s.",
+            "Worker IDs of the lease's namespace (ZooKeeper namespace, state directory's range) by state: held by a"
+            " live holder, free, or quarantined (as this server found them). From a census taken at most every"
+            " --census-interval seconds.",
             ["state"],
             registry=registry,
             **_PER_SERVER,
@@ -251,12 +251,12 @@ class GeneratorCounters:
 
 class CensusGauges:
     """The namespace gauges (``idgen_namespace_worker_ids``, ``idgen_namespace_worker_id_capacity``), from the last
-    census of the lease (:meth:`Lease.census`). A census is taken on a thread of ``executor`` every
-    ``CENSUS_INTERVAL_S``, and at once when this process's own worker ID changes; :meth:`refresh` never waits for it,
-    so a slow coordinator delays only the census, never ``/metrics`` or the loop."""
+    census of the lease (:meth:`Lease.census`). A census is taken on a thread of ``executor`` when a refresh finds
+    the last one ``interval_s`` old, and at once when this process's own worker ID changes; :meth:`refresh` never
+    waits for it, so a slow coordinator delays only the census, never ``/metrics`` or the loop."""
 
-    def __init__(self, metrics: Metrics, executor: Executor) -> None:
-        self.metrics, self.executor = metrics, executor
+    def __init__(self, metrics: Metrics, executor: Executor, interval_s: float = CENSUS_INTERVAL_S) -> None:
+        self.metrics, self.executor, self.interval_s = metrics, executor, interval_s
         self._census: Census | None = None  # the last census taken
         self._due = 0.0  # time.monotonic() when the next census is taken
         self._worker_id: int | None = None  # this process's worker ID when the census was last due
@@ -273,7 +273,7 @@ class CensusGauges:
             self._worker_id, self._due = worker_id, 0.0
         if self._running or time.monotonic() < self._due:
             return
-        self._running, self._due = True, time.monotonic() + CENSUS_INTERVAL_S
+        self._running, self._due = True, time.monotonic() + self.interval_s
         try:
             self.executor.submit(self._take, lease)
         except RuntimeError:  # shutting down

@@ -214,7 +214,12 @@ def _serve_worker(options: argparse.Namespace, sock: socket.socket, multiprocess
         raise
     deadline = _Deadline()
     try:
-        app = make_app(generator, max_count=options.max_count, multiprocess_dir=multiprocess_dir)
+        app = make_app(
+            generator,
+            max_count=options.max_count,
+            multiprocess_dir=multiprocess_dir,
+            census_interval_s=options.census_interval,
+        )
         with asyncio.Runner(loop_factory=event_loop_factory(options.uvloop)) as runner:
             runner.run(_run(app, sock, options, deadline, generator.worker_id))
     finally:

@@ -64,6 +64,7 @@ from aiohttp.web_urldispatcher import AbstractResource
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from idgen.config import CENSUS_INTERVAL_S
 from idgen.errors import ClockBehind, InvalidInput, Unavailable
 from idgen.generator import DEFAULT_ROLLBACK_TOLERANCE_MS, Generator
 from idgen.http import inspector
@@ -104,6 +105,7 @@ class Service:
         rollback_tolerance_ms: int,
         multiprocess_dir: str | None,
         trace_timeout_s: float,
+        census_interval_s: float,
     ) -> None:
         if max_count < 1:
             raise ValueError(f"max_count must be at least 1, not {max_count}")
@@ -117,7 +119,7 @@ class Service:
         self.openapi = json.dumps(document(max_count=max_count, layout=self.layout, version=__version__)).encode()
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="idgen-metrics-io")
         self._counters = GeneratorCounters(self.metrics, generator, rollback_tolerance_ms)
-        self._census = CensusGauges(self.metrics, self._executor)
+        self._census = CensusGauges(self.metrics, self._executor, census_interval_s)
         self._traces = TraceLookups(lambda: self.lease, trace_timeout_s)
         self._was_ready: bool | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -390,13 +392,15 @@ def make_app(
     rollback_tolerance_ms: int = DEFAULT_ROLLBACK_TOLERANCE_MS,
     multiprocess_dir: str | None = None,
     trace_timeout_s: float = DEFAULT_TRACE_TIMEOUT_S,
+    census_interval_s: float = CENSUS_INTERVAL_S,
 ) -> web.Application:
     """The aiohttp application serving ``generator``.
 
     It takes over rollback waits: the generator stops sleeping on rollbacks
     (:meth:`~idgen.generator.Generator.stop_sleeping_on_rollbacks`) and the app awaits rollbacks of up to
     ``rollback_tolerance_ms``; further behind is a 503. ``multiprocess_dir`` turns on prometheus-client's
-    multiprocess mode (see :class:`~idgen.http.metrics.Metrics`). The caller closes the generator.
+    multiprocess mode (see :class:`~idgen.http.metrics.Metrics`); the namespace gauges are counted again at most
+    every ``census_interval_s``. The caller closes the generator.
     """
     generator.stop_sleeping_on_rollbacks()
     service = Service(
@@ -405,6 +409,7 @@ def make_app(
         rollback_tolerance_ms=rollback_tolerance_ms,
         multiprocess_dir=multiprocess_dir,
         trace_timeout_s=trace_timeout_s,
+        census_interval_s=census_interval_s,
     )
     app = web.Application()
     app[SERVICE] = service
