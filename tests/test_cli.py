@@ -159,6 +159,8 @@ def test_mint_js53_ids_are_safe_javascript_integers(tmp_path: Path) -> None:
         (["mint", "-n", "1_000"], "'1_000' is not a positive whole number"),
         (["serve", "--port", "\u0668\u0660"], "is not a port number"),
         (["serve", "--max-lead", "\u0661"], "is not a number of seconds"),
+        (["serve", "--census-interval", "0.5"], "'0.5' is not a number of seconds (1 to 3600)"),
+        (["serve", "--census-interval", "nan"], "'nan' is not a number of seconds"),
         (["serve", "--zk-session-timeout", "\u0665"], "is not a positive number"),
         (["decode", "\u0661\u0662\u0663"], "is not an ID"),
         # idgen() adds --state-dir
