@@ -64,8 +64,8 @@ WINDOW_MS = 10_000  # large next to most clock steps, so most steps stay inside 
 START_MS = 1_800_000_000_000
 MAX_LIVE = 5  # one more than the worker IDs: the space runs out
 JUNK = (b"", b"\x00\xff", b'{"fence_ms": 17', b'{"fence_ms": "x"}', b"[]", b'{"fence_ms": -5}', b'{"fence_ms": 1e40}')
-EXAMPLES = int(os.environ.get("IDGEN_MODEL_EXAMPLES", "200"))
-ZK_EXAMPLES = max(EXAMPLES // 40, 1)  # a ZooKeeper (or etcd) lease costs a connection and round trips
+EXAMPLES = int(os.environ.get("IDGEN_MODEL_EXAMPLES", "100"))
+ZK_EXAMPLES = max(EXAMPLES // 20, 1)  # a ZooKeeper (or etcd) lease costs a connection and round trips
 
 
 @dataclass
