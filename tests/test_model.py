@@ -22,9 +22,9 @@ allowed outcome of any rule: it means "not now", never a wrong ID.
 
 A fork copies a whole process, so it gets its own property test with real ``fork()`` calls below.
 
-CI runs a fixed budget (200 examples on local leases, 5 each on ZooKeeper and etcd), derandomized: the same examples
+CI runs a fixed budget (100 examples on local leases, 5 each on ZooKeeper and etcd), derandomized: the same examples
 every run. To explore others, pass a seed: ``pytest tests/test_model.py --hypothesis-seed=N``;
-``IDGEN_MODEL_EXAMPLES=3000`` runs a longer hunt (a fortieth of it on ZooKeeper and etcd). A failure prints the seed in
+``IDGEN_MODEL_EXAMPLES=3000`` runs a longer hunt (a twentieth of it on ZooKeeper and etcd). A failure prints the seed in
 use, the shrunk steps, and a ``@reproduce_failure`` blob that replays them exactly.
 """
 
