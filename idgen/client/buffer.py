@@ -398,8 +398,9 @@ class IdBuffer:
 
     def _fill(self, now: float) -> Steps:
         """One refill round (:meth:`plan`): the first server whose attempt succeeds fills the buffer."""
+        attempts = self.plan(now)  # first: it sizes an adaptive batch for this round
         batch = self.batch
-        for pause, server in self.plan(now):
+        for pause, server in attempts:
             if pause:
                 yield pause
             if self.closed:
