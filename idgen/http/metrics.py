@@ -103,7 +103,10 @@ class Metrics:
         )
         self.ready = Gauge("idgen_ready", "1 while /readyz answers 200.", registry=registry, **_PER_PROCESS)
         self.zk_insecure = Gauge(
-            "idgen_zk_insecure", "1 if ZooKeeper runs without credentials.", registry=registry, **_PER_PROCESS
+            "idgen_zk_insecure",
+            "1 if the lease's coordinator (ZooKeeper or etcd) is used without credentials; named before etcd came.",
+            registry=registry,
+            **_PER_PROCESS,
         )
         self.quarantined = Gauge(
             "idgen_quarantined_worker_ids",
