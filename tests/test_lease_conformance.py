@@ -173,7 +173,7 @@ def test_holders_killed_one_after_another_leave_no_more_lead_than_a_clean_holder
         except RuntimeError:  # the last one's claim is not gone yet (its session has to expire)
             return None
 
-    for _ in range(4):
+    for _ in range(3):  # leads that add up grow from the first successor on
         holder = poll(successor, what="the killed holder's claim to be freed", timeout=30)
         assert holder.first_id > last
         last = holder.first_id

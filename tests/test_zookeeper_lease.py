@@ -549,7 +549,7 @@ def test_a_slow_write_or_a_clock_step_during_the_clock_check_does_not_pass_a_ske
 
 def test_with_the_server_frozen_every_call_returns_within_its_bound(fresh_zk: ZkServer) -> None:
     bound_s = 0.5
-    options = {**FAST, "session_timeout_s": 10.0, "connect_timeout_s": bound_s}  # kazoo itself gives up after 6.7 s
+    options = {**FAST, "session_timeout_s": 4.0, "connect_timeout_s": bound_s}  # kazoo itself gives up after 2.7 s
     gen = Generator(DEFAULT_LAYOUT, ZkLease(DEFAULT_LAYOUT, fresh_zk.hosts, "/frozen", **options))
     waiting = ZkLease(DEFAULT_LAYOUT, fresh_zk.hosts, "/frozen", **options)
     assert waiting.namespace  # connected and bound

@@ -25,7 +25,7 @@ from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
 from kazoo.security import ACL, Id, Permissions
 from loadclient import LoadClient, Report, check
 
-ROUNDS = 20  # of attempts on every worker ID of the layout, then on whatever a new server claims
+ROUNDS = 10  # of attempts on every worker ID of the layout, then on whatever a new server claims
 
 
 def _attack(client: KazooClient, namespace: str) -> Counter[str]:
