@@ -74,7 +74,7 @@ def test_the_runner_starts_everything_loads_it_and_reports(tmp_path: Path) -> No
             sys.executable,
             str(LOADTEST / "run.py"),
             "--duration",
-            "5",
+            "2",
             "--servers",
             "2",
             "--users",

@@ -174,7 +174,9 @@ def test_ensemble_fails_over_after_leader_is_killed(zk_ensemble: ZkEnsemble) -> 
         client.create("/before", b"1")
 
         old.kill()
-        new = zk_ensemble.wait_for_leader(exclude=old, timeout=10.0)
+        # Elections take well under a second here, but one took more than 10 s in a CI run (ZooKeeper 3.8.0, 2 busy
+        # cores): this checks the harness finds the new leader, not how fast ZooKeeper elects one.
+        new = zk_ensemble.wait_for_leader(exclude=old, timeout=30.0)
         assert new in survivors
         assert sorted(str(s.mode()) for s in survivors) == ["follower", "leader"]
         assert zk_ensemble.leader() is new

@@ -477,12 +477,13 @@ class ZkServer:
             return ""
 
     def log_tail(self, lines: int = 40) -> str:
-        """Last ``lines`` lines of the server log (empty if there is none)."""
+        """Last ``lines`` lines of the server log (empty if there is none), without the harness's own ``srvr`` polls
+        (one every 50 ms while it waits, which would hide what the server did)."""
         try:
             text = self.log_path.read_text("utf-8", "replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join([line for line in text.splitlines() if "Processing srvr command" not in line][-lines:])
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "paused" if self.paused else "running" if self.running else "stopped"
