@@ -11,6 +11,7 @@ exit 2 for bad input, 1 when idgen cannot serve (no lease, clock behind the fenc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -23,7 +24,7 @@ from idgen import config
 from idgen.config import MAX_COUNT_LIMIT, OPTIONS, Settings, env_name
 from idgen.default import source_from_env
 from idgen.encoding import FORMS, format_id, parse_id
-from idgen.errors import IdgenError, InvalidInput, LayoutMismatch, Unavailable
+from idgen.errors import AmbiguousId, IdgenError, InvalidInput, LayoutMismatch, Unavailable
 from idgen.generator import DEFAULT_MAX_LEAD_MS
 from idgen.layout import DEFAULT_LAYOUT, PRESETS, SPEC_EXAMPLE, iso_ms
 from idgen.leases.etcd import DEFAULT_TTL_S, ETCD_CA_ENV, ETCD_CERT_ENV, ETCD_CREDENTIALS, ETCD_KEY_ENV
@@ -321,21 +322,24 @@ def _mint(args: argparse.Namespace) -> None:
 
 
 def _decode(args: argparse.Namespace) -> None:
-    id_ = parse_id(args.id, args.format)
+    """The ID is read in its layout's width where the layout is known here (``parse_id``'s ``bits``)."""
     settings = Settings.of(args)
     if settings.url:
-        _print(_ask_servers(settings.url, f"/decode/{id_}"), args.json)
+        _print(_ask_servers(settings.url, f"/decode/{parse_id(args.id, args.format)}"), args.json)
         return
     if not settings.zk and not settings.etcd:
-        _print((settings.layout or DEFAULT_LAYOUT).decode(id_), args.json)
+        layout = settings.layout or DEFAULT_LAYOUT
+        _print(layout.decode(parse_id(args.id, args.format, bits=layout.bits_total)), args.json)
         return
+    with contextlib.suppress(AmbiguousId):  # which reading is an ID depends on the namespace's layout, read below
+        parse_id(args.id, args.format)  # a string that is no ID is refused before ZooKeeper or etcd is asked
     with config.namespace_of(settings) as namespace:
         layout = namespace.layout()
         if settings.layout and settings.layout != layout:
             raise LayoutMismatch(
                 f"namespace {namespace.path} uses layout {layout.summary()}, not {settings.layout.summary()}"
             )
-        fields = layout.decode(id_)
+        fields = layout.decode(parse_id(args.id, args.format, bits=layout.bits_total))
         fence_ms = namespace.fence(fields["worker"])  # the fence first, then the history (see trace)
         traced = trace(namespace.holders(fields["worker"]), fields["timestamp_ms"], fence_ms)
     _print({**fields, **traced.to_json()}, args.json)

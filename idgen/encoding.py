@@ -130,14 +130,20 @@ def _encoder(form: str) -> Callable[[int], str]:
     return encoder
 
 
-def parse_id(text: str, form: str | None = None) -> int:
+def parse_id(text: str, form: str | None = None, *, bits: int = 63) -> int:
     """Parse an ID written in ``form``; with ``form=None`` in the one form it reads in (see the module docstring).
-    :class:`InvalidInput` on anything else, :class:`AmbiguousId` for a string that reads in two forms."""
+    :class:`InvalidInput` on anything else, :class:`AmbiguousId` for a string that reads in two forms.
+
+    ``bits`` is the width of the layout the ID belongs to, where the caller knows it: a reading of ``bits`` or more
+    is no ID of that layout, so it does not make a string ambiguous (an early ``js53`` ID's 13 decimal digits read as
+    base32 from ``2**60``). Whether the ID read fits the layout is the caller's to check (:meth:`Layout.decode`)."""
     if not isinstance(text, str):
         raise InvalidInput(f"an ID string must be str, not {type(text).__name__}")
     if form is not None:
         return _parse_in(text, form)
     readings = read_id(text)
+    if len(readings) > 1:
+        readings = {f: value for f, value in readings.items() if not value >> bits} or readings
     if len(readings) == 1:
         return next(iter(readings.values()))
     if readings:

@@ -325,5 +325,5 @@ def _epoch_ms(text: str) -> int | None:
 
 def decode(id_: int | str, layout: Layout | str = DEFAULT_LAYOUT, form: str | None = None) -> dict[str, Any]:
     """Decode an ID given as an int or in any string form; the same fields as ``idgen decode --json``."""
-    value = id_ if isinstance(id_, int) else parse_id(id_, form)
-    return get_layout(layout).decode(value)
+    layout = get_layout(layout)
+    return layout.decode(id_ if isinstance(id_, int) else parse_id(id_, form, bits=layout.bits_total))

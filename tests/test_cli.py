@@ -86,6 +86,12 @@ def test_decode_refuses_an_all_digit_base32_id_in_one_line_unless_format_says_wh
     assert json.loads(idgen("decode", "0737185780000", "--format", "decimal", "--json").stdout)["id"] == "737185780000"
 
 
+def test_decode_reads_a_string_in_the_one_form_that_fits_the_layout() -> None:
+    decoded = idgen("decode", "1234567890123", "--layout", "js53", "--json")
+    assert json.loads(decoded.stdout)["id"] == "1234567890123", decoded.stderr
+    assert idgen("decode", "1234567890123", "--json").returncode == 2  # 63 bits: base32 fits too
+
+
 def test_decode_plain_text_is_readable() -> None:
     result = idgen("decode", "175928847299117063", "--layout", "discord")
     assert "time          2016-04-30T11:18:25.796Z" in result.stdout

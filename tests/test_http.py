@@ -226,6 +226,13 @@ def test_decode_refuses_a_string_that_reads_in_two_forms_unless_format_says_whic
     assert server.get(f"/decode/{text}?format=decimal").json()["id"] == str(other)
 
 
+def test_decode_reads_a_string_in_the_one_form_that_fits_the_layout(server: Server) -> None:
+    """13 decimal digits are also base32, but the base32 reading (2**60 or more) is wider than js53's 53 bits: with
+    ``?layout=js53`` only the decimal reading is an ID of the layout. The 63-bit default layout fits both."""
+    assert server.get("/decode/1234567890123?layout=js53").json()["id"] == "1234567890123"
+    assert_error(server.get("/decode/1234567890123"), 400, "ambiguous_id")
+
+
 def test_decode_takes_a_layout_by_preset_or_spec_and_says_the_node_is_not_here(server: Server) -> None:
     discord = "175928847299117063"  # Discord's documented example: 2016-04-30T11:18:25.796Z, worker 1, increment 7
     body = server.get(f"/decode/{discord}?layout=discord").json()

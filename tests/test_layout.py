@@ -154,6 +154,23 @@ def test_an_all_digit_base32_id_is_refused_without_a_form_and_read_with_one() ->
         assert len(read_id(unambiguous)) == 1  # base32 past 63 bits; 10 and 12 digits; a 0 is no base58 digit
 
 
+def test_a_reading_wider_than_the_layout_is_no_reading() -> None:
+    """An early js53 ID is 13 decimal digits; as base32 the same string is at least 2**60 (its first digit is 1 to 7),
+    which no js53 ID reaches: with the layout known, only the decimal reading is an ID of it."""
+    js53 = get_layout("js53")
+    early = "1234567890123"  # 2025-01-01 plus 143 days: a js53 ID of its first year
+    with pytest.raises(AmbiguousId):
+        parse_id(early)
+    assert parse_id(early, bits=js53.bits_total) == 1234567890123
+    assert decode(early, "js53")["id"] == "1234567890123"
+    assert parse_id("23456789123", bits=js53.bits_total) == 23456789123  # base58: at least 58**10, about 2**58.6
+    for both_fit in ("0000000000123", "11111111119"):  # small in both readings: still never a guess
+        with pytest.raises(AmbiguousId):
+            parse_id(both_fit, bits=js53.bits_total)
+    with pytest.raises(AmbiguousId):
+        decode("0737185780000")  # the default layout has 63 bits: both readings fit
+
+
 id_texts = st.one_of(
     st.text("0123456789", min_size=1, max_size=20),
     st.text("0123456789abcdefxABCDEFXILOUZz", min_size=1, max_size=20),

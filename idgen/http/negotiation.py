@@ -72,7 +72,7 @@ def decode_request(id_text: str, query: Query, default: Layout) -> tuple[Layout,
     except InvalidInput as exc:
         raise InvalidLayout(str(exc)) from None
     try:
-        return layout, layout.decode(parse_id(id_text, form))  # fits the layout?
+        return layout, layout.decode(parse_id(id_text, form, bits=layout.bits_total))  # fits the layout?
     except AmbiguousId:
         raise
     except InvalidInput as exc:
