@@ -158,6 +158,20 @@ def census_of(server: Server) -> dict[str, float]:
     return census_in(server.get("/metrics").body.decode())
 
 
+def counts_every_process(server: Server, processes: int) -> None:
+    """Wait until every process of ``server`` shows a census that counts them all. Each process shows its own last
+    census and a scrape reaches either, so one scrape proves it of one process: wait for 12 in a row (a process whose
+    census is stale takes a new one when it is scraped)."""
+    in_a_row = 0
+
+    def agreed() -> bool:
+        nonlocal in_a_row
+        in_a_row = in_a_row + 1 if census_of(server).get("held") == processes else 0
+        return in_a_row >= 12
+
+    poll(agreed, "the census of every process to count them all", CENSUS_WAIT_S)
+
+
 def census_in(text: str) -> dict[str, float]:
     """The namespace gauges in a ``/metrics`` text."""
     values = {}
@@ -176,7 +190,7 @@ def serving(state_dir: Path, processes: int) -> Iterator[Server]:
     with Server(
         "--state-dir", str(state_dir), "--worker-ids", "0-3", "--processes", str(processes), *CENSUS_INTERVAL
     ) as server:
-        poll(lambda: census_of(server).get("held") == processes, "the census to count every process", CENSUS_WAIT_S)
+        counts_every_process(server, processes)
         yield server
 
 
@@ -359,7 +373,7 @@ def test_metrics_never_wait_on_a_frozen_zookeeper(fresh_zk: ZkServer, processes:
     of its own, and the next one begins; every ``/metrics`` meanwhile answers within half that, with the last census."""
     options = ("--zk", fresh_zk.hosts, "--namespace", "/frozen", "--layout", TINY.spec_string(), *CENSUS_INTERVAL)
     with Server(*options, "--processes", str(processes), "--zk-session-timeout", "30") as server:
-        poll(lambda: census_of(server).get("held") == processes, "the first census", CENSUS_WAIT_S)
+        counts_every_process(server, processes)
         fresh_zk.pause()
         try:
             frozen_s = ZK_CALL_BOUND_S + 3  # a census waits out its bound on the frozen server, and the next begins
