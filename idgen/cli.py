@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
         " limit free)",
     )
     serve.add_argument(
+        "--idle-timeout",
+        type=_type("idle_timeout"),
+        metavar="SECONDS",
+        help="a keep-alive connection without a request is closed after this long; keep it above the idle time of"
+        f" the clients' and proxies' pools (env IDGEN_IDLE_TIMEOUT; default {_default('idle_timeout'):g})",
+    )
+    serve.add_argument(
         "--access-log",
         nargs="?",
         const=True,

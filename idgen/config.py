@@ -33,6 +33,7 @@ ENV_PREFIX = "IDGEN_"
 # for 16 ms in the default layout (4,096 per ms), and 2.6 s in sonyflake's; callers wanting more ask again.
 MAX_COUNT_LIMIT = 65536
 CENSUS_INTERVAL_S = 10.0  # how often, at most, a server counts its namespace again for the gauges (idgen.http.metrics)
+IDLE_TIMEOUT_S = 20.0  # a keep-alive connection without a request (idgen.http.connections); above aiohttp's pool's 15 s
 
 
 def bounded(convert: Callable[[str], Any], what: str, low: float, high: float) -> Callable[[str], Any]:
@@ -108,6 +109,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "max_connections": (positive_int, None),  # None: idgen.http.connections.max_connections_for()
     "max_lead": (bounded(float, "a number of seconds", 0, 3600), None),
     "census_interval": (bounded(float, "a number of seconds", 1, 3600), CENSUS_INTERVAL_S),
+    "idle_timeout": (bounded(float, "a number of seconds", 1, 3600), IDLE_TIMEOUT_S),
 }
 
 

@@ -167,6 +167,7 @@ def test_mint_js53_ids_are_safe_javascript_integers(tmp_path: Path) -> None:
         (["serve", "--max-lead", "\u0661"], "is not a number of seconds"),
         (["serve", "--census-interval", "0.5"], "'0.5' is not a number of seconds (1 to 3600)"),
         (["serve", "--census-interval", "nan"], "'nan' is not a number of seconds"),
+        (["serve", "--idle-timeout", "0"], "'0' is not a number of seconds (1 to 3600)"),
         (["serve", "--zk-session-timeout", "\u0665"], "is not a positive number"),
         (["decode", "\u0661\u0662\u0663"], "is not an ID"),
         # idgen() adds --state-dir

@@ -8,8 +8,8 @@ aiohttp's ``RequestHandler`` is one connection; :class:`Connection` adds what id
   which bytes received do not reset, closes a connection whose head is not whole only after the idle bound;
 - **a head size bound**: a connection that sends more than ``MAX_HEAD_BYTES`` while it has no request being
   handled (a head that never ends, or a body after the answer) is closed;
-- **an idle bound**: a keep-alive connection without a request is closed after ``IDLE_TIMEOUT_S`` (aiohttp's own
-  ``keepalive_timeout``);
+- **an idle bound**: a keep-alive connection without a request is closed after ``idle_timeout_s``
+  (``IDLE_TIMEOUT_S`` by default; aiohttp's own ``keepalive_timeout``);
 - **a cap**: at most ``max_connections`` connections are open at once in a process (:class:`ConnectionCap`). One
   more closes the oldest connection on which no request head has come whole yet (slow, silent or just opened), else
   the one idle longest, so slow clients cannot lock quick ones out nor push out the pooled connections of clients
@@ -42,6 +42,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler
 
+from idgen.config import IDLE_TIMEOUT_S
 from idgen.errors import InvalidInput
 from idgen.http.responses import error_response
 
@@ -52,7 +53,6 @@ HEAD_TIMEOUT_S = 5.0  # from a connection's opening, or a request's first byte, 
 # line (8,190 bytes) and the number of headers (128): about 1 MiB a head, and 1,000 connections sending heads that
 # never end took the server to 759 MB.
 MAX_HEAD_BYTES = 32 * 1024
-IDLE_TIMEOUT_S = 20.0  # a keep-alive connection without a request; above aiohttp's client pool (15 s)
 DEFAULT_MAX_CONNECTIONS = 1024
 # How many connections asyncio accepts in one turn of the event loop (it takes the listen backlog for it). A
 # connection reaches the cap (connection_made) two turns after its accept, and one closed to make room frees its
@@ -325,12 +325,14 @@ class ConnectionServer(web.Server):
 
 class Runner(web.AppRunner):
     """``web.AppRunner`` whose connections are :class:`Connection` s, at most ``max_connections`` at once, closed
-    after ``IDLE_TIMEOUT_S`` idle."""
+    after ``idle_timeout_s`` idle."""
 
-    def __init__(self, app: web.Application, *, max_connections: int, **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, *, max_connections: int, idle_timeout_s: float = IDLE_TIMEOUT_S, **kwargs: Any
+    ) -> None:
         # auto_decompress off: idgen reads no request body, and aiohttp decompressing one it drains after the answer
         # logged a client's bad gzip body as an "Unhandled exception" with three tracebacks
-        super().__init__(app, keepalive_timeout=IDLE_TIMEOUT_S, auto_decompress=False, **kwargs)
+        super().__init__(app, keepalive_timeout=idle_timeout_s, auto_decompress=False, **kwargs)
         self.cap = ConnectionCap(max_connections)
 
     async def serve(self, sock: socket.socket) -> None:

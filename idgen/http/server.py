@@ -277,6 +277,7 @@ async def _run(
     runner = Runner(
         app,
         max_connections=options.max_connections,
+        idle_timeout_s=options.idle_timeout,
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         access_log=logging.getLogger("aiohttp.access") if options.access_log else None,
