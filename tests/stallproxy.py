@@ -17,14 +17,15 @@ from zkharness import free_port
 
 
 class StallProxy:
-    """Forwards ``127.0.0.1:port`` to ``upstream`` (``host:port``). :attr:`stalled` counts the connections hung."""
+    """Forwards ``127.0.0.1:port`` to ``upstream`` (``host:port``). :attr:`accepted` has the time (monotonic) of every
+    connection accepted, :attr:`stalls` of those left hanging."""
 
     def __init__(self, upstream: str) -> None:
         host, _, port = upstream.rpartition(":")
         self.upstream = (host, int(port))
         self.port = free_port()
-        self.stalled = 0
-        self.accepted: list[float] = []  # monotonic time of every connection accepted
+        self.accepted: list[float] = []
+        self.stalls: list[float] = []
         self._to_stall = 0
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -67,7 +68,8 @@ class StallProxy:
                 self.accepted.append(time.monotonic())
                 stall = self._to_stall > 0
                 self._to_stall -= stall
-                self.stalled += stall
+                if stall:
+                    self.stalls.append(self.accepted[-1])
                 self._open.append(client)
             if stall:
                 continue  # accepted, never answered: the client's handshake waits until it gives up

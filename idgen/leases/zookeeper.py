@@ -188,19 +188,32 @@ def connect(
 
 
 def _bound_handshakes(client: KazooClient) -> None:
-    """Give a server at most ``HANDSHAKE_TIMEOUT_S`` to answer ``client``'s handshakes, then try again.
+    """Give a server ``HANDSHAKE_TIMEOUT_S`` to answer ``client``'s first handshake, then try again, waiting twice as
+    long after each handshake left unanswered, up to kazoo's own wait; an answer resets it.
 
     kazoo (like ZooKeeper's Java client) waits ``session_timeout / len(hosts)`` for a server to answer a
     connection's handshake. A ZooKeeper 3.8 server that accepts a connection while it starts may never answer it
     (ZOOKEEPER-5051), and neither does a frozen one; with one host, that single wait outlasted the session, so a
-    restart of ZooKeeper shorter than the fence window cost the worker ID. Only the handshake's wait changes (kazoo's
-    ``_invoke`` serves the handshake and the authentication packet alone): the session, its read time-out (2/3 of
-    it) and the retry cadence stay kazoo's. tests/test_zookeeper_lease.py proves it on the pinned kazoo."""
+    restart of ZooKeeper shorter than the fence window cost the worker ID. The doubling still reaches a server that is
+    slow to answer (a new session is a quorum write). Only the handshake's wait changes (kazoo's ``_invoke`` serves
+    the handshake and the authentication packet alone; the latter keeps kazoo's wait): the session and its read
+    time-out (2/3 of it) stay kazoo's, and a handshake left unanswered is retried sooner. kazoo's private
+    ``_invoke``: tests/test_zookeeper_lease.py fails if a kazoo release changes it."""
     connection = client._connection
     invoke = connection._invoke
+    wait_s = HANDSHAKE_TIMEOUT_S
 
     def invoke_bounded(timeout: float, request: Any, xid: int | None = None) -> Any:
-        return invoke(min(timeout, HANDSHAKE_TIMEOUT_S) if isinstance(request, Connect) else timeout, request, xid)
+        nonlocal wait_s
+        if not isinstance(request, Connect):
+            return invoke(timeout, request, xid)
+        try:
+            answer = invoke(min(timeout, wait_s), request, xid)
+        except client.handler.timeout_exception:
+            wait_s = min(wait_s * 2, timeout)
+            raise
+        wait_s = HANDSHAKE_TIMEOUT_S
+        return answer
 
     connection._invoke = invoke_bounded
 
