@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -297,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_type("census_interval"),
         metavar="SECONDS",
         help="how often the namespace gauges (idgen_namespace_worker_ids) are counted again, at most, while"
-        f" /metrics is scraped (env IDGEN_CENSUS_INTERVAL; default {_default('census_interval')})",
+        f" /metrics is scraped (env IDGEN_CENSUS_INTERVAL; default {_default('census_interval'):g})",
     )
     _add_layout(serve)
     _add_local_lease(serve)
@@ -332,7 +333,11 @@ def _decode(args: argparse.Namespace) -> None:
     """The ID is read in its layout's width where the layout is known here (``parse_id``'s ``bits``)."""
     settings = Settings.of(args)
     if settings.url:
-        _print(_ask_servers(settings.url, f"/decode/{parse_id(args.id, args.format)}"), args.json)
+        try:
+            path = f"/decode/{parse_id(args.id, args.format)}"
+        except AmbiguousId:  # which reading is an ID depends on the servers' layout: theirs to say
+            path = f"/decode/{urllib.parse.quote(args.id, safe='')}"
+        _print(_ask_servers(settings.url, path), args.json)
         return
     if not settings.zk and not settings.etcd:
         layout = settings.layout or DEFAULT_LAYOUT

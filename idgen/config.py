@@ -109,7 +109,9 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "max_connections": (positive_int, None),  # None: idgen.http.connections.max_connections_for()
     "max_lead": (bounded(float, "a number of seconds", 0, 3600), None),
     "census_interval": (bounded(float, "a number of seconds", 1, 3600), CENSUS_INTERVAL_S),
-    "idle_timeout": (bounded(float, "a number of seconds", 1, 3600), IDLE_TIMEOUT_S),
+    # at least the request-head deadline (idgen.http.connections.HEAD_TIMEOUT_S): aiohttp's idle timer starts when a
+    # connection opens, so a shorter one would cut a head short without the head_timeout log line
+    "idle_timeout": (bounded(float, "a number of seconds", 5, 3600), IDLE_TIMEOUT_S),
 }
 
 

@@ -143,14 +143,22 @@ def parse_id(text: str, form: str | None = None, *, bits: int = 63) -> int:
         return _parse_in(text, form)
     readings = read_id(text)
     if len(readings) > 1:
-        readings = {f: value for f, value in readings.items() if not value >> bits} or readings
+        fitting = {f: value for f, value in readings.items() if not value >> bits}
+        if not fitting:
+            raise InvalidInput(f"{_shown(text)} is no ID of {bits} bits: it reads as {_listed(readings)}")
+        readings = fitting
     if len(readings) == 1:
         return next(iter(readings.values()))
     if readings:
-        shown = " and ".join(f"{f} {value}" for f, value in readings.items())
         forms = " or ".join(readings)
-        raise AmbiguousId(f"{_shown(text)} is an ambiguous ID: it reads as {shown}; give its form, {forms}", readings)
+        raise AmbiguousId(
+            f"{_shown(text)} is an ambiguous ID: it reads as {_listed(readings)}; give its form, {forms}", readings
+        )
     return _parse_in(text, _form_by_shape(text))  # raises, saying why in the form it looks most like
+
+
+def _listed(readings: dict[str, int]) -> str:
+    return " and ".join(f"{form} {value}" for form, value in readings.items())
 
 
 def read_id(text: str) -> dict[str, int]:

@@ -86,10 +86,17 @@ def test_decode_refuses_an_all_digit_base32_id_in_one_line_unless_format_says_wh
     assert json.loads(idgen("decode", "0737185780000", "--format", "decimal", "--json").stdout)["id"] == "737185780000"
 
 
-def test_decode_reads_a_string_in_the_one_form_that_fits_the_layout() -> None:
+def test_decode_reads_a_string_in_the_one_form_that_fits_the_layout(tmp_path: Path) -> None:
     decoded = idgen("decode", "1234567890123", "--layout", "js53", "--json")
     assert json.loads(decoded.stdout)["id"] == "1234567890123", decoded.stderr
     assert idgen("decode", "1234567890123", "--json").returncode == 2  # 63 bits: base32 fits too
+    with ServerProcess("--state-dir", str(tmp_path), "--layout", "js53") as server:  # the servers know the layout
+        asked = idgen("decode", "1234567890123", "--json", "--url", f"http://127.0.0.1:{server.port}")
+        assert json.loads(asked.stdout)["id"] == "1234567890123", asked.stderr
+    narrow = "time:30,worker_id:4,sequence:4;epoch=2025-01-01"  # 38 bits: neither reading of 0737185780000 fits
+    refused = idgen("decode", "0737185780000", "--layout", narrow)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "is no ID of 38 bits: it reads as decimal 737185780000 and base32" in refused.stderr, refused.stderr
 
 
 def test_decode_plain_text_is_readable() -> None:
@@ -167,7 +174,7 @@ def test_mint_js53_ids_are_safe_javascript_integers(tmp_path: Path) -> None:
         (["serve", "--max-lead", "\u0661"], "is not a number of seconds"),
         (["serve", "--census-interval", "0.5"], "'0.5' is not a number of seconds (1 to 3600)"),
         (["serve", "--census-interval", "nan"], "'nan' is not a number of seconds"),
-        (["serve", "--idle-timeout", "0"], "'0' is not a number of seconds (1 to 3600)"),
+        (["serve", "--idle-timeout", "2"], "'2' is not a number of seconds (5 to 3600)"),
         (["serve", "--zk-session-timeout", "\u0665"], "is not a positive number"),
         (["decode", "\u0661\u0662\u0663"], "is not an ID"),
         # idgen() adds --state-dir
