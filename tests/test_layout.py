@@ -158,7 +158,7 @@ def test_a_reading_wider_than_the_layout_is_no_reading() -> None:
     """An early js53 ID is 13 decimal digits; as base32 the same string is at least 2**60 (its first digit is 1 to 7),
     which no js53 ID reaches: with the layout known, only the decimal reading is an ID of it."""
     js53 = get_layout("js53")
-    early = "1234567890123"  # 2025-01-01 plus 143 days: a js53 ID of its first year
+    early = "1234567890123"  # 2025-01-09: js53 IDs are 13 decimal digits from about day 7 to day 70
     with pytest.raises(AmbiguousId):
         parse_id(early)
     assert parse_id(early, bits=js53.bits_total) == 1234567890123

@@ -44,8 +44,9 @@ GARBAGE = b"\x00not json"
 FALSE_LINT = 'idgen_time_bits_remaining_seconds use base unit "bytes" instead of "bits"'
 # The live servers here count their namespace again every second (--census-interval) when scraped, instead of every
 # CENSUS_INTERVAL_S: a change by another process shows within that, plus slack.
-CENSUS_INTERVAL = ("--census-interval", "1")
-CENSUS_WAIT_S = 1 + 10
+CENSUS_INTERVAL_S = 1
+CENSUS_INTERVAL = ("--census-interval", str(CENSUS_INTERVAL_S))
+CENSUS_WAIT_S = CENSUS_INTERVAL_S + 10
 ZK_CALL_BOUND_S = DEFAULT_CONNECT_TIMEOUT_S  # the most a census waits on a frozen ZooKeeper
 
 

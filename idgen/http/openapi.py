@@ -126,7 +126,8 @@ def document(*, max_count: int, layout: Layout, version: str) -> dict[str, Any]:
                             "description": "An ID in a string form: decimal, 0x-hex, base32 or base58. In the form"
                             " that format names; without format, a string that reads in two forms (13 digits"
                             " starting with 0 to 7: decimal and base32; 11 digits 1 to 9: decimal and base58) is"
-                            " refused with 400 ambiguous_id, naming both readings.",
+                            " refused with 400 ambiguous_id, naming both readings, unless only one reading fits the"
+                            " layout decoded in.",
                             "schema": _ANY_FORM,
                         },
                         {

@@ -8,8 +8,8 @@ Routes (all GET; the OpenAPI document in :mod:`idgen.http.openapi` describes eac
 - ``/decode/{id}``: what an ID says (the shape of ``idgen decode --json``) plus ``node``, the lease holder that
   minted it, from the lease history (:mod:`idgen.http.tracing`); when that is null, ``node_reason`` says why no
   recorded holder minted it, or ``node_error`` why the history could not be read. ``?format=`` names the ID's string
-  form (without it, a string that reads in two forms is a 400 ``ambiguous_id``); ``?layout=`` decodes in another
-  layout (a preset or a spec).
+  form (without it, a string that reads in two forms that both fit the layout is a 400 ``ambiguous_id``);
+  ``?layout=`` decodes in another layout (a preset or a spec).
 - ``/healthz``, ``/readyz``, ``/info``, ``/metrics`` (Prometheus, :mod:`idgen.http.metrics`), ``/openapi.json``,
   and ``/``, the ID inspector page (:mod:`idgen.http.inspector`).
 
