@@ -36,6 +36,8 @@ from serverproc import ServerProcess as Server
 from idgen import DEFAULT_LAYOUT, FORMS, Generator, decode, format_id, get_layout, parse_id
 from idgen.app import make_app
 from idgen.clock import ManualClock
+from idgen.config import OPTIONS
+from idgen.errors import InvalidInput
 from idgen.http import budget, connections
 from idgen.http.connections import HEAD_TIMEOUT_S, log_accept_errors
 from idgen.http.metrics import ID_LATENCY_SAMPLE, Metrics
@@ -371,6 +373,15 @@ def test_every_answer_says_cache_control_no_store(server: Server, method: str, p
     The inspector page alone may be kept, if revalidated (``no-cache``): it is the same HTML for a version."""
     reply = server.get(path, method=method, headers={"Accept": "text/html"} if path == "/" else None)
     assert reply.headers.get_all("Cache-Control") == ["no-cache" if path == "/" else "no-store"], (path, reply.status)
+
+
+def test_no_idle_timeout_is_shorter_than_the_head_deadline() -> None:
+    """aiohttp's idle timer starts when a connection opens: a shorter --idle-timeout would cut heads short silently.
+    config.py states the bound as a number (it must not import aiohttp); this holds it to HEAD_TIMEOUT_S."""
+    parse = OPTIONS["idle_timeout"][0]
+    assert parse(f"{HEAD_TIMEOUT_S:g}") == HEAD_TIMEOUT_S
+    with pytest.raises(InvalidInput):
+        parse(f"{HEAD_TIMEOUT_S - 0.001:g}")
 
 
 def test_a_request_head_sent_slowly_is_cut_off_at_the_head_deadline(server: Server) -> None:

@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from idgen.config import CENSUS_INTERVAL_S
 from idgen.generator import Generator
 from idgen.leases.base import Census, Lease
 
@@ -258,7 +257,7 @@ class CensusGauges:
     the last one ``interval_s`` old, and at once when this process's own worker ID changes; :meth:`refresh` never
     waits for it, so a slow coordinator delays only the census, never ``/metrics`` or the loop."""
 
-    def __init__(self, metrics: Metrics, executor: Executor, interval_s: float = CENSUS_INTERVAL_S) -> None:
+    def __init__(self, metrics: Metrics, executor: Executor, interval_s: float) -> None:
         self.metrics, self.executor, self.interval_s = metrics, executor, interval_s
         self._census: Census | None = None  # the last census taken
         self._due = 0.0  # time.monotonic() when the next census is taken
